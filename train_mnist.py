@@ -168,11 +168,16 @@ def download(dataset, root):
     swallowed: offline it would print a page of mirror errors before our single message."""
     from torchvision import datasets  # only needed here; importing it costs a second
 
-    torchvision_class = getattr(datasets, DATASETS[dataset][0])
+    class_name = DATASETS[dataset][0]
+    new_folders = [folder for folder in (root, root / class_name, root / class_name / "raw") if not folder.exists()]
+    print(f"{dataset} not found on disk; downloading it into {root}/ ...", flush=True)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            torchvision_class(str(root), train=True, download=True)
+            getattr(datasets, class_name)(str(root), train=True, download=True)
     except (OSError, RuntimeError):  # URLError is an OSError; torchvision wraps mirror failures in RuntimeError
+        for folder in reversed(new_folders):  # leave no empty folders behind from the failed attempt
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         return False
     return True
 
