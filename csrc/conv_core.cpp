@@ -1,0 +1,293 @@
+// Device-agnostic half of the convolution core: argument checks, batch chunking and the GEMMs.
+//
+// With columns = im2col(input) for a chunk of output pixels and G groups (weight viewed as (G, C_out/G, R),
+// R = C_in/G*kH*kW, columns as (G, R, Q), grad_output's chunk as (G, C_out/G, Q)):
+//   forward       out_chunk   = weight @ columns (+ bias)
+//   input grad    columns     = weight^T @ grad_out_chunk,   grad_input = col2im(columns)
+//   weight grad   grad_weight = sum over chunks of grad_out_chunk @ columns^T
+// Each is one batched GEMM over the groups (at::bmm), i.e. MKL on CPU and cuBLAS on CUDA.
+#include "conv_core.h"
+
+#include <algorithm>
+#include <vector>
+
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/util/accumulate.h>
+
+namespace manual_conv {
+namespace {
+
+// Upper bound on the bytes of one column buffer: enough output pixels per GEMM to run near peak, and the
+// extra memory of an op never grows with the batch beyond one chunk.
+constexpr int64_t kColumnBufferBytes = 16 << 20;
+// Fewer columns than this make the GEMM memory-bound, so a chunk keeps at least this many even when the
+// rows are so many that it exceeds kColumnBufferBytes.
+constexpr int64_t kMinColumnsPerChunk = 256;
+
+void check_ints(const char* op, const char* name, at::IntArrayRef values, int64_t lowest) {
+  TORCH_CHECK(values.size() == 2, op, ": expected ", name, " to be a list of 2 ints, but got ", values);
+  TORCH_CHECK(values[0] >= lowest && values[1] >= lowest, op, ": ", name, " must be ",
+              lowest == 0 ? "non-negative" : "positive", ", but got ", name, "=", values);
+}
+
+void check_4d(const char* op, const char* name, at::IntArrayRef sizes) {
+  TORCH_CHECK(sizes.size() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W)",
+              name[0] == 'w' ? " i.e. (out_channels, in_channels/groups, kH, kW)" : "", ", but got size ", sizes);
+  for (const int64_t size : sizes) {
+    TORCH_CHECK(size >= 0, op, ": ", name, " sizes must be non-negative, but got ", sizes);
+  }
+}
+
+void check_floating(const char* op, const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), op, ": expected ", name,
+              " to be a floating point tensor, but got ", tensor.scalar_type());
+}
+
+// Two tensors that meet in one GEMM: same dtype, same device.
+void check_same_dtype_and_device(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
+                                 const at::Tensor& b) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": expected ", name_a, " and ", name_b,
+              " to have the same dtype, but got ", name_a, " ", a.scalar_type(), " and ", name_b, " ",
+              b.scalar_type());
+  TORCH_CHECK(a.device() == b.device(), op, ": expected ", name_a, " and ", name_b,
+              " to be on the same device, but got ", name_a, " on ", a.device(), " and ", name_b, " on ",
+              b.device());
+}
+
+// Checks the hyper-parameters against the input and weight sizes and computes every size of the conv.
+ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArrayRef weight_size,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  check_4d(op, "input", input_size);
+  check_4d(op, "weight", weight_size);
+  check_ints(op, "stride", stride, 1);
+  check_ints(op, "padding", padding, 0);
+  check_ints(op, "dilation", dilation, 1);
+  TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported, but got groups=", groups);
+  TORCH_CHECK(weight_size[0] % groups == 0, op, ": expected out_channels (weight.size(0) = ", weight_size[0],
+              ") to be divisible by groups=", groups);
+  TORCH_CHECK(input_size[1] == weight_size[1] * groups, op, ": given groups=", groups, ", weight of size ",
+              weight_size, ", expected input", input_size, " to have ", weight_size[1] * groups,
+              " channels, but got ", input_size[1], " channels instead");
+  TORCH_CHECK(weight_size[2] > 0 && weight_size[3] > 0, op, ": kernel size must be positive, but got weight of size ",
+              weight_size);
+  const int64_t padded_height = input_size[2] + 2 * padding[0];
+  const int64_t padded_width = input_size[3] + 2 * padding[1];
+  const int64_t dilated_kernel_height = dilation[0] * (weight_size[2] - 1) + 1;
+  const int64_t dilated_kernel_width = dilation[1] * (weight_size[3] - 1) + 1;
+  TORCH_CHECK(padded_height >= dilated_kernel_height && padded_width >= dilated_kernel_width, op,
+              ": calculated padded input size per channel: (", padded_height, " x ", padded_width,
+              "). Kernel size (dilated): (", dilated_kernel_height, " x ", dilated_kernel_width,
+              "). Kernel size can't be greater than actual input size");
+  ConvShape shape;
+  shape.batch = input_size[0];
+  shape.in_channels = input_size[1];
+  shape.in_height = input_size[2];
+  shape.in_width = input_size[3];
+  shape.out_channels = weight_size[0];
+  shape.kernel_height = weight_size[2];
+  shape.kernel_width = weight_size[3];
+  shape.stride_height = stride[0];
+  shape.stride_width = stride[1];
+  shape.padding_height = padding[0];
+  shape.padding_width = padding[1];
+  shape.dilation_height = dilation[0];
+  shape.dilation_width = dilation[1];
+  shape.groups = groups;
+  shape.out_height = conv_output_size(shape.in_height, shape.kernel_height, stride[0], padding[0], dilation[0]);
+  shape.out_width = conv_output_size(shape.in_width, shape.kernel_width, stride[1], padding[1], dilation[1]);
+  return shape;
+}
+
+// grad_output must be exactly the output of the conv it is the gradient of.
+void check_grad_output_size(const char* op, const at::Tensor& grad_output, const ConvShape& shape) {
+  const std::vector<int64_t> expected{shape.batch, shape.out_channels, shape.out_height, shape.out_width};
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": expected grad_output of size ", expected,
+              " (the output size of this convolution), but got ", grad_output.sizes());
+}
+
+struct ChunkPlan {
+  std::vector<ColumnChunk> chunks;
+  int64_t max_columns = 0;  // columns of the largest chunk: the buffers are allocated once at this size
+};
+
+// Splits the batch's output pixels into chunks whose column buffer stays within kColumnBufferBytes:
+// several whole images per chunk when an image fits, otherwise equal pieces of one image.
+ChunkPlan plan_chunks(const ConvShape& shape, int64_t element_size) {
+  const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
+  const int64_t pixels = shape.out_height * shape.out_width;
+  const int64_t columns_budget =
+      std::max(kMinColumnsPerChunk, kColumnBufferBytes / std::max<int64_t>(1, rows * element_size));
+  ChunkPlan plan;
+  if (columns_budget >= pixels) {
+    const int64_t images_per_chunk = std::min(shape.batch, columns_budget / pixels);
+    for (int64_t first = 0; first < shape.batch; first += images_per_chunk) {
+      plan.chunks.push_back({first, std::min(images_per_chunk, shape.batch - first), 0, pixels});
+    }
+    plan.max_columns = images_per_chunk * pixels;
+  } else {
+    const int64_t pieces = (pixels + columns_budget - 1) / columns_budget;
+    const int64_t piece_pixels = (pixels + pieces - 1) / pieces;
+    for (int64_t image = 0; image < shape.batch; ++image) {
+      for (int64_t first = 0; first < pixels; first += piece_pixels) {
+        plan.chunks.push_back({image, 1, first, std::min(piece_pixels, pixels - first)});
+      }
+    }
+    plan.max_columns = piece_pixels;
+  }
+  return plan;
+}
+
+int64_t chunk_columns(const ColumnChunk& chunk) { return chunk.images * chunk.pixels_per_image; }
+
+// The chunk's pixels of an NCHW tensor, as a (images, channels, pixels_per_image) view.
+at::Tensor chunk_pixels(const at::Tensor& nchw, const ColumnChunk& chunk) {
+  return nchw.flatten(2)
+      .narrow(0, chunk.first_image, chunk.images)
+      .narrow(2, chunk.first_pixel, chunk.pixels_per_image);
+}
+
+// A (groups, channels/groups, columns) matrix view of the first rows*columns elements of a flat buffer.
+at::Tensor group_matrices(const at::Tensor& buffer, int64_t groups, int64_t rows, int64_t columns) {
+  return buffer.narrow(0, 0, rows * columns).view({groups, rows / groups, columns});
+}
+
+// The chunk's grad_output as (groups, C_out/groups, columns) matrices. A chunk inside one image is already
+// such a matrix (row stride H*W) and is used in place; several images are gathered into `buffer`.
+at::Tensor grad_output_matrices(const at::Tensor& grad_output, const ColumnChunk& chunk, const ConvShape& shape,
+                                at::Tensor& buffer) {
+  const at::Tensor pixels = chunk_pixels(grad_output, chunk);
+  if (chunk.images == 1) {
+    return pixels.view({shape.groups, shape.out_channels / shape.groups, chunk.pixels_per_image});
+  }
+  at::Tensor gathered = group_matrices(buffer, shape.groups, shape.out_channels, chunk_columns(chunk));
+  gathered.view({shape.out_channels, chunk.images, chunk.pixels_per_image}).copy_(pixels.permute({1, 0, 2}));
+  return gathered;
+}
+
+}  // namespace
+
+at::Tensor conv2d(const ColumnKernels& kernels, const at::Tensor& input_arg, const at::Tensor& weight_arg,
+                  const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                  at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "manual_conv::conv2d";
+  check_floating(op, "input", input_arg);
+  check_same_dtype_and_device(op, "input", input_arg, "weight", weight_arg);
+  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_arg.sizes(), stride, padding, dilation, groups);
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_same_dtype_and_device(op, "input", input_arg, "bias", *bias);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_channels, op, ": expected bias of size [",
+                shape.out_channels, "] (out_channels), but got ", bias->sizes());
+  }
+  const c10::OptionalDeviceGuard device_guard(input_arg.device());
+  const at::Tensor input = input_arg.contiguous();
+  const at::Tensor weight = weight_arg.contiguous();
+  at::Tensor output =
+      at::empty({shape.batch, shape.out_channels, shape.out_height, shape.out_width}, input.options());
+  if (output.numel() == 0) {
+    return output;
+  }
+  const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
+  const at::Tensor weight_matrices = weight.view({groups, shape.out_channels / groups, rows / groups});
+  const ChunkPlan plan = plan_chunks(shape, input.element_size());
+  at::Tensor column_buffer = at::empty({rows * plan.max_columns}, input.options());
+  at::Tensor result_buffer = at::empty({shape.out_channels * plan.max_columns}, input.options());
+  for (const ColumnChunk& chunk : plan.chunks) {
+    const int64_t columns_count = chunk_columns(chunk);
+    at::Tensor columns = group_matrices(column_buffer, groups, rows, columns_count);
+    kernels.im2col(input, shape, chunk, columns);
+    at::Tensor result = group_matrices(result_buffer, groups, shape.out_channels, columns_count);
+    if (has_bias) {
+      at::baddbmm_out(result, bias->view({groups, shape.out_channels / groups, 1}).expand_as(result),
+                      weight_matrices, columns);
+    } else {
+      at::bmm_out(result, weight_matrices, columns);
+    }
+    chunk_pixels(output, chunk)
+        .copy_(result.view({shape.out_channels, chunk.images, chunk.pixels_per_image}).permute({1, 0, 2}));
+  }
+  return output;
+}
+
+at::Tensor conv2d_input_grad(const ColumnKernels& kernels, const at::Tensor& grad_output_arg,
+                             const at::Tensor& weight_arg, at::IntArrayRef input_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "manual_conv::conv2d_input_grad";
+  check_floating(op, "grad_output", grad_output_arg);
+  check_same_dtype_and_device(op, "grad_output", grad_output_arg, "weight", weight_arg);
+  const ConvShape shape = checked_shape(op, input_size, weight_arg.sizes(), stride, padding, dilation, groups);
+  check_grad_output_size(op, grad_output_arg, shape);
+  const c10::OptionalDeviceGuard device_guard(grad_output_arg.device());
+  const at::Tensor grad_output = grad_output_arg.contiguous();
+  const at::Tensor weight = weight_arg.contiguous();
+  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  if (grad_input.numel() == 0) {
+    return grad_input;
+  }
+  const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
+  const at::Tensor weight_transposed =
+      weight.view({groups, shape.out_channels / groups, rows / groups}).transpose(1, 2);
+  const ChunkPlan plan = plan_chunks(shape, grad_output.element_size());
+  at::Tensor column_buffer = at::empty({rows * plan.max_columns}, grad_output.options());
+  at::Tensor gather_buffer = at::empty({plan.chunks.front().images > 1 ? shape.out_channels * plan.max_columns : 0},
+                                       grad_output.options());
+  for (const ColumnChunk& chunk : plan.chunks) {
+    at::Tensor columns = group_matrices(column_buffer, groups, rows, chunk_columns(chunk));
+    at::bmm_out(columns, weight_transposed, grad_output_matrices(grad_output, chunk, shape, gather_buffer));
+    kernels.col2im(columns, shape, chunk, grad_input);
+  }
+  return grad_input;
+}
+
+at::Tensor conv2d_weight_grad(const ColumnKernels& kernels, const at::Tensor& input_arg,
+                              const at::Tensor& grad_output_arg, at::IntArrayRef weight_size, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "manual_conv::conv2d_weight_grad";
+  check_floating(op, "input", input_arg);
+  check_same_dtype_and_device(op, "input", input_arg, "grad_output", grad_output_arg);
+  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_size, stride, padding, dilation, groups);
+  check_grad_output_size(op, grad_output_arg, shape);
+  const c10::OptionalDeviceGuard device_guard(input_arg.device());
+  if (shape.batch == 0 || c10::multiply_integers(weight_size) == 0) {
+    return at::zeros(weight_size, input_arg.options());
+  }
+  const at::Tensor input = input_arg.contiguous();
+  const at::Tensor grad_output = grad_output_arg.contiguous();
+  const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
+  const ChunkPlan plan = plan_chunks(shape, input.element_size());
+  // Partial sums of several chunks in float16/bfloat16 would round at every chunk: accumulate them in float32.
+  const bool accumulate_in_float = plan.chunks.size() > 1 && at::isReducedFloatingType(input.scalar_type());
+  at::Tensor grad_weight = at::empty({groups, shape.out_channels / groups, rows / groups},
+                                     input.options().dtype(accumulate_in_float ? at::kFloat : input.scalar_type()));
+  at::Tensor column_buffer = at::empty({rows * plan.max_columns}, input.options());
+  at::Tensor gather_buffer = at::empty({plan.chunks.front().images > 1 ? shape.out_channels * plan.max_columns : 0},
+                                       input.options());
+  for (size_t index = 0; index < plan.chunks.size(); ++index) {
+    const ColumnChunk& chunk = plan.chunks[index];
+    at::Tensor columns = group_matrices(column_buffer, groups, rows, chunk_columns(chunk));
+    kernels.im2col(input, shape, chunk, columns);
+    const at::Tensor grad_chunk = grad_output_matrices(grad_output, chunk, shape, gather_buffer);
+    const at::Tensor columns_transposed = columns.transpose(1, 2);
+    if (accumulate_in_float) {
+      const at::Tensor partial = at::bmm(grad_chunk, columns_transposed);
+      index == 0 ? grad_weight.copy_(partial) : grad_weight.add_(partial);
+    } else if (index == 0) {
+      at::bmm_out(grad_weight, grad_chunk, columns_transposed);
+    } else {
+      grad_weight.baddbmm_(grad_chunk, columns_transposed);
+    }
+  }
+  return grad_weight.view(weight_size).to(input.scalar_type());
+}
+
+at::Tensor conv2d_bias_grad(const at::Tensor& grad_output) {
+  const char* op = "manual_conv::conv2d_bias_grad";
+  check_floating(op, "grad_output", grad_output);
+  check_4d(op, "grad_output", grad_output.sizes());
+  const c10::OptionalDeviceGuard device_guard(grad_output.device());
+  // at::sum accumulates float16/bfloat16 in float32 on both devices.
+  return grad_output.sum(at::IntArrayRef{0, 2, 3});
+}
+
+}  // namespace manual_conv

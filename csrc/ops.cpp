@@ -1,0 +1,30 @@
+// The manual_conv operator library: schemas of the four ops of the conv kernel contract, and the Python
+// module manual_conv._C whose import loads this library (the kernels register themselves per device in
+// conv_cpu.cpp and conv_cuda.cu; fake kernels and autograd are in manual_conv/ops/conv_library.py).
+#include <Python.h>
+
+#include <torch/library.h>
+
+extern "C" {
+// `import manual_conv._C` only needs to load the shared library: the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_definition = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_definition);
+}
+}
+
+TORCH_LIBRARY(manual_conv, library) {
+  // The fake kernels and autograd formulas are registered from Python; torch imports this module when it
+  // needs them and it has not been imported yet.
+  library.set_python_module("manual_conv.ops.conv_library");
+  library.def(
+      "conv2d(Tensor input, Tensor weight, Tensor? bias, SymInt[2] stride, SymInt[2] padding, "
+      "SymInt[2] dilation, SymInt groups) -> Tensor");
+  library.def(
+      "conv2d_input_grad(Tensor grad_output, Tensor weight, SymInt[4] input_size, SymInt[2] stride, "
+      "SymInt[2] padding, SymInt[2] dilation, SymInt groups) -> Tensor");
+  library.def(
+      "conv2d_weight_grad(Tensor input, Tensor grad_output, SymInt[4] weight_size, SymInt[2] stride, "
+      "SymInt[2] padding, SymInt[2] dilation, SymInt groups) -> Tensor");
+  library.def("conv2d_bias_grad(Tensor grad_output) -> Tensor");
+}

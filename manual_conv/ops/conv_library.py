@@ -1,0 +1,114 @@
+"""Fake kernels and autograd formulas of the compiled conv ops ``torch.ops.manual_conv.*`` (built from csrc/).
+
+The fake kernels give the output's shape and dtype without computing it, so FakeTensor, ``torch.compile`` and
+``torch.export`` trace through the ops (with symbolic sizes too). The autograd formulas make the three core
+ops each other's derivatives, so the compiled path is differentiable to any order. With δ = grad_output, the
+three ops are bilinear maps and each backward is the adjoint of one of their arguments:
+
+    y  = conv2d(x, w) + b                 dx = conv2d_input_grad(δ, w)      dw = conv2d_weight_grad(x, δ)   db = Σδ
+    gx = conv2d_input_grad(δ, w)          dδ = conv2d(G, w)                 dw = conv2d_weight_grad(G, δ)
+    gw = conv2d_weight_grad(x, δ)         dx = conv2d_input_grad(δ, G)      dδ = conv2d(x, G)
+    gb = conv2d_bias_grad(δ)              dδ = G broadcast over (N, H, W)
+where G is the gradient arriving at the op's output.
+"""
+import torch
+
+import manual_conv._C  # noqa: F401  (loads the library that defines the ops registered below)
+
+_ops = torch.ops.manual_conv
+
+
+def _output_size(size, kernel, stride, padding, dilation):
+    """floor((size + 2p - d(k - 1) - 1) / s) + 1, also for symbolic sizes."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _check_4d(name, tensor):
+    torch._check(tensor.dim() == 4, lambda: f"manual_conv: expected {name} to be 4-D, but got {tensor.dim()}-D")
+
+
+@torch.library.register_fake("manual_conv::conv2d")
+def _conv2d_fake(input, weight, bias, stride, padding, dilation, groups):
+    _check_4d("input", input)
+    _check_4d("weight", weight)
+    output_height, output_width = (
+        _output_size(input.shape[axis], weight.shape[axis], stride[axis - 2], padding[axis - 2], dilation[axis - 2])
+        for axis in (2, 3)
+    )
+    return input.new_empty((input.shape[0], weight.shape[0], output_height, output_width))
+
+
+@torch.library.register_fake("manual_conv::conv2d_input_grad")
+def _conv2d_input_grad_fake(grad_output, weight, input_size, stride, padding, dilation, groups):
+    _check_4d("grad_output", grad_output)
+    return grad_output.new_empty(input_size)
+
+
+@torch.library.register_fake("manual_conv::conv2d_weight_grad")
+def _conv2d_weight_grad_fake(input, grad_output, weight_size, stride, padding, dilation, groups):
+    _check_4d("input", input)
+    return input.new_empty(weight_size)
+
+
+@torch.library.register_fake("manual_conv::conv2d_bias_grad")
+def _conv2d_bias_grad_fake(grad_output):
+    _check_4d("grad_output", grad_output)
+    return grad_output.new_empty((grad_output.shape[1],))
+
+
+def _save_two_tensors_and_conv_args(ctx, inputs, output):
+    """Every op but the bias gradient: two tensors, one size list, then stride, padding, dilation, groups."""
+    first, second, _, *conv_args = inputs
+    ctx.save_for_backward(first, second)
+    ctx.conv_args = conv_args
+
+
+def _conv2d_backward(ctx, grad):
+    """y = conv2d(x, w) + b:  dx = conv2d_input_grad(G, w), dw = conv2d_weight_grad(x, G), db = Σ G."""
+    input, weight = ctx.saved_tensors
+    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    grad_input = _ops.conv2d_input_grad(grad, weight, input.shape, *ctx.conv_args) if needs_input else None
+    grad_weight = _ops.conv2d_weight_grad(input, grad, weight.shape, *ctx.conv_args) if needs_weight else None
+    grad_bias = _ops.conv2d_bias_grad(grad) if needs_bias else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def _conv2d_input_grad_backward(ctx, grad):
+    """gx = conv2d_input_grad(δ, w), the adjoint of conv2d(·, w):  dδ = conv2d(G, w), dw = conv2d_weight_grad(G, δ)."""
+    grad_output, weight = ctx.saved_tensors
+    needs_grad_output, needs_weight = ctx.needs_input_grad[:2]
+    grad_grad_output = _ops.conv2d(grad, weight, None, *ctx.conv_args) if needs_grad_output else None
+    grad_weight = _ops.conv2d_weight_grad(grad, grad_output, weight.shape, *ctx.conv_args) if needs_weight else None
+    return grad_grad_output, grad_weight, None, None, None, None, None
+
+
+def _conv2d_weight_grad_backward(ctx, grad):
+    """gw = conv2d_weight_grad(x, δ):  dx = conv2d_input_grad(δ, G), dδ = conv2d(x, G)."""
+    input, grad_output = ctx.saved_tensors
+    needs_input, needs_grad_output = ctx.needs_input_grad[:2]
+    grad_input = _ops.conv2d_input_grad(grad_output, grad, input.shape, *ctx.conv_args) if needs_input else None
+    grad_grad_output = _ops.conv2d(input, grad, None, *ctx.conv_args) if needs_grad_output else None
+    return grad_input, grad_grad_output, None, None, None, None, None
+
+
+def _conv2d_bias_grad_setup_context(ctx, inputs, output):
+    ctx.grad_output_shape = inputs[0].shape
+
+
+def _conv2d_bias_grad_backward(ctx, grad):
+    """gb[o] = Σ_{n,y,x} δ[n, o, y, x]:  dδ[n, o, y, x] = G[o]."""
+    return grad.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+torch.library.register_autograd(
+    "manual_conv::conv2d", _conv2d_backward, setup_context=_save_two_tensors_and_conv_args
+)
+torch.library.register_autograd(
+    "manual_conv::conv2d_input_grad", _conv2d_input_grad_backward, setup_context=_save_two_tensors_and_conv_args
+)
+torch.library.register_autograd(
+    "manual_conv::conv2d_weight_grad", _conv2d_weight_grad_backward, setup_context=_save_two_tensors_and_conv_args
+)
+torch.library.register_autograd(
+    "manual_conv::conv2d_bias_grad", _conv2d_bias_grad_backward, setup_context=_conv2d_bias_grad_setup_context
+)
