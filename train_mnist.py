@@ -286,7 +286,7 @@ class Net(torch.nn.Module):
         self.fc2 = layers.Linear(128, 10)
         self.relu = layers.ReLU()
         self.pool = layers.MaxPool2d(2)
-        self.flatten = layers.Flatten(1)
+        self.flatten = layers.Flatten()
 
     def forward(self, x):
         x = self.relu(self.conv1(x))
@@ -427,7 +427,7 @@ def load_checkpoint(path, args):
     return checkpoint
 
 
-def fit(args, process, train_set, eval_set, eval_name, label, checkpoint=None, on_epoch_end=lambda history: None):
+def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, on_epoch_end=lambda history: None):
     """Train a fresh model (or the checkpointed one) for the remaining epochs, evaluating on eval_set after each.
     Returns the model and the per-epoch history."""
     layers = layer_library(args.impl)
@@ -449,7 +449,7 @@ def fit(args, process, train_set, eval_set, eval_name, label, checkpoint=None, o
     for epoch in range(len(history) + 1, args.epochs + 1):
         train_batches.sampler.sampler.set_epoch(epoch)
         started = time.perf_counter()
-        with tqdm(total=len(train_set), desc=f"{label}epoch {epoch}/{args.epochs}", unit="img", leave=False,
+        with tqdm(total=len(train_set), desc=f"Epoch {epoch}/{args.epochs}{tag}", unit="img", leave=False,
                   disable=None if process.is_main else True, dynamic_ncols=True) as progress:
             train_loss = train_epoch(trained, train_batches, optimizer, criterion, process, progress)
         seconds = time.perf_counter() - started
@@ -458,7 +458,7 @@ def fit(args, process, train_set, eval_set, eval_name, label, checkpoint=None, o
         history.append({"epoch": epoch, "train_loss": train_loss, f"{eval_name}_loss": eval_loss,
                         f"{eval_name}_accuracy": accuracy, "seconds": seconds,
                         "images_per_second": len(train_set) / seconds})
-        process.log(f"{label}Epoch {epoch}/{args.epochs}: train loss {train_loss:.4f}, {eval_name} loss "
+        process.log(f"Epoch {epoch}/{args.epochs}{tag}: train loss {train_loss:.4f}, {eval_name} loss "
                     f"{eval_loss:.4f}, {eval_name} accuracy {100 * accuracy:.2f}% ({correct}/{count}), "
                     f"{seconds:.1f} s, {len(train_set) / seconds:.0f} images/s")
         if process.is_main and checkpoint_path is not None:
@@ -531,7 +531,7 @@ def run_train_test(args, process, train_set, test_set):
             write_metrics(args.metrics, {**summary, "test_accuracy": history[-1]["test_accuracy"],
                                          "epochs": history})
 
-    model, history = fit(args, process, train_set, test_set, "test", "", checkpoint, report)
+    model, history = fit(args, process, train_set, test_set, "test", checkpoint=checkpoint, on_epoch_end=report)
     spread = parameter_spread(model, process)
     if process.world_size > 1:
         summary["max_parameter_difference_between_ranks"] = spread
@@ -552,10 +552,9 @@ def run_kfold(args, process, train_set):
     runs = []
     for index, validation in enumerate(folds):
         training = torch.cat([fold for other, fold in enumerate(folds) if other != index])
-        label = f"fold {index + 1}/{args.kfold} "
         _, history = fit(args, process, train_set.subset(training), train_set.subset(validation), "validation",
-                         label)
-        runs.append((label, history))
+                         tag=f" (fold {index + 1}/{args.kfold})")
+        runs.append((f"fold {index + 1} ", history))
         summary["folds"].append({"fold": index + 1, "validation_accuracy": history[-1]["validation_accuracy"],
                                  "epochs": history})
         accuracies = torch.tensor([fold["validation_accuracy"] for fold in summary["folds"]], dtype=torch.float64)
