@@ -1,0 +1,10 @@
+"""manual_conv: CNN backpropagation written by hand, as a drop-in PyTorch extension.
+
+    import manual_conv.nn as nn              # instead of torch.nn
+    import manual_conv.functional as F       # instead of torch.nn.functional
+    manual_conv.set_backend("python")        # the Python reference core; "cpp" is the compiled one
+"""
+from . import functional, nn
+from .backend import extension_available, get_backend, set_backend, use_backend
+
+__all__ = ["functional", "nn", "extension_available", "get_backend", "set_backend", "use_backend"]

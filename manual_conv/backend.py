@@ -1,0 +1,72 @@
+"""Which conv kernels the autograd Functions run: the Python reference ('python') or the compiled core ('cpp').
+
+The compiled core is the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops
+``torch.ops.manual_conv.*``, and ``manual_conv.ops.conv_library`` adds their fake kernels and autograd formulas.
+When it is present 'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
+"""
+import contextlib
+import importlib
+import warnings
+
+import torch
+
+from .ops import conv_reference
+
+BACKENDS = ("python", "cpp")
+
+try:
+    importlib.import_module("manual_conv._C")  # loading the library registers torch.ops.manual_conv.*
+    importlib.import_module("manual_conv.ops.conv_library")  # their fake kernels and autograd formulas
+
+    _extension_error = None
+except ImportError as error:  # not built, or built against another torch
+    _extension_error = error
+    warnings.warn(
+        f"manual_conv: the compiled extension could not be loaded ({error}); using the 'python' backend. "
+        "Build it with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+_backend = "python" if _extension_error else "cpp"
+
+
+def extension_available():
+    """True when the compiled C++/CUDA conv core (``manual_conv._C``) is loaded."""
+    return _extension_error is None
+
+
+def get_backend():
+    """The active backend's name: 'python' or 'cpp'."""
+    return _backend
+
+
+def set_backend(name):
+    """Select the conv kernels for every later call: 'python' (reference) or 'cpp' (compiled extension)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"manual_conv: unknown backend {name!r}; expected one of {BACKENDS}")
+    if name == "cpp" and not extension_available():
+        raise RuntimeError(
+            "manual_conv: the 'cpp' backend needs the compiled extension manual_conv._C, which could not be "
+            f"loaded ({_extension_error}). Build it with `pip install --no-build-isolation -e .`."
+        )
+    _backend = name
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Context manager: run the enclosed code on backend ``name``, then restore the previous one."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
+
+
+def conv_kernels():
+    """The active backend's four conv kernels (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad)."""
+    if _backend == "cpp":
+        return torch.ops.manual_conv
+    return conv_reference

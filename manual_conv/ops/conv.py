@@ -1,0 +1,229 @@
+"""Conv2d's autograd Functions: forward and backward by hand, each backward built from the others.
+
+Three bilinear maps make up a convolution layer and its gradients (docs/derivations.md, "Conv2d"):
+
+    y  = conv(x, w)                     Conv2dFunction            (forward)
+    dx = conv_transpose(δ, w)           ConvTranspose2dFunction   (input gradient; also the transposed conv layer)
+    dw = weight_grad(x, δ)              Conv2dWeightGradFunction  (weight gradient)
+
+Each one's derivative is made of the other two, so every backward below calls Functions of this module: the
+backward is itself differentiable and double backward (gradgradcheck, gradient penalties, Hessian-vector
+products) works to any order. The numerical work is done by the active backend's kernels
+(``manual_conv.backend.conv_kernels()``: the Python reference or the compiled ``torch.ops.manual_conv``).
+Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, with PyTorch's messages.
+"""
+import torch
+
+from ..backend import conv_kernels
+
+
+def _same_memory_format(output, input):
+    """PyTorch returns a channels_last output for a channels_last input; so do we."""
+    if input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last):
+        return output.contiguous(memory_format=torch.channels_last)
+    return output
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """y[n, o, y, x] = b[o] + Σ_{c ∈ group(o), i, j} w[o, c, i, j] · x_pad[n, c, y·s + i·d, x·s + j·d].
+
+    Backward, with δ = dL/dy:
+        dL/dx = ConvTranspose2dFunction(δ, w): full correlation of the stride-spread, padded δ with the
+                180°-rotated kernel;
+        dL/dw = Conv2dWeightGradFunction(x, δ): correlation of the input with δ;
+        dL/db = Σ_{n, y, x} δ.
+    """
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        output = conv_kernels().conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return _same_memory_format(output, input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _, *conv_args = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.conv_args = conv_args
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_input = ConvTranspose2dFunction.apply(grad_output, weight, None, input.shape, *ctx.conv_args)
+        if needs_weight:
+            grad_weight = Conv2dWeightGradFunction.apply(input, grad_output, weight.shape, *ctx.conv_args)
+        if needs_bias:
+            grad_bias = Conv2dBiasGradFunction.apply(grad_output)
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+class ConvTranspose2dFunction(torch.autograd.Function):
+    """y = convᵀ(x; w) + b: the adjoint of conv2d(·; w) applied to x, with output shape ``output_size``.
+
+    y[n, c, h, w'] = b[c] + Σ_{o, i, j} w[o, c, i, j] · x[n, o, y, x] over y·s + i·d = h + p (and likewise for w').
+    It is conv2d's input gradient with x in the role of δ, so conv2d's backward uses it with bias None.
+    Backward, with g = dL/dy:
+        dL/dx = Conv2dFunction(g, w)                  (the adjoint of the adjoint is the conv);
+        dL/dw = Conv2dWeightGradFunction(g, x)        (g in the role of the conv's input, x in the role of δ);
+        dL/db = Σ_{n, h, w'} g.
+    """
+
+    @staticmethod
+    def forward(input, weight, bias, output_size, stride, padding, dilation, groups):
+        output = conv_kernels().conv2d_input_grad(input, weight, output_size, stride, padding, dilation, groups)
+        if bias is not None:
+            output += bias.view(1, -1, 1, 1)
+        return _same_memory_format(output, input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _, _, *conv_args = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.conv_args = conv_args
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_input = Conv2dFunction.apply(grad_output, weight, None, *ctx.conv_args)
+        if needs_weight:
+            grad_weight = Conv2dWeightGradFunction.apply(grad_output, input, weight.shape, *ctx.conv_args)
+        if needs_bias:
+            grad_bias = Conv2dBiasGradFunction.apply(grad_output)
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None
+
+
+class Conv2dWeightGradFunction(torch.autograd.Function):
+    """dL/dw[o, c, i, j] = Σ_{n, y, x} δ[n, o, y, x] · x_pad[n, c, y·s + i·d, x·s + j·d].
+
+    Bilinear in (x, δ). Backward, with G = the gradient arriving at dL/dw:
+        d/dx = ConvTranspose2dFunction(δ, G)    (as conv2d's input gradient, with G in the role of the weight);
+        d/dδ = Conv2dFunction(x, G)             (as conv2d's forward, with G in the role of the weight).
+    """
+
+    @staticmethod
+    def forward(input, grad_output, weight_size, stride, padding, dilation, groups):
+        return conv_kernels().conv2d_weight_grad(input, grad_output, weight_size, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, grad_output, _, *conv_args = inputs
+        ctx.save_for_backward(input, grad_output)
+        ctx.conv_args = conv_args
+
+    @staticmethod
+    def backward(ctx, grad_grad_weight):
+        input, grad_output = ctx.saved_tensors
+        grad_input = grad_grad_output = None
+        if ctx.needs_input_grad[0]:
+            grad_input = ConvTranspose2dFunction.apply(
+                grad_output, grad_grad_weight, None, input.shape, *ctx.conv_args
+            )
+        if ctx.needs_input_grad[1]:
+            grad_grad_output = Conv2dFunction.apply(input, grad_grad_weight, None, *ctx.conv_args)
+        return grad_input, grad_grad_output, None, None, None, None, None
+
+
+class Conv2dBiasGradFunction(torch.autograd.Function):
+    """dL/db[o] = Σ_{n, y, x} δ[n, o, y, x]. Backward: a sum's gradient is copied to every summand, G[o] → δ[n, o, y, x]."""
+
+    @staticmethod
+    def forward(grad_output):
+        return conv_kernels().conv2d_bias_grad(grad_output)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.grad_output_shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad_grad_bias):
+        return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, groups, transposed=False):
+    """Raise PyTorch's error for arguments conv2d (or conv_transpose2d) rejects. Numbers are already pairs."""
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to {name}, but got input of size: {list(input.shape)}"
+        )
+    if weight.dim() != 4:
+        raise RuntimeError(f"{name}: expected a 4-D weight, but got weight of size {list(weight.shape)}")
+    if input.dtype != weight.dtype or (bias is not None and bias.dtype != input.dtype):
+        other = "weight" if input.dtype != weight.dtype else "bias"
+        other_dtype = weight.dtype if other == "weight" else bias.dtype
+        raise RuntimeError(
+            f"Input type ({_dtype_name(input.dtype)}) and {other} type ({_dtype_name(other_dtype)}) should be the same"
+        )
+    if input.device != weight.device or (bias is not None and bias.device != input.device):
+        raise RuntimeError(f"{name}: expected input, weight and bias on one device, but got input on {input.device}, "
+                           f"weight on {weight.device}" + ("" if bias is None else f", bias on {bias.device}"))
+    if any(s <= 0 for s in stride):
+        raise RuntimeError("non-positive stride is not supported")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("negative padding is not supported")
+    if any(d <= 0 for d in dilation):
+        raise RuntimeError(f"dilation should be greater than zero, but got {list(dilation)}")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if weight.shape[0] % groups:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+            f"but got weight of size [{list(weight.shape)}] instead"
+        )
+    batched_shape = list(input.shape) if input.dim() == 4 else [1, *input.shape]
+    in_channels = weight.shape[0] if transposed else weight.shape[1] * groups
+    out_channels = weight.shape[1] * groups if transposed else weight.shape[0]
+    prefix = f"Given transposed=1, weight of size {list(weight.shape)}" if transposed else (
+        f"Given groups={groups}, weight of size {list(weight.shape)}"
+    )
+    if batched_shape[1] != in_channels:
+        raise RuntimeError(
+            f"{prefix}, expected input{batched_shape} to have {in_channels} channels, "
+            f"but got {batched_shape[1]} channels instead"
+        )
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_channels):
+        raise RuntimeError(
+            f"Given {'transposed=1, ' if transposed else ''}weight of size {list(weight.shape)}, expected bias to be "
+            f"1-dimensional with {out_channels} elements, but got bias of size {list(bias.shape)} instead"
+        )
+    if not transposed:
+        padded = [size + 2 * p for size, p in zip(batched_shape[2:], padding)]
+        kernel = [d * (k - 1) + 1 for k, d in zip(weight.shape[2:], dilation)]
+        if any(p < k for p, k in zip(padded, kernel)):
+            raise RuntimeError(
+                f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+                f"({kernel[0]} x {kernel[1]}). Kernel size can't be greater than actual input size"
+            )
+
+
+def transposed_output_size(input, weight, stride, padding, output_padding, groups, dilation):
+    """H_out = (H − 1)·s − 2p + d(k − 1) + output_padding + 1, for both spatial dims of a batched 4-D input.
+
+    output_padding picks among the input sizes that conv2d maps to H (when s > 1 several do), so it must be
+    smaller than the stride or the dilation.
+    """
+    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+        raise RuntimeError(
+            "output padding must be smaller than either stride or dilation, but got "
+            f"output_padding_height: {output_padding[0]} output_padding_width: {output_padding[1]} "
+            f"stride_height: {stride[0]} stride_width: {stride[1]} "
+            f"dilation_height: {dilation[0]} dilation_width: {dilation[1]}"
+        )
+    sizes = [
+        (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for size, k, s, p, op, d in zip(input.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
+    ]
+    if any(size <= 0 for size in sizes):
+        raise RuntimeError(
+            f"Given input size per channel: ({input.shape[2]} x {input.shape[3]}). "
+            f"Calculated output size per channel: ({sizes[0]} x {sizes[1]}). Output size is too small"
+        )
+    return (input.shape[0], weight.shape[1] * groups, *sizes)
+
+
+def _dtype_name(dtype):
+    return str(dtype).removeprefix("torch.").replace("float32", "float").replace("float64", "double")
