@@ -58,3 +58,18 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     output_size = _conv.transposed_output_size(batched, weight, stride, padding, output_padding, groups, dilation)
     output = _conv.ConvTranspose2dFunction.apply(batched, weight, bias, output_size, stride, padding, dilation, groups)
     return output if input.dim() == 4 else output.squeeze(0)
+
+# -------------------------------------------------------------------------------------------------------- pooling
+
+
+# ---------------------------------------------------------------------------------------------------- activations
+
+
+# --------------------------------------------------------------------------------------- linear, dropout, flatten
+
+
+# --------------------------------------------------------------------------------------------------------- losses
+
+
+# -------------------------------------------------------------------------------------------------- normalization
+
