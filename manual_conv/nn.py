@@ -49,5 +49,29 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 # --------------------------------------------------------------------------------------------------------- losses
 
 
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """torch.nn.CrossEntropyLoss computed by manual_conv.functional.cross_entropy (log-softmax fused in)."""
+
+    def forward(self, input, target):
+        return mF.cross_entropy(
+            input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+class NLLLoss(nn.NLLLoss):
+    """torch.nn.NLLLoss computed by manual_conv.functional.nll_loss."""
+
+    def forward(self, input, target):
+        return mF.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index, reduction=self.reduction)
+
+
+class MSELoss(nn.MSELoss):
+    """torch.nn.MSELoss computed by manual_conv.functional.mse_loss."""
+
+    def forward(self, input, target):
+        return mF.mse_loss(input, target, reduction=self.reduction)
+
+
 # -------------------------------------------------------------------------------------------------- normalization
 

@@ -1,0 +1,402 @@
+"""Losses: cross_entropy, nll_loss, mse_loss and their modules against PyTorch.
+
+gradcheck/gradgradcheck prove our hand-written backwards (and their backwards) against finite differences of our
+own forwards; the parity tests compare values and gradients with torch.nn.functional on randomized shapes and
+options; bad arguments must raise what torch raises.
+"""
+import warnings
+
+import hypothesis.strategies as st
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from torch.autograd import gradcheck, gradgradcheck
+
+import manual_conv.functional as mF
+import manual_conv.nn as mnn
+from manual_conv.ops.loss import CrossEntropyFunction, MSELossFunction, NLLLossFunction
+
+REDUCTIONS = ["none", "mean", "sum"]
+
+
+def leaf(*shape, dtype=torch.float64, low=None):
+    tensor = torch.rand(*shape, dtype=dtype) + low if low is not None else torch.randn(*shape, dtype=dtype)
+    return tensor.requires_grad_()
+
+
+def class_indices(num_classes, *shape, ignored_fraction=0.0, ignore_index=-100):
+    target = torch.randint(num_classes, shape)
+    return torch.where(torch.rand(shape) < ignored_fraction, ignore_index, target)
+
+
+# ---------------------------------------------------------------------------------------------- gradcheck
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize(
+    "shape, options",
+    [
+        ((4, 5), {}),
+        ((4, 5), {"weight": True, "label_smoothing": 0.3, "ignored_fraction": 0.3}),
+        ((2, 3, 2, 3), {"weight": True, "ignored_fraction": 0.2}),
+        ((2, 3, 4), {"label_smoothing": 1.0}),
+        ((5,), {"weight": True}),
+    ],
+    ids=["plain", "weight-smoothing-ignore", "spatial-weight-ignore", "3d-full-smoothing", "unbatched"],
+)
+def test_cross_entropy_class_indices_gradcheck(shape, options, reduction):
+    torch.manual_seed(0)
+    logits = leaf(*shape)
+    num_classes = shape[0] if len(shape) == 1 else shape[1]
+    target_shape = () if len(shape) == 1 else shape[:1] + shape[2:]
+    target = class_indices(num_classes, *target_shape, ignored_fraction=options.get("ignored_fraction", 0.0))
+    if target.dim() and (target == -100).all():
+        target[0] = 0
+    weight = torch.rand(num_classes, dtype=torch.float64) + 0.5 if options.get("weight") else None
+
+    def loss(z):
+        return mF.cross_entropy(
+            z, target, weight=weight, reduction=reduction, label_smoothing=options.get("label_smoothing", 0.0)
+        )
+
+    assert gradcheck(loss, (logits,))
+    assert gradgradcheck(loss, (logits,))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 2, 2), (4,)], ids=["2d", "spatial", "unbatched"])
+def test_cross_entropy_probabilities_gradcheck(shape, reduction):
+    """Gradients flow to the logits, the target and the class weights (torch's probability path allows all)."""
+    torch.manual_seed(0)
+    num_classes = shape[0] if len(shape) == 1 else shape[1]
+    logits, target, weight = leaf(*shape), leaf(*shape, low=0.1), leaf(num_classes, low=0.5)
+
+    def loss(z, p, w):
+        return mF.cross_entropy(z, p, weight=w, reduction=reduction, label_smoothing=0.2)
+
+    assert gradcheck(loss, (logits, target, weight))
+    assert gradgradcheck(loss, (logits, target, weight))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 2, 2), (3,)], ids=["2d", "spatial", "unbatched"])
+def test_nll_loss_gradcheck(shape, reduction):
+    torch.manual_seed(0)
+    num_classes = shape[0] if len(shape) == 1 else shape[1]
+    target_shape = () if len(shape) == 1 else shape[:1] + shape[2:]
+    target = class_indices(num_classes, *target_shape, ignored_fraction=0.0 if len(shape) == 1 else 0.2)
+    weight = torch.rand(num_classes, dtype=torch.float64) + 0.5
+
+    def loss(log_probs):
+        return mF.nll_loss(log_probs, target, weight=weight, reduction=reduction)
+
+    assert gradcheck(loss, (leaf(*shape),))
+    assert gradgradcheck(loss, (leaf(*shape),))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+@pytest.mark.parametrize("shapes", [((3, 4), (3, 4)), ((4,), (3, 4)), ((3, 1), (1, 4))], ids=["same", "bcast", "both"])
+def test_mse_loss_gradcheck(shapes, weighted, reduction):
+    torch.manual_seed(0)
+    input_shape, target_shape = shapes
+    inputs = (leaf(*input_shape), leaf(*target_shape)) + ((leaf(*input_shape, low=0.5),) if weighted else ())
+
+    def loss(x, y, w=None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the broadcasting warning
+            return mF.mse_loss(x, y, reduction=reduction, weight=w)
+
+    assert gradcheck(loss, inputs)
+    assert gradgradcheck(loss, inputs)
+
+
+# ----------------------------------------------------------------------------------------- parity with torch
+
+
+def assert_same_values_and_gradients(torch_fn, our_fn, inputs, rtol, atol):
+    """Run both on copies of ``inputs`` (floating ones require grad); compare outputs and every gradient."""
+    theirs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    ours = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+    expected, actual = torch_fn(*theirs), our_fn(*ours)
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, equal_nan=True)
+    grad_output = torch.randn_like(expected)
+    differentiable = [i for i, t in enumerate(inputs) if t.is_floating_point()]
+    expected_grads = torch.autograd.grad(expected, [theirs[i] for i in differentiable], grad_output, allow_unused=True)
+    actual_grads = torch.autograd.grad(actual, [ours[i] for i in differentiable], grad_output, allow_unused=True)
+    for expected_grad, actual_grad in zip(expected_grads, actual_grads):
+        if expected_grad is None:
+            assert actual_grad is None or not actual_grad.any()
+        else:
+            torch.testing.assert_close(actual_grad, expected_grad, rtol=rtol, atol=atol, equal_nan=True)
+
+
+TOLERANCES = {torch.float64: (1e-10, 1e-12), torch.float32: (1e-4, 1e-5)}
+
+
+@st.composite
+def class_loss_case(draw):
+    batch = draw(st.integers(0, 4))
+    num_classes = draw(st.integers(1, 6))
+    spatial = draw(st.lists(st.integers(1, 3), max_size=3))
+    unbatched = not spatial and draw(st.booleans())
+    shape = (num_classes,) if unbatched else (batch, num_classes, *spatial)
+    return dict(
+        shape=shape,
+        num_classes=num_classes,
+        target_shape=() if unbatched else (batch, *spatial),
+        reduction=draw(st.sampled_from(REDUCTIONS)),
+        weighted=draw(st.booleans()),
+        label_smoothing=draw(st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, -0.2])),
+        ignored_fraction=draw(st.sampled_from([0.0, 0.3, 1.0])),
+        ignore_index=draw(st.sampled_from([-100, 0, num_classes + 1])),
+        dtype=draw(st.sampled_from([torch.float64, torch.float32])),
+        scale=draw(st.sampled_from([1.0, 30.0])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@given(class_loss_case())
+def test_cross_entropy_class_indices_parity(case):
+    torch.manual_seed(case["seed"])
+    logits = torch.randn(case["shape"], dtype=case["dtype"]) * case["scale"]
+    target = class_indices(
+        case["num_classes"], *case["target_shape"], ignored_fraction=case["ignored_fraction"],
+        ignore_index=case["ignore_index"],
+    )
+    weight = torch.rand(case["num_classes"], dtype=case["dtype"]) if case["weighted"] else None
+    options = dict(
+        weight=weight, ignore_index=case["ignore_index"], reduction=case["reduction"],
+        label_smoothing=case["label_smoothing"],
+    )
+    assert_same_values_and_gradients(
+        lambda z: F.cross_entropy(z, target, **options), lambda z: mF.cross_entropy(z, target, **options),
+        [logits], *TOLERANCES[case["dtype"]],
+    )
+
+
+@given(class_loss_case())
+def test_cross_entropy_probabilities_parity(case):
+    torch.manual_seed(case["seed"])
+    logits = torch.randn(case["shape"], dtype=case["dtype"]) * case["scale"]
+    target = torch.rand(case["shape"], dtype=case["dtype"])
+    weight = torch.rand(case["num_classes"], dtype=case["dtype"]) if case["weighted"] else None
+    options = dict(reduction=case["reduction"], label_smoothing=case["label_smoothing"])
+    inputs = [logits, target] + ([weight] if weight is not None else [])
+    assert_same_values_and_gradients(
+        lambda *args: F.cross_entropy(*args[:2], weight=args[2] if len(args) > 2 else None, **options),
+        lambda *args: mF.cross_entropy(*args[:2], weight=args[2] if len(args) > 2 else None, **options),
+        inputs, *TOLERANCES[case["dtype"]],
+    )
+
+
+@given(class_loss_case())
+def test_nll_loss_parity(case):
+    torch.manual_seed(case["seed"])
+    log_probs = torch.randn(case["shape"], dtype=case["dtype"])
+    target = class_indices(
+        case["num_classes"], *case["target_shape"], ignored_fraction=case["ignored_fraction"],
+        ignore_index=case["ignore_index"],
+    )
+    weight = torch.rand(case["num_classes"], dtype=case["dtype"]) if case["weighted"] else None
+    options = dict(weight=weight, ignore_index=case["ignore_index"], reduction=case["reduction"])
+    assert_same_values_and_gradients(
+        lambda x: F.nll_loss(x, target, **options), lambda x: mF.nll_loss(x, target, **options),
+        [log_probs], *TOLERANCES[case["dtype"]],
+    )
+
+
+@given(
+    st.lists(st.integers(1, 3), max_size=3),
+    st.data(),
+    st.sampled_from(REDUCTIONS),
+    st.booleans(),
+    st.sampled_from([torch.float64, torch.float32]),
+)
+def test_mse_loss_parity(shape, data, reduction, weighted, dtype):
+    """Target of the same shape or of one that broadcasts with the input (either way round)."""
+    target_shape = data.draw(st.sampled_from([shape, [1] * len(shape), shape[1:], [2, *shape]]))
+    input_shape = data.draw(st.sampled_from([shape, [2, *shape]])) if target_shape == shape else shape
+    inputs = [torch.randn(input_shape, dtype=dtype), torch.randn(target_shape, dtype=dtype)]
+    if weighted:
+        inputs.append(torch.rand(input_shape, dtype=dtype))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_same_values_and_gradients(
+            lambda *args: F.mse_loss(*args[:2], reduction=reduction, weight=args[2] if weighted else None),
+            lambda *args: mF.mse_loss(*args[:2], reduction=reduction, weight=args[2] if weighted else None),
+            inputs, *TOLERANCES[dtype],
+        )
+
+
+def test_mixed_dtypes_promote_as_torch():
+    logits32, logits64 = torch.randn(3, 4), torch.randn(3, 4, dtype=torch.float64)
+    probabilities64 = torch.rand(3, 4, dtype=torch.float64)
+    assert mF.cross_entropy(logits32, probabilities64).dtype == F.cross_entropy(logits32, probabilities64).dtype
+    torch.testing.assert_close(mF.cross_entropy(logits32, probabilities64), F.cross_entropy(logits32, probabilities64))
+    assert mF.mse_loss(logits32, logits64).dtype == torch.float64
+    assert mF.mse_loss(logits32, torch.zeros(3, 4, dtype=torch.long)).dtype == torch.float32
+    uint8_target = torch.tensor([0, 3, 1], dtype=torch.uint8)
+    torch.testing.assert_close(mF.cross_entropy(logits64, uint8_target), F.cross_entropy(logits64, uint8_target))
+
+
+# ------------------------------------------------------------------------------------- stability, edge cases
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = torch.tensor([[1000.0, -1000.0, 0.0], [-1000.0, 1000.0, 999.0]], requires_grad=True)
+    target = torch.tensor([1, 2])
+    loss = mF.cross_entropy(logits, target, label_smoothing=0.1)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    expected = F.cross_entropy(logits, target, label_smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, logits)[0])
+
+
+def test_minus_infinity_logit_off_target_costs_nothing():
+    """0 · log 0 = 0: a class of probability 0 that is not the target adds no NaN (as torch)."""
+    logits = torch.tensor([[float("-inf"), 0.0, 1.0]], requires_grad=True)
+    loss = mF.cross_entropy(logits, torch.tensor([2]))
+    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.tensor([2])))
+    assert torch.isfinite(torch.autograd.grad(loss, logits)[0]).all()
+
+
+@pytest.mark.parametrize("function", ["cross_entropy", "nll_loss"])
+def test_all_targets_ignored_gives_nan_and_zero_gradient_as_torch(function):
+    input = leaf(4, 3)
+    target = torch.full((4,), -100)
+    loss = getattr(mF, function)(input, target)
+    assert torch.isnan(loss) and torch.isnan(getattr(F, function)(input, target))
+    assert torch.equal(torch.autograd.grad(loss, input)[0], torch.zeros(4, 3, dtype=torch.float64))
+
+
+def test_grad_fn_is_ours():
+    logits = leaf(4, 5)
+    target = torch.tensor([0, 1, 2, 3])
+    assert isinstance(mF.cross_entropy(logits, target).grad_fn, CrossEntropyFunction._backward_cls)
+    assert isinstance(mF.cross_entropy(logits, logits.softmax(1).detach()).grad_fn, CrossEntropyFunction._backward_cls)
+    assert isinstance(mF.nll_loss(logits, target).grad_fn, NLLLossFunction._backward_cls)
+    assert isinstance(mF.mse_loss(logits, torch.zeros(4, 5)).grad_fn, MSELossFunction._backward_cls)
+    assert isinstance(mF.mse_loss(logits, torch.zeros(4, 5), weight=leaf(4, 5)).grad_fn, MSELossFunction._backward_cls)
+
+
+def test_legacy_reduction_flags():
+    logits, target = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    for legacy in [dict(size_average=False), dict(reduce=False), dict(size_average=True, reduce=True)]:
+        with pytest.warns(UserWarning, match="deprecated"):
+            ours = mF.cross_entropy(logits, target, **legacy)
+        with pytest.warns(UserWarning, match="deprecated"):
+            torch.testing.assert_close(ours, F.cross_entropy(logits, target, **legacy))
+    with pytest.warns(UserWarning, match="deprecated"):
+        torch.testing.assert_close(mF.mse_loss(logits, logits * 2, reduce=False), (logits - logits * 2) ** 2)
+
+
+def test_mse_broadcasting_warns_as_torch():
+    with pytest.warns(UserWarning, match="Using a target size"):
+        mF.mse_loss(torch.randn(3, 4), torch.randn(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mF.mse_loss(torch.randn(3, 4), torch.randn(3, 4))
+
+
+def test_weight_requiring_grad_for_class_indices_raises_as_torch():
+    logits, target, weight = torch.randn(3, 4), torch.tensor([0, 1, 2]), torch.ones(4, requires_grad=True)
+    for function in ["cross_entropy", "nll_loss"]:
+        with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):
+            getattr(mF, function)(logits, target, weight=weight)
+        with torch.no_grad():
+            getattr(mF, function)(logits, target, weight=weight)
+
+
+# ------------------------------------------------------------------------------------------------- bad input
+
+L, D = torch.long, torch.float64
+INDEX_TARGETS = (torch.randn(3, 4), torch.tensor([0, 2, 1]))
+PROBABILITY_TARGETS = (torch.randn(3, 4), torch.rand(3, 4))
+# id: (function, positional arguments, keyword arguments)
+BAD_CALLS = {
+    "target-out-of-range": ("cross_entropy", (torch.randn(3, 4), torch.tensor([0, 4, 1])), {}),
+    "target-negative": ("nll_loss", (torch.randn(3, 4), torch.tensor([0, -1, 1])), {}),
+    "target-out-of-range-spatial": ("nll_loss", (torch.randn(2, 3, 2, 2), torch.full((2, 2, 2), 3)), {}),
+    "target-float-for-indices": ("cross_entropy", (torch.randn(3, 4), torch.rand(3)), {}),
+    "target-int32": ("nll_loss", (torch.randn(3, 4), torch.zeros(3, dtype=torch.int32)), {}),
+    "target-bool": ("cross_entropy", (torch.randn(3, 4), torch.zeros(3, dtype=torch.bool)), {}),
+    "batch-mismatch": ("cross_entropy", (torch.randn(3, 4), torch.zeros(2, dtype=L)), {}),
+    "scalar-target-for-batch": ("nll_loss", (torch.randn(3, 4), torch.tensor(1)), {}),
+    "2d-target-for-2d-input": ("cross_entropy", (torch.randn(3, 4), torch.zeros(3, 2, dtype=L)), {}),
+    "unbatched-two-targets": ("cross_entropy", (torch.randn(4), torch.zeros(2, dtype=L)), {}),
+    "spatial-target-shape": ("cross_entropy", (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, 4, dtype=L)), {}),
+    "spatial-target-rank": ("nll_loss", (torch.randn(2, 3, 4, 5), torch.zeros(2, 4, dtype=L)), {}),
+    "3d-target-shape": ("cross_entropy", (torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=L)), {}),
+    "5d-target-shape": ("nll_loss", (torch.randn(2, 3, 2, 2, 2), torch.zeros(2, 2, 2, 3, dtype=L)), {}),
+    "0d-input": ("nll_loss", (torch.tensor(1.0), torch.tensor(0)), {}),
+    "0d-input-ce": ("cross_entropy", (torch.tensor(1.0), torch.zeros(3, dtype=L)), {}),
+    "weight-wrong-size": ("cross_entropy", INDEX_TARGETS, dict(weight=torch.ones(3))),
+    "weight-wrong-size-spatial": (
+        "nll_loss", (torch.randn(2, 3, 2, 2), torch.zeros(2, 2, 2, dtype=L)), dict(weight=torch.ones(2))
+    ),
+    "weight-2d": ("nll_loss", INDEX_TARGETS, dict(weight=torch.ones(1, 4))),
+    "weight-dtype": ("cross_entropy", INDEX_TARGETS, dict(weight=torch.ones(4, dtype=D))),
+    "integer-input": ("cross_entropy", (torch.zeros(3, 4, dtype=L), torch.zeros(3, dtype=L)), {}),
+    "integer-input-nll": ("nll_loss", (torch.zeros(3, 4, dtype=L), torch.zeros(3, dtype=L)), {}),
+    "smoothing-above-1": ("cross_entropy", INDEX_TARGETS, dict(label_smoothing=1.5)),
+    "smoothing-above-1-probabilities": ("cross_entropy", PROBABILITY_TARGETS, dict(label_smoothing=2.0)),
+    "probabilities-integer": ("cross_entropy", (torch.randn(3, 4), torch.zeros(3, 4, dtype=L)), {}),
+    "probabilities-ignore-index": ("cross_entropy", PROBABILITY_TARGETS, dict(ignore_index=1)),
+    "probabilities-weight-size": ("cross_entropy", PROBABILITY_TARGETS, dict(weight=torch.ones(2))),
+    "probabilities-0d": ("cross_entropy", (torch.tensor(1.0), torch.tensor(0.5)), {}),
+    "bad-reduction": ("cross_entropy", INDEX_TARGETS, dict(reduction="avg")),
+    "bad-reduction-nll": ("nll_loss", INDEX_TARGETS, dict(reduction="avg")),
+    "bad-reduction-mse": ("mse_loss", (torch.randn(3), torch.randn(3)), dict(reduction="avg")),
+    "bad-reduction-mse-weighted": (
+        "mse_loss", (torch.randn(3), torch.randn(3)), dict(reduction="avg", weight=torch.ones(3))
+    ),
+    "mse-not-broadcastable": ("mse_loss", (torch.randn(4, 5), torch.randn(3, 5)), {}),
+    "mse-weight-shape": ("mse_loss", (torch.randn(4, 5), torch.randn(4, 5)), dict(weight=torch.ones(5))),
+    "mse-integer": ("mse_loss", (torch.zeros(3, dtype=L), torch.zeros(3, dtype=L)), {}),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=list(BAD_CALLS))
+def test_bad_input_raises_as_torch(case):
+    function, args, kwargs = BAD_CALLS[case]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(Exception) as expected:
+            getattr(F, function)(*args, **kwargs)
+        with pytest.raises(expected.type) as raised:
+            getattr(mF, function)(*args, **kwargs)
+    assert str(raised.value) == str(expected.value)
+
+
+# --------------------------------------------------------------------------------------------------- modules
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, make_inputs",
+    [
+        ("CrossEntropyLoss", {}, lambda: (torch.randn(4, 5), torch.tensor([0, 1, 4, 2]))),
+        (
+            "CrossEntropyLoss",
+            dict(weight=torch.rand(5), ignore_index=1, reduction="sum", label_smoothing=0.2),
+            lambda: (torch.randn(4, 5), torch.tensor([0, 1, 4, 2])),
+        ),
+        ("CrossEntropyLoss", dict(reduction="none"), lambda: (torch.randn(2, 5, 3), torch.rand(2, 5, 3))),
+        ("NLLLoss", dict(weight=torch.rand(5)), lambda: (torch.randn(4, 5), torch.tensor([0, 1, 4, 2]))),
+        ("MSELoss", {}, lambda: (torch.randn(3, 4), torch.randn(3, 4))),
+        ("MSELoss", dict(reduction="sum"), lambda: (torch.randn(3, 4), torch.randn(3, 4))),
+    ],
+)
+def test_modules_match_torch(name, kwargs, make_inputs):
+    ours, theirs = getattr(mnn, name)(**kwargs), getattr(torch.nn, name)(**kwargs)
+    assert isinstance(ours, getattr(torch.nn, name))
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    input, target = make_inputs()
+    input.requires_grad_()
+    output = ours(input, target)
+    torch.testing.assert_close(output, theirs(input, target))
+    assert type(output.grad_fn).__name__.endswith("FunctionBackward")
