@@ -3,9 +3,15 @@
 Thin: each normalises its arguments as PyTorch does, validates them, and applies the hand-written
 autograd Function of ``manual_conv.ops``. Sections follow the op families of ``manual_conv/ops/``.
 """
+import warnings
+
+import torch
 import torch.nn.functional as F
 
+from .ops import activation as _activation
 from .ops import conv as _conv
+from .ops import linear as _linear
+from .ops import pool as _pool
 from .ops._utils import _pair
 
 # ---------------------------------------------------------------------------------------------------- convolution
@@ -62,11 +68,166 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 # -------------------------------------------------------------------------------------------------------- pooling
 
 
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling as torch.nn.functional.max_pool2d, through ``MaxPool2dFunction``.
+
+    input (N, C, H, W) or unbatched (C, H, W); stride defaults to kernel_size. With return_indices, also the
+    arg-max of every window as a flat index h·W + w into its input plane.
+    """
+    if input.dim() not in (3, 4):
+        raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
+    pool_args = _pool.normalize_pool2d_args("max_pool2d", kernel_size, stride, padding, dilation)
+    _pool.check_pool2d_args("max_pool2d", input, *pool_args, ceil_mode)
+    batched = input if input.dim() == 4 else input.unsqueeze(0)
+    output, indices = _pool.MaxPool2dFunction.apply(batched, *pool_args, ceil_mode)
+    if input.dim() == 3:
+        output, indices = output.squeeze(0), indices.squeeze(0)
+    return (output, indices) if return_indices else output
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling as torch.nn.functional.avg_pool2d, through ``AvgPool2dFunction``.
+
+    input (N, C, H, W) or (C, H, W); stride defaults to kernel_size. Each window's sum is divided by
+    divisor_override, or by the window's size with (count_include_pad) or without the zero padding.
+    """
+    if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(divisor_override, int)):
+        raise TypeError(f"avg_pool2d(): argument 'divisor_override' must be int, not {type(divisor_override).__name__}")
+    if divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
+    input.size(-3)  # PyTorch's IndexError for input with fewer than 3 dims
+    kernel_size, stride, padding, _ = _pool.normalize_pool2d_args("avg_pool2d", kernel_size, stride, padding)
+    _pool.check_pool2d_args("avg_pool2d", input, kernel_size, stride, padding, (1, 1), ceil_mode)
+    batched = input if input.dim() == 4 else input.unsqueeze(0)
+    output = _pool.AvgPool2dFunction.apply(
+        batched, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+    )
+    return output if input.dim() == 4 else output.squeeze(0)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """2-D adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d, through ``AdaptiveAvgPool2dFunction``.
+
+    output_size an int or a pair, None keeping that input size; window i spans ⌊i·H/H_out⌋ .. ⌈(i+1)·H/H_out⌉.
+    """
+    if isinstance(output_size, int):
+        output_size = (output_size, output_size)
+    elif len(input.shape) <= len(output_size):
+        raise ValueError(f"Input dimension should be at least {len(output_size) + 1}")
+    else:
+        output_size = tuple(
+            size if size is not None else default for size, default in zip(output_size, input.shape[-len(output_size):])
+        )
+    _pool.check_adaptive_pool2d_args(input, output_size)
+    batched = input if input.dim() == 4 else input.unsqueeze(0)
+    output = _pool.AdaptiveAvgPool2dFunction.apply(batched, output_size)
+    return output if input.dim() == 4 else output.squeeze(0)
+
 # ---------------------------------------------------------------------------------------------------- activations
 
 
+def relu(input, inplace=False):
+    """max(x, 0) element-wise, through ``ReLUFunction``; inplace=True overwrites and returns input, as torch does."""
+    if input.dtype == torch.bool:
+        raise NotImplementedError("Boolean inputs not supported for relu")
+    return _activation.ReLUFunction.apply(input, inplace)
+
+
+def _floating(input):
+    """Integer and bool inputs are computed in the default floating dtype, as torch.sigmoid/torch.tanh promote."""
+    return input if input.is_floating_point() else input.to(torch.get_default_dtype())
+
+
+def sigmoid(input):
+    """1 / (1 + e^{−x}) element-wise, through ``SigmoidFunction``."""
+    return _activation.SigmoidFunction.apply(_floating(input))
+
+
+def tanh(input):
+    """tanh(x) element-wise, through ``TanhFunction``."""
+    return _activation.TanhFunction.apply(_floating(input))
+
+
+def gelu(input, *, approximate="none"):
+    """x·Φ(x) element-wise (approximate='tanh': Φ by its tanh approximation), through ``GELUFunction``."""
+    if not isinstance(approximate, str):
+        raise TypeError(f"gelu(): argument 'approximate' must be str, not {type(approximate).__name__}")
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
+    if not input.is_floating_point():
+        raise _activation.not_implemented_for("GeluKernelImpl", input.dtype)
+    return _activation.GELUFunction.apply(input, approximate)
+
+
+def _softmax_dim(name, ndim, stacklevel):
+    """torch's legacy choice when dim is None, with its deprecation warning: dim 0 for 0-, 1- and 3-D input
+    (a single sample, unbatched image), else 1 (the dim after the batch)."""
+    warnings.warn(
+        f"Implicit dimension choice for {name} has been deprecated. Change the call to include dim=X as an argument.",
+        stacklevel=stacklevel,
+    )
+    return 0 if ndim in (0, 1, 3) else 1
+
+
+def _softmax_input(name, input, dim, stacklevel, dtype):
+    """(input cast to dtype, dim), with torch's implicit dim and its error for non-floating input."""
+    if dim is None:
+        dim = _softmax_dim(name, input.dim(), stacklevel + 1)
+    if dtype is not None:
+        input = input.to(dtype)
+    if not input.is_floating_point():
+        last_dim = dim in (-1, max(input.dim(), 1) - 1)
+        raise _activation.not_implemented_for(f"{name}{'_lastdim' if last_dim else ''}_kernel_impl", input.dtype)
+    return input, dim
+
+
+def softmax(input, dim=None, _stacklevel=3, dtype=None):
+    """e^{x_i} / Σ_k e^{x_k} along dim (computed after subtracting the max), through ``SoftmaxFunction``."""
+    input, dim = _softmax_input("softmax", input, dim, _stacklevel, dtype)
+    return _activation.SoftmaxFunction.apply(input, dim)
+
+
+def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
+    """x_i − log Σ_k e^{x_k} along dim (computed after subtracting the max), through ``LogSoftmaxFunction``."""
+    input, dim = _softmax_input("log_softmax", input, dim, _stacklevel, dtype)
+    return _activation.LogSoftmaxFunction.apply(input, dim)
+
 # --------------------------------------------------------------------------------------- linear, dropout, flatten
 
+
+def linear(input, weight, bias=None):
+    """y = x Wᵀ + b over the last dim of x (any leading dims), through ``LinearFunction``.
+
+    A 1-D weight (in_features,) gives one output per row with that dim dropped, as torch allows (no bias then).
+    """
+    if input.dim() == 0 or weight.dim() == 0:
+        raise RuntimeError(
+            f"both arguments to linear need to be at least 1D, but they are {input.dim()}D and {weight.dim()}D"
+        )
+    if weight.dim() > 2:
+        raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {weight.dim()}D")
+    if weight.dim() == 1:
+        if bias is not None:
+            raise RuntimeError("mat2 must be a matrix, got 1-D tensor")
+        return _linear.LinearFunction.apply(input, weight.unsqueeze(0), None).squeeze(-1)
+    if bias is not None and bias.dtype != weight.dtype:
+        raise RuntimeError(
+            f"self and mat2 must have the same dtype, but got {_activation.scalar_type_name(bias.dtype)} and "
+            f"{_activation.scalar_type_name(weight.dtype)}"
+        )
+    return _linear.LinearFunction.apply(input, weight, bias)
+
+
+def dropout(input, p=0.5, training=True, inplace=False):
+    """Zero each element with probability p and scale the rest by 1/(1 − p) when training, through
+    ``DropoutFunction``; the identity (input itself, as torch returns it) in eval mode or for p = 0."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    if not training or p == 0 or input.numel() == 0:
+        return input
+    output, _ = _linear.DropoutFunction.apply(input, p, inplace)
+    return output
 
 # --------------------------------------------------------------------------------------------------------- losses
 

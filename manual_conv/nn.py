@@ -40,11 +40,94 @@ class ConvTranspose2d(nn.ConvTranspose2d):
 # -------------------------------------------------------------------------------------------------------- pooling
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """torch.nn.MaxPool2d computed by manual_conv.functional.max_pool2d."""
+
+    def forward(self, input):
+        return mF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """torch.nn.AvgPool2d computed by manual_conv.functional.avg_pool2d."""
+
+    def forward(self, input):
+        return mF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torch.nn.AdaptiveAvgPool2d computed by manual_conv.functional.adaptive_avg_pool2d."""
+
+    def forward(self, input):
+        return mF.adaptive_avg_pool2d(input, self.output_size)
+
 # ---------------------------------------------------------------------------------------------------- activations
 
 
+class ReLU(nn.ReLU):
+    """torch.nn.ReLU computed by manual_conv.functional.relu (inplace=True overwrites the input, as torch's)."""
+
+    def forward(self, input):
+        return mF.relu(input, inplace=self.inplace)
+
+
+class Sigmoid(nn.Sigmoid):
+    """torch.nn.Sigmoid computed by manual_conv.functional.sigmoid."""
+
+    def forward(self, input):
+        return mF.sigmoid(input)
+
+
+class Tanh(nn.Tanh):
+    """torch.nn.Tanh computed by manual_conv.functional.tanh."""
+
+    def forward(self, input):
+        return mF.tanh(input)
+
+
+class GELU(nn.GELU):
+    """torch.nn.GELU computed by manual_conv.functional.gelu."""
+
+    def forward(self, input):
+        return mF.gelu(input, approximate=self.approximate)
+
+
+class Softmax(nn.Softmax):
+    """torch.nn.Softmax computed by manual_conv.functional.softmax."""
+
+    def forward(self, input):
+        return mF.softmax(input, self.dim, _stacklevel=5)
+
+
+class LogSoftmax(nn.LogSoftmax):
+    """torch.nn.LogSoftmax computed by manual_conv.functional.log_softmax."""
+
+    def forward(self, input):
+        return mF.log_softmax(input, self.dim, _stacklevel=5)
+
 # --------------------------------------------------------------------------------------- linear, dropout, flatten
 
+
+class Linear(nn.Linear):
+    """torch.nn.Linear computed by manual_conv.functional.linear."""
+
+    def forward(self, input):
+        return mF.linear(input, self.weight, self.bias)
+
+
+class Flatten(nn.Flatten):
+    """torch.nn.Flatten, unchanged: flattening is a reshape, y and x hold the same numbers in the same order, so
+    there is nothing to derive (∂L/∂x is δ reshaped back, which PyTorch's view tracking already does without
+    arithmetic). A Function here would only turn a free view into a copy. The class exists so that a model
+    written against manual_conv.nn finds every layer it needs in one namespace."""
+
+
+class Dropout(nn.Dropout):
+    """torch.nn.Dropout computed by manual_conv.functional.dropout (active in train(), the identity in eval())."""
+
+    def forward(self, input):
+        return mF.dropout(input, self.p, self.training, self.inplace)
 
 # --------------------------------------------------------------------------------------------------------- losses
 

@@ -1,0 +1,77 @@
+"""The fully connected layer and dropout as autograd Functions, forward and backward by hand.
+
+Notation (docs/derivations.md, "Linear and dropout"): x the input (..., in_features), W the weight
+(out_features, in_features), b the bias, y the output (..., out_features), δ = ∂L/∂y. Both backwards are made of
+differentiable tensor ops on saved tensors, so double backward works.
+"""
+import torch
+
+
+class LinearFunction(torch.autograd.Function):
+    """y = x Wᵀ + b: y[..., o] = Σ_i x[..., i] · W[o, i] + b[o], for any number of leading dims of x.
+
+    b is broadcast to y's shape (as torch's addmm does; usually it is (out_features,)).
+    Backward, with the leading dims of x and δ flattened into M rows (X: M × in, Δ: M × out):
+        ∂L/∂x = δ W                        (each x[..., i] feeds every output o through W[o, i]);
+        ∂L/∂W = Δᵀ X                       (summed over the M rows, since W is shared by all of them);
+        ∂L/∂b = Σ_rows δ                   (summed down to b's shape).
+    """
+
+    @staticmethod
+    def forward(input, weight, bias):
+        output = input.matmul(weight.t())
+        if bias is not None:
+            output += bias  # in place: a bias that would broadcast output to a larger shape is an error, as in torch
+        return output
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.bias_shape = None if bias is None else bias.shape
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_input = grad_output.matmul(weight)
+        if needs_weight:
+            grad_weight = grad_output.reshape(-1, weight.shape[0]).t().matmul(input.reshape(-1, weight.shape[1]))
+        if needs_bias:
+            grad_bias = grad_output.sum_to_size(ctx.bias_shape)
+        return grad_input, grad_weight, grad_bias
+
+
+class DropoutFunction(torch.autograd.Function):
+    """y = x ⊙ m / (1 − p), m ~ Bernoulli(1 − p) element-wise ("inverted" dropout: E[y] = x, so evaluation needs
+    no rescaling). Returns (y, m / (1 − p)), like torch's native_dropout returns its mask; the mask is drawn as
+    PyTorch draws it on CPU (``bernoulli_(1 − p)`` on an empty tensor like x), so a seed gives torch's very mask.
+    p = 1 draws nothing and multiplies by 0. With ``inplace`` x itself is overwritten and returned.
+
+    Backward: y is x times a constant per element, so ∂L/∂x = δ ⊙ m / (1 − p).
+    """
+
+    @staticmethod
+    def forward(input, p, inplace):
+        if p == 1:
+            scaled_mask = input.new_zeros(())
+        else:
+            scaled_mask = torch.empty_like(input).bernoulli_(1 - p).div_(1 - p)
+        output = input.mul_(scaled_mask) if inplace else input * scaled_mask
+        return output, scaled_mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, _, inplace = inputs
+        _, scaled_mask = output
+        if inplace:
+            ctx.mark_dirty(input)
+        ctx.mark_non_differentiable(scaled_mask)
+        ctx.save_for_backward(scaled_mask)
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_mask):
+        (scaled_mask,) = ctx.saved_tensors
+        return grad_output * scaled_mask, None, None

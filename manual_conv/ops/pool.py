@@ -1,0 +1,326 @@
+"""Pooling's autograd Functions: max, average and adaptive average pooling, forward and backward by hand.
+
+Windows come from the same ``as_strided`` view as the convolution (``conv_reference.im2col``), on an input padded
+by hand: with -∞ for max pooling (a pad never wins), with zeros for average pooling (a pad adds nothing). Notation
+(docs/derivations.md, "Pooling"): x the input (N, C, H, W), y the output (N, C, H_out, W_out), δ = ∂L/∂y; k, s, p, d
+are kernel size, stride, padding and dilation. The Functions take batched 4-D input and checked arguments (pairs of
+ints); ``check_pool2d_args`` raises PyTorch's errors and ``manual_conv.functional`` handles unbatched input.
+
+Every backward is linear in δ and written with differentiable tensor ops (scatter-add, strided slices, matmul), so
+double backward works: the second derivative routes the incoming gradient the way the forward routed x.
+"""
+import torch
+import torch.nn.functional as F
+
+from ._utils import _pair
+from .activation import not_implemented_for
+from .conv_reference import im2col
+
+
+def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """H_out = ⌊(H + 2p − d(k − 1) − 1 [+ s − 1 with ceil_mode]) / s⌋ + 1.
+
+    With ceil_mode the last window may hang over the bottom/right edge, but it must start inside the input or its
+    left padding; a window starting at (H_out − 1)·s ≥ H + p would see only padding and is dropped.
+    """
+    rounding = stride - 1 if ceil_mode else 0
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1 + rounding) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _pool_windows(x, fill, kernel_size, stride, padding, dilation, output_size):
+    """cols[n, c, i·kW + j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x padded with ``fill``.
+
+    Shape (N, C, kH·kW, H_out, W_out). Beyond the padding p, ceil_mode's last window may need up to s − 1 more
+    rows/columns at the bottom/right: they get ``fill`` too.
+    """
+    (kh, kw), (ph, pw), (dh, dw) = kernel_size, padding, dilation
+    (h_out, w_out), (sh, sw) = output_size, stride
+    n, c, h, w = x.shape
+    extra_h = max(0, (h_out - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
+    extra_w = max(0, (w_out - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
+    x_pad = F.pad(x, (pw, pw + extra_w, ph, ph + extra_h), value=fill)
+    cols = im2col(x_pad, kernel_size, stride, (0, 0), dilation)[..., :h_out, :w_out]
+    return cols.reshape(n, c, kh * kw, h_out, w_out)
+
+
+def _tap_positions(input_size, kernel_size, stride, padding, dilation, output_size, device):
+    """For every window tap, where it reads in the unpadded input plane: (flat index h·W + w, inside the input).
+
+    Row of tap i in window y: h = y·s − p + i·d (likewise for columns). Both results have shape (kH·kW, H_out, W_out).
+    """
+    coords = []
+    for size, k, s, p, d, out in zip(input_size, kernel_size, stride, padding, dilation, output_size):
+        coord = torch.arange(k, device=device)[:, None] * d + torch.arange(out, device=device)[None, :] * s - p
+        coords.append((coord, (coord >= 0) & (coord < size)))
+    (rows, rows_inside), (cols, cols_inside) = coords
+    flat = rows[:, None, :, None] * input_size[1] + cols[None, :, None, :]
+    inside = rows_inside[:, None, :, None] & cols_inside[None, :, None, :]
+    kh, kw = kernel_size
+    return flat.reshape(kh * kw, *output_size), inside.reshape(kh * kw, *output_size)
+
+
+def _lowest(dtype):
+    return -torch.inf if dtype.is_floating_point else torch.iinfo(dtype).min
+
+
+class MaxPool2dFunction(torch.autograd.Function):
+    """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞.
+
+    Returns (y, indices): indices[n, c, y, x] = h·W + w, the position in the input plane of the arg-max, chosen as
+    PyTorch does: the first maximum in window scan order (row by row); the last NaN when the window has a NaN (NaN
+    counts as the maximum and propagates to y); the first tap inside the input when the window is all −∞.
+
+    Backward: y depends on one input only, with slope 1, so the gradient is routed to the arg-max:
+        ∂L/∂x[n, c, h, w] = Σ_{(y, x): indices[n, c, y, x] = h·W + w} δ[n, c, y, x]
+    (overlapping windows that share an arg-max add up). That is a scatter-add, linear in δ; its own derivative
+    is the gather δ[n, c, y, x] ← G[n, c, indices[n, c, y, x]], so double backward works (ties and NaN fixed by the
+    saved indices; the derivative with respect to x is 0 almost everywhere).
+    """
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        n, c, h, w = input.shape
+        output_size = tuple(
+            pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
+        )
+        cols = _pool_windows(input, _lowest(input.dtype), kernel_size, stride, padding, dilation, output_size)
+        output = cols.amax(2)  # NaN propagates
+        flat, inside = _tap_positions((h, w), kernel_size, stride, padding, dilation, output_size, input.device)
+        # argmax returns the first of equal maxima: on 0/1 flags, the first tap that holds the maximum
+        first_max = ((cols == output.unsqueeze(2)) & inside).to(torch.uint8).argmax(2)
+        last_nan = cols.shape[2] - 1 - cols.isnan().flip(2).to(torch.uint8).argmax(2)
+        tap = torch.where(output.isnan(), last_nan, first_max)
+        indices = flat.expand(n, c, *flat.shape).gather(2, tap.unsqueeze(2)).squeeze(2)
+        return output, indices
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, indices = output
+        ctx.mark_non_differentiable(indices)
+        ctx.save_for_backward(indices)
+        ctx.input_shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_indices):
+        (indices,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad_input = grad_output.new_zeros(n, c, h * w).scatter_add(
+            2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)
+        )
+        return grad_input.view(n, c, h, w), None, None, None, None, None
+
+
+def _window_counts(size, output_size, kernel, stride, padding, count_include_pad, device):
+    """How many taps of each window along one dim count in the divisor, as PyTorch clips windows:
+    a window starts at t = y·s − p and ends at min(t + k, H + p) (ceil_mode's overhang beyond the padding never
+    counts); count_include_pad=False also drops the padding, leaving min(t + k, H) − max(t, 0)."""
+    start = torch.arange(output_size, device=device) * stride - padding
+    end = (start + kernel).clamp(max=size + padding)
+    if count_include_pad:
+        return end - start
+    return end.clamp(max=size) - start.clamp(min=0)
+
+
+class AvgPool2dFunction(torch.autograd.Function):
+    """y[n, c, y, x] = (1 / D[y, x]) · Σ_{i, j} x_pad[n, c, y·s + i, x·s + j], with x_pad padded by zeros.
+
+    D is divisor_override when given, else the window's size counted as ``_window_counts`` does (D = D_H[y]·D_W[x]).
+    Integer inputs divide with truncation, as PyTorch does.
+
+    Backward: every input in window (y, x) gets the same share of its gradient,
+        ∂L/∂x[n, c, h, w] = Σ_{windows (y, x) containing (h, w)} δ[n, c, y, x] / D[y, x]
+    computed as one strided slice-add of δ/D per kernel tap (i, j) into the padded input plane, then cropped.
+    Linear in δ and built from differentiable ops: double backward works.
+    """
+
+    @staticmethod
+    def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        n, c, h, w = input.shape
+        output_size = tuple(
+            pooling_output_size(*args, 1, ceil_mode) for args in zip((h, w), kernel_size, stride, padding)
+        )
+        cols = _pool_windows(input, 0, kernel_size, stride, padding, (1, 1), output_size)
+        sums = cols.sum(2)
+        divisor = _avg_pool_divisor((h, w), output_size, kernel_size, stride, padding, count_include_pad,
+                                    divisor_override, input.device)
+        if input.dtype.is_floating_point:
+            return sums / divisor
+        return torch.div(sums, divisor, rounding_mode="trunc").to(input.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, *pool_args = inputs
+        ctx.input_shape = input.shape
+        ctx.pool_args = pool_args
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        kernel_size, stride, padding, _, count_include_pad, divisor_override = ctx.pool_args
+        (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+        n, c, h, w = ctx.input_shape
+        h_out, w_out = grad_output.shape[2:]
+        divisor = _avg_pool_divisor((h, w), (h_out, w_out), kernel_size, stride, padding, count_include_pad,
+                                    divisor_override, grad_output.device)
+        share = grad_output / divisor
+        # the padded plane as tall/wide as the windows reach (ceil_mode's overhang included)
+        padded = grad_output.new_zeros(n, c, max(h + 2 * ph, (h_out - 1) * sh + kh),
+                                       max(w + 2 * pw, (w_out - 1) * sw + kw))
+        for i in range(kh):
+            for j in range(kw):
+                padded[:, :, i:i + (h_out - 1) * sh + 1:sh, j:j + (w_out - 1) * sw + 1:sw] += share
+        grad_input = padded[:, :, ph:ph + h, pw:pw + w]
+        return grad_input, None, None, None, None, None, None
+
+
+def _avg_pool_divisor(input_size, output_size, kernel_size, stride, padding, count_include_pad, divisor_override,
+                      device):
+    """D[y, x]: divisor_override, or the product of the per-dim window counts (shape (H_out, W_out))."""
+    if divisor_override is not None:
+        return divisor_override
+    counts_h, counts_w = (
+        _window_counts(*args, count_include_pad, device)
+        for args in zip(input_size, output_size, kernel_size, stride, padding)
+    )
+    return counts_h[:, None] * counts_w[None, :]
+
+
+def adaptive_average_matrix(size, output_size, dtype, device):
+    """A[i, h] = 1 / (e_i − b_i) for b_i ≤ h < e_i, else 0, with b_i = ⌊i·H / H_out⌋, e_i = ⌈(i + 1)·H / H_out⌉.
+
+    Row i averages window i; the windows cover the input and neighbours overlap when H is not a multiple of H_out.
+    """
+    i = torch.arange(output_size, device=device)
+    start = i * size // output_size
+    end = ((i + 1) * size + output_size - 1) // output_size
+    h = torch.arange(size, device=device)
+    inside = (h >= start[:, None]) & (h < end[:, None])
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
+
+
+class AdaptiveAvgPool2dFunction(torch.autograd.Function):
+    """y[n, c] = A_H · x[n, c] · A_Wᵀ, with A the averaging matrices of ``adaptive_average_matrix``.
+
+    The mean over a rectangle is the mean over its rows of the means over its columns, so the 2-D windows
+    (rows b_i..e_i, columns b_j..e_j) separate into one matrix per dim.
+    Backward: y is linear in x, so ∂L/∂x[n, c] = A_Hᵀ · δ[n, c] · A_W (each input gets 1/size of every window
+    holding it). Made of matmuls: double backward works.
+    """
+
+    @staticmethod
+    def forward(input, output_size):
+        rows, cols = (
+            adaptive_average_matrix(size, out, input.dtype, input.device)
+            for size, out in zip(input.shape[2:], output_size)
+        )
+        return rows @ input @ cols.T
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, output_size = inputs
+        ctx.input_shape = input.shape
+        ctx.output_size = output_size
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        rows, cols = (
+            adaptive_average_matrix(size, out, grad_output.dtype, grad_output.device)
+            for size, out in zip(ctx.input_shape[2:], ctx.output_size)
+        )
+        return rows.T @ grad_output @ cols, None
+
+
+# ------------------------------------------------------------------------------------------- argument checks
+
+
+def _pool_pair(value, op, name, wording):
+    """An int or 1-2 ints -> a pair, as PyTorch's pooling accepts, with its message for the wrong count."""
+    if isinstance(value, (list, tuple)) and len(value) not in (1, 2):
+        raise RuntimeError(f"{op}: {name} {wording}")
+    return _pair(value, name)
+
+
+def normalize_pool2d_args(op, kernel_size, stride, padding, dilation=1):
+    """kernel_size, stride (None or [] means kernel_size), padding, dilation -> four pairs."""
+    kernel_size = _pool_pair(kernel_size, op, "kernel_size", "must either be a single int, or a tuple of two ints")
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel_size
+    stride = _pool_pair(stride, op, "stride", "must either be omitted, a single int, or a tuple of two ints")
+    padding = _pool_pair(padding, op, "padding", "must either be a single int, or a tuple of two ints")
+    dilation = _pool_pair(dilation, op, "dilation", "must be either a single int, or a tuple of two ints")
+    return kernel_size, stride, padding, dilation
+
+
+def _half(value):
+    """C++ integer division by 2 (truncates toward zero), as PyTorch's checks compute it."""
+    return int(value / 2)
+
+
+def check_pool2d_args(op, input, kernel_size, stride, padding, dilation, ceil_mode):
+    """Raise PyTorch's error, in PyTorch's order, for pooling arguments it rejects. Numbers are already pairs."""
+    # PyTorch's kernels: max pooling for every dtype but bool, average pooling for floating ones and int64
+    supported = input.dtype != torch.bool if op == "max_pool2d" else (
+        input.dtype.is_floating_point or input.dtype == torch.int64
+    )
+    if not supported:
+        raise not_implemented_for(op, input.dtype)
+    for k, s, p, d in zip(kernel_size, stride, padding, dilation):
+        if s == 0:
+            raise RuntimeError("stride should not be zero")
+        if p < 0:
+            raise RuntimeError(f"pad must be non-negative, but got pad: {p}")
+        if p > _half((k - 1) * d + 1):
+            raise RuntimeError(
+                f"pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and "
+                f"dilation={d}"
+            )
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
+    if kh <= 0 or kw <= 0:
+        raise RuntimeError(f"kernel size should be greater than zero, but got kH: {kh} kW: {kw}")
+    if sh <= 0 or sw <= 0:
+        raise RuntimeError(f"stride should be greater than zero, but got dH: {sh} dW: {sw}")
+    if dh <= 0 or dw <= 0:
+        raise RuntimeError(f"dilation should be greater than zero, but got dilationH: {dh} dilationW: {dw}")
+    plane_sizes = input.shape[1:] if input.dim() == 4 else input.shape
+    if input.dim() not in (3, 4) or 0 in plane_sizes:
+        raise RuntimeError(
+            "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:"
+            f"{list(input.shape)}"
+        )
+    if _half(kw) < pw or _half(kh) < ph:
+        raise RuntimeError(
+            "pad should be smaller than or equal to half of kernel size, but got "
+            f"padW = {pw}, padH = {ph}, kW = {kw}, kH = {kh}"
+        )
+    channels, h, w = input.shape[-3:]
+    h_out, w_out = (
+        pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
+    )
+    if h_out < 1 or w_out < 1:
+        raise RuntimeError(
+            f"Given input size: ({channels}x{h}x{w}). Calculated output size: ({channels}x{h_out}x{w_out}). "
+            "Output size is too small"
+        )
+
+
+def check_adaptive_pool2d_args(input, output_size):
+    """Raise PyTorch's error for adaptive_avg_pool2d arguments it rejects."""
+    if len(output_size) != 2:
+        raise RuntimeError("adaptive_avg_pool2d: output_size must be 2")
+    if any(size < 0 for size in output_size):
+        raise RuntimeError(
+            "adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 but received "
+            f"{{{output_size[0]}, {output_size[1]}}}"
+        )
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got {list(input.shape)}")
+    for dim in range(input.dim() - 2, input.dim()):
+        if input.shape[dim] == 0:
+            raise RuntimeError(
+                "adaptive_avg_pool2d(): Expected input to have non-zero size for non-batch dimensions, but input "
+                f"has sizes {list(input.shape)} with dimension {dim} being empty"
+            )
+    if not input.dtype.is_floating_point:
+        raise not_implemented_for("adaptive_avg_pool2d", input.dtype)

@@ -1,0 +1,310 @@
+"""Pooling by hand (manual_conv.ops.pool): max_pool2d, avg_pool2d, adaptive_avg_pool2d and their modules.
+
+gradcheck/gradgradcheck prove the hand-written backward (and its backward) against finite differences of our own
+forward; the parity tests prove forward, arg-max indices and gradients equal to PyTorch's on random
+configurations, including ties, NaN and all −∞ windows, where the arg-max rule matters.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from torch.autograd import gradcheck, gradgradcheck
+
+import manual_conv.functional as mF
+import manual_conv.nn as mnn
+from manual_conv.ops.pool import pooling_output_size
+
+# id: (input shape, max_pool2d keyword arguments)
+MAX_POOL_CASES = {
+    "plain": ((2, 2, 6, 6), {"kernel_size": 2}),
+    "overlapping": ((1, 2, 5, 6), {"kernel_size": 3, "stride": 1}),
+    "stride-padding": ((2, 1, 7, 6), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    "pairs": ((1, 2, 6, 7), {"kernel_size": (2, 3), "stride": (1, 2), "padding": (1, 1)}),
+    "dilation": ((1, 2, 7, 7), {"kernel_size": 2, "stride": 1, "dilation": (2, 3)}),
+    "ceil-mode": ((1, 2, 7, 6), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}),
+    "unbatched": ((2, 5, 5), {"kernel_size": 2, "ceil_mode": True}),
+}
+
+# id: (input shape, avg_pool2d keyword arguments)
+AVG_POOL_CASES = {
+    "plain": ((2, 2, 6, 6), {"kernel_size": 2}),
+    "overlapping": ((1, 2, 5, 6), {"kernel_size": 3, "stride": 1}),
+    "padding-counted": ((1, 2, 6, 5), {"kernel_size": 3, "stride": 2, "padding": 1}),
+    "padding-not-counted": ((1, 2, 6, 5), {"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False}),
+    "ceil-mode": ((1, 2, 7, 6), {"kernel_size": (3, 2), "stride": 2, "padding": 1, "ceil_mode": True}),
+    "ceil-mode-not-counted": (
+        (1, 1, 6, 7), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}
+    ),
+    "divisor-override": ((1, 2, 5, 5), {"kernel_size": 2, "stride": 1, "padding": 1, "divisor_override": 3}),
+    "unbatched": ((2, 5, 5), {"kernel_size": 2, "ceil_mode": True}),
+}
+
+ADAPTIVE_CASES = {
+    "divides": ((2, 2, 6, 4), 2),
+    "overlapping-windows": ((1, 2, 7, 5), (3, 4)),
+    "larger-than-input": ((1, 1, 3, 2), (5, 3)),
+    "keep-one-size": ((1, 2, 5, 6), (None, 4)),
+    "unbatched": ((2, 5, 7), 3),
+}
+
+
+def leaf(shape, dtype=torch.float64, generator=None):
+    return torch.randn(shape, dtype=dtype, generator=generator).requires_grad_()
+
+
+# ------------------------------------------------------------------------------------------------ derivatives
+
+
+@pytest.mark.parametrize("shape, kwargs", MAX_POOL_CASES.values(), ids=MAX_POOL_CASES.keys())
+def test_max_pool2d_gradcheck_and_gradgradcheck(shape, kwargs):
+    torch.manual_seed(0)
+    input = leaf(shape)
+    assert gradcheck(lambda x: mF.max_pool2d(x, **kwargs), (input,))
+    assert gradgradcheck(lambda x: mF.max_pool2d(x, **kwargs), (input,))
+
+
+@pytest.mark.parametrize("shape, kwargs", AVG_POOL_CASES.values(), ids=AVG_POOL_CASES.keys())
+def test_avg_pool2d_gradcheck_and_gradgradcheck(shape, kwargs):
+    torch.manual_seed(0)
+    input = leaf(shape)
+    assert gradcheck(lambda x: mF.avg_pool2d(x, **kwargs), (input,))
+    assert gradgradcheck(lambda x: mF.avg_pool2d(x, **kwargs), (input,))
+
+
+@pytest.mark.parametrize("shape, output_size", ADAPTIVE_CASES.values(), ids=ADAPTIVE_CASES.keys())
+def test_adaptive_avg_pool2d_gradcheck_and_gradgradcheck(shape, output_size):
+    torch.manual_seed(0)
+    input = leaf(shape)
+    assert gradcheck(lambda x: mF.adaptive_avg_pool2d(x, output_size), (input,))
+    assert gradgradcheck(lambda x: mF.adaptive_avg_pool2d(x, output_size), (input,))
+
+
+@pytest.mark.parametrize("function, node", [
+    (lambda x: mF.max_pool2d(x, 2), "MaxPool2dFunctionBackward"),
+    (lambda x: mF.avg_pool2d(x, 2), "AvgPool2dFunctionBackward"),
+    (lambda x: mF.adaptive_avg_pool2d(x, 3), "AdaptiveAvgPool2dFunctionBackward"),
+    (mnn.MaxPool2d(2), "MaxPool2dFunctionBackward"),
+    (mnn.AvgPool2d(2), "AvgPool2dFunctionBackward"),
+    (mnn.AdaptiveAvgPool2d(3), "AdaptiveAvgPool2dFunctionBackward"),
+])
+def test_the_graph_runs_through_our_functions(function, node):
+    output = function(leaf((1, 2, 6, 6)))
+    assert type(output.grad_fn).__name__ == node
+
+
+# --------------------------------------------------------------------------------------------- parity with torch
+
+
+@st.composite
+def pool_configs(draw, dilation=True):
+    """(input shape, kwargs) that PyTorch accepts: pads within half the (effective) kernel, output ≥ 1."""
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilation else (1, 1)
+    padding = tuple(draw(st.integers(0, min(k // 2, (d * (k - 1) + 1) // 2))) for k, d in zip(kernel, dil))
+    ceil_mode = draw(st.booleans())
+    sizes = tuple(
+        max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 5)) for k, d, p in zip(kernel, dil, padding)
+    )
+    batch = (draw(st.integers(1, 2)),) if draw(st.booleans()) else ()
+    shape = (*batch, draw(st.integers(1, 3)), *sizes)
+    kwargs = {"kernel_size": kernel, "stride": stride, "padding": padding, "ceil_mode": ceil_mode}
+    if dilation:
+        kwargs["dilation"] = dil
+    return shape, kwargs
+
+
+def assert_same_forward_and_backward(ours, theirs, input, atol=0.0, rtol=0.0):
+    """Equal outputs (and indices) and equal input gradients for one random upstream gradient."""
+    mine = input.detach().clone().requires_grad_()
+    reference = input.detach().clone().requires_grad_()
+    out_mine, out_ref = ours(mine), theirs(reference)
+    if isinstance(out_ref, tuple):
+        (out_mine, indices_mine), (out_ref, indices_ref) = out_mine, out_ref
+        assert torch.equal(indices_mine, indices_ref)
+    torch.testing.assert_close(out_mine, out_ref, atol=atol, rtol=rtol, equal_nan=True)
+    upstream = torch.randn(out_ref.shape, dtype=out_ref.dtype)
+    out_mine.backward(upstream)
+    out_ref.backward(upstream)
+    torch.testing.assert_close(mine.grad, reference.grad, atol=atol, rtol=rtol, equal_nan=True)
+
+
+@given(config=pool_configs(), dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_max_pool2d_matches_torch(config, dtype, seed):
+    shape, kwargs = config
+    input = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    assert_same_forward_and_backward(
+        lambda x: mF.max_pool2d(x, return_indices=True, **kwargs),
+        lambda x: F.max_pool2d(x, return_indices=True, **kwargs),
+        input,
+    )
+
+
+@given(config=pool_configs(), seed=st.integers(0, 2**16))
+def test_max_pool2d_ties_nan_and_infinities_like_torch(config, seed):
+    """Few distinct values (many ties), NaN and −∞: torch's rule picks the first maximum in scan order, the last
+    NaN, and the first tap inside the input for an all −∞ window; the gradient goes there."""
+    shape, kwargs = config
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.tensor([-1.0, 0.0, 1.0, float("nan"), -float("inf")], dtype=torch.float64)
+    weights = torch.tensor([3.0, 3.0, 3.0, 0.5, 2.0])
+    input = values[torch.multinomial(weights, torch.Size(shape).numel(), True, generator=generator)].view(shape)
+    assert_same_forward_and_backward(
+        lambda x: mF.max_pool2d(x, return_indices=True, **kwargs),
+        lambda x: F.max_pool2d(x, return_indices=True, **kwargs),
+        input,
+    )
+
+
+def test_max_pool2d_tie_sends_the_gradient_to_the_first_maximum():
+    input = torch.tensor([[[[1.0, 3.0], [3.0, 3.0]]]], requires_grad=True)
+    output, indices = mF.max_pool2d(input, 2, return_indices=True)
+    output.sum().backward()
+    assert indices.item() == 1
+    assert input.grad.tolist() == [[[[0.0, 1.0], [0.0, 0.0]]]]
+
+
+@given(config=pool_configs(dilation=False), count_include_pad=st.booleans(),
+       divisor_override=st.sampled_from([None, None, 1, 3, -2]), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_avg_pool2d_matches_torch(config, count_include_pad, divisor_override, dtype, seed):
+    shape, kwargs = config
+    kwargs.update(count_include_pad=count_include_pad, divisor_override=divisor_override)
+    input = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    assert_same_forward_and_backward(
+        lambda x: mF.avg_pool2d(x, **kwargs), lambda x: F.avg_pool2d(x, **kwargs), input, **tolerance
+    )
+
+
+@given(height=st.integers(1, 9), width=st.integers(1, 9), out_height=st.sampled_from([None, 1, 2, 3, 5, 10]),
+       out_width=st.integers(1, 10), batched=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]),
+       seed=st.integers(0, 2**16))
+def test_adaptive_avg_pool2d_matches_torch(height, width, out_height, out_width, batched, dtype, seed):
+    shape = (2, 3, height, width) if batched else (3, height, width)
+    input = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    output_size = (out_height, out_width)
+    assert_same_forward_and_backward(
+        lambda x: mF.adaptive_avg_pool2d(x, output_size), lambda x: F.adaptive_avg_pool2d(x, output_size),
+        input, **tolerance,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+def test_integer_max_pool2d_like_torch(dtype):
+    """Max pooling of integers pads with the dtype's minimum, so the pad still never wins."""
+    input = torch.randint(0, 50, (2, 3, 5, 6), generator=torch.Generator().manual_seed(0)).to(dtype)
+    for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}):
+        assert torch.equal(mF.max_pool2d(input, return_indices=True, **kwargs)[1],
+                           F.max_pool2d(input, return_indices=True, **kwargs)[1])
+        assert torch.equal(mF.max_pool2d(input, **kwargs), F.max_pool2d(input, **kwargs))
+
+
+def test_int64_avg_pool2d_truncates_like_torch():
+    input = torch.randint(-25, 25, (2, 3, 5, 6), generator=torch.Generator().manual_seed(0))
+    for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}):
+        assert torch.equal(mF.avg_pool2d(input, **kwargs), F.avg_pool2d(input, **kwargs))
+
+
+def test_output_size_formula_matches_torch_with_ceil_mode():
+    """The ceil_mode rule that drops a last window starting in the right padding."""
+    for size in range(1, 9):
+        for kernel in range(1, 5):
+            for stride in range(1, 4):
+                for padding in range(kernel // 2 + 1):
+                    for ceil_mode in (False, True):
+                        expected = pooling_output_size(size, kernel, stride, padding, 1, ceil_mode)
+                        if expected < 1:
+                            continue
+                        input = torch.zeros(1, 1, size, 1)
+                        got = F.max_pool2d(input, (kernel, 1), (stride, 1), (padding, 0), ceil_mode=ceil_mode)
+                        assert got.shape[2] == expected
+
+
+def test_zero_batch():
+    input = torch.randn(0, 2, 4, 4, requires_grad=True)
+    assert mF.max_pool2d(input, 2).shape == F.max_pool2d(input, 2).shape
+    assert mF.avg_pool2d(input, 2).shape == F.avg_pool2d(input, 2).shape
+    assert mF.adaptive_avg_pool2d(input, 3).shape == F.adaptive_avg_pool2d(input, 3).shape
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+
+BAD_CALLS = {
+    "max-2d-input": ("max_pool2d", (2, 2), {"kernel_size": 2}),
+    "max-5d-input": ("max_pool2d", (1, 1, 1, 4, 4), {"kernel_size": 2}),
+    "max-pad-too-big": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "padding": 2}),
+    "max-pad-over-half-kernel-with-dilation": (
+        "max_pool2d", (1, 1, 9, 9), {"kernel_size": 3, "dilation": 2, "padding": 2}
+    ),
+    "max-negative-pad": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "padding": -1}),
+    "max-zero-kernel": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 0}),
+    "max-zero-kernel-stride-1": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 0, "stride": 1}),
+    "max-negative-stride": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "stride": -1}),
+    "max-zero-dilation": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "dilation": 0}),
+    "max-three-kernel-sizes": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": (2, 2, 2)}),
+    "max-three-strides": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "stride": (1, 1, 1)}),
+    "max-float-kernel": ("max_pool2d", (1, 1, 5, 5), {"kernel_size": 2.0}),
+    "max-output-too-small": ("max_pool2d", (1, 2, 5, 5), {"kernel_size": 6}),
+    "max-empty-channels": ("max_pool2d", (1, 0, 5, 5), {"kernel_size": 2}),
+    "max-empty-height": ("max_pool2d", (1, 2, 0, 5), {"kernel_size": 2}),
+    "avg-2d-input": ("avg_pool2d", (4, 4), {"kernel_size": 2}),
+    "avg-5d-input": ("avg_pool2d", (1, 1, 1, 4, 4), {"kernel_size": 2}),
+    "avg-pad-too-big": ("avg_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "padding": 2}),
+    "avg-zero-divisor": ("avg_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "divisor_override": 0}),
+    "avg-float-divisor": ("avg_pool2d", (1, 1, 5, 5), {"kernel_size": 2, "divisor_override": 2.5}),
+    "avg-output-too-small": ("avg_pool2d", (2, 5, 5), {"kernel_size": 6}),
+    "avg-three-kernel-sizes": ("avg_pool2d", (1, 1, 5, 5), {"kernel_size": (2, 2, 2)}),
+    "adaptive-2d-input": ("adaptive_avg_pool2d", (5, 5), {"output_size": 2}),
+    "adaptive-5d-input": ("adaptive_avg_pool2d", (1, 1, 1, 5, 5), {"output_size": 2}),
+    "adaptive-three-sizes": ("adaptive_avg_pool2d", (1, 1, 5, 5), {"output_size": (1, 2, 3)}),
+    "adaptive-one-size": ("adaptive_avg_pool2d", (1, 1, 5, 5), {"output_size": (2,)}),
+    "adaptive-negative-size": ("adaptive_avg_pool2d", (1, 1, 5, 5), {"output_size": -1}),
+    "adaptive-empty-height": ("adaptive_avg_pool2d", (1, 2, 0, 5), {"output_size": 2}),
+}
+
+
+@pytest.mark.parametrize("name, shape, kwargs", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_bad_input_raises_like_torch(name, shape, kwargs):
+    input = torch.randn(shape)
+    with pytest.raises(Exception) as expected:
+        getattr(F, name)(input, **kwargs)
+    with pytest.raises(expected.type) as got:
+        getattr(mF, name)(input, **kwargs)
+    if expected.type is RuntimeError:  # our own checks: PyTorch's very message
+        assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("name, dtype", [("max_pool2d", torch.bool), ("avg_pool2d", torch.bool),
+                                         ("avg_pool2d", torch.int32), ("adaptive_avg_pool2d", torch.int64)])
+def test_unsupported_dtype_raises_like_torch(name, dtype):
+    input = torch.ones(1, 1, 4, 4, dtype=dtype)
+    with pytest.raises(NotImplementedError) as expected:
+        getattr(F, name)(input, 2)
+    with pytest.raises(NotImplementedError) as got:
+        getattr(mF, name)(input, 2)
+    assert str(got.value) == str(expected.value)
+
+
+# ------------------------------------------------------------------------------------------------------ modules
+
+MODULES = [
+    ("MaxPool2d", (3,), {"stride": 2, "padding": 1, "dilation": 1, "ceil_mode": True}),
+    ("MaxPool2d", ((2, 3),), {"return_indices": True}),
+    ("AvgPool2d", (3,), {"stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}),
+    ("AvgPool2d", (2,), {"divisor_override": 3}),
+    ("AdaptiveAvgPool2d", ((None, 3),), {}),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs", MODULES)
+def test_modules_are_torch_modules_with_our_computation(name, args, kwargs):
+    ours, theirs = getattr(mnn, name)(*args, **kwargs), getattr(torch.nn, name)(*args, **kwargs)
+    assert isinstance(ours, getattr(torch.nn, name))
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    ours.load_state_dict(theirs.state_dict())
+    input = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    assert_same_forward_and_backward(ours, theirs, input, atol=1e-12, rtol=1e-12)
