@@ -62,6 +62,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     _conv.check_conv2d_args("conv_transpose2d", input, weight, bias, stride, padding, dilation, groups, transposed=True)
     batched = input if input.dim() == 4 else input.unsqueeze(0)
     output_size = _conv.transposed_output_size(batched, weight, stride, padding, output_padding, groups, dilation)
+    batched = _conv.zero_extend_to_conv_output(batched, weight, output_size, stride, padding, dilation)
     output = _conv.ConvTranspose2dFunction.apply(batched, weight, bias, output_size, stride, padding, dilation, groups)
     return output if input.dim() == 4 else output.squeeze(0)
 

@@ -13,8 +13,10 @@ products) works to any order. The numerical work is done by the active backend's
 Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, with PyTorch's messages.
 """
 import torch
+import torch.nn.functional as F
 
 from ..backend import conv_kernels
+from .conv_reference import output_size as conv_output_size
 
 
 def _same_memory_format(output, input):
@@ -223,6 +225,20 @@ def transposed_output_size(input, weight, stride, padding, output_padding, group
             f"Calculated output size per channel: ({sizes[0]} x {sizes[1]}). Output size is too small"
         )
     return (input.shape[0], weight.shape[1] * groups, *sizes)
+
+
+def zero_extend_to_conv_output(input, weight, output_size, stride, padding, dilation):
+    """Append zero rows/columns to a transposed conv's input so that conv2d maps ``output_size`` back to its shape.
+
+    conv2d maps H_out rows to ⌊(H_out + 2p − d(k − 1) − 1)/s⌋ + 1 = H + ⌊output_padding/s⌋ rows, more than the
+    input's H when output_padding ≥ s (allowed while it is below the dilation). The transposed conv is the adjoint
+    of that conv2d applied to the input extended by zeros, so every kernel keeps conv2d's exact shapes.
+    """
+    extra = [
+        conv_output_size(size, k, s, p, d) - have
+        for size, have, k, s, p, d in zip(output_size[2:], input.shape[2:], weight.shape[2:], stride, padding, dilation)
+    ]
+    return F.pad(input, (0, extra[1], 0, extra[0])) if any(extra) else input
 
 
 def _dtype_name(dtype):
