@@ -31,7 +31,9 @@ def not_implemented_for(kernel, dtype):
 class ReLUFunction(torch.autograd.Function):
     """y = max(x, 0) (NaN stays NaN). With ``inplace`` x itself is overwritten and returned, as torch.relu_ does.
 
-    Backward: ∂y/∂x = 1 where y > 0, else 0 (0 at x = 0, as PyTorch chooses), so ∂L/∂x = δ ⊙ [y > 0].
+    Backward: ∂y/∂x = 1 where x > 0, 0 where x < 0, and PyTorch's choice 0 at x = 0:
+        ∂L/∂x = 0 where y ≤ 0, else δ   (a NaN passes δ through, as in PyTorch's threshold_backward).
+    A selection rather than δ ⊙ mask, so an infinite δ at a dropped position gives 0, not NaN.
     """
 
     @staticmethod
@@ -48,7 +50,7 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        return grad_output * (output > 0), None
+        return torch.where(output <= 0, 0.0, grad_output), None
 
 
 class SigmoidFunction(torch.autograd.Function):
