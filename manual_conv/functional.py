@@ -342,3 +342,48 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 
 # -------------------------------------------------------------------------------------------------- normalization
 
+# This section's imports live here so that the sections can be edited and committed independently.
+import numbers  # noqa: E402
+
+from .ops import norm as _norm  # noqa: E402
+
+
+def _as_dtype(tensor, dtype):
+    return None if tensor is None else tensor.to(dtype)
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-05):
+    """Layer normalization as torch.nn.functional.layer_norm, through ``LayerNormFunction``:
+    y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and the biased σ² over the trailing dims given by normalized_shape."""
+    normalized_shape = _norm.check_layer_norm_args(input, normalized_shape, weight, bias)
+    weight, bias = _as_dtype(weight, input.dtype), _as_dtype(bias, input.dtype)  # mixed precision: float32 γ, β
+    return _norm.LayerNormFunction.apply(input, len(normalized_shape), weight, bias, eps)
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-05):
+    """Batch normalization as torch.nn.functional.batch_norm, per channel (dim 1) of an (N, C, d1, ...) input.
+
+    training=True: normalize with the batch's mean and biased variance over (N, d1, ...) (``BatchNormFunction``)
+    and, when given, update running_mean/running_var in place: r ← (1 − momentum)·r + momentum·batch statistic,
+    with the unbiased variance. training=False: normalize with the running statistics
+    (``BatchNormEvalFunction``, an affine map).
+    """
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(
+            f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
+        )
+    _norm.check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+    weight = None if weight is None else weight.reshape(-1).to(input.dtype)
+    bias = None if bias is None else bias.reshape(-1).to(input.dtype)
+    if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
+        output = input.clone()
+        output = output if weight is None else output * weight[0]
+        return output if bias is None else output + bias[0]
+    if not training:
+        running_mean, running_var = (stat.reshape(-1).to(input.dtype) for stat in (running_mean, running_var))
+        return _norm.BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps)
+    output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps)
+    if running_mean is not None:
+        values_per_channel = input.numel() // input.shape[1]
+        _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
+    return output

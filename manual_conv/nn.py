@@ -158,3 +158,51 @@ class MSELoss(nn.MSELoss):
 
 # -------------------------------------------------------------------------------------------------- normalization
 
+
+class LayerNorm(nn.LayerNorm):
+    """torch.nn.LayerNorm computed by manual_conv.functional.layer_norm."""
+
+    def forward(self, input):
+        return mF.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def _batch_norm_forward(module, input):
+    """torch.nn's _BatchNorm.forward, computed by manual_conv.functional.batch_norm.
+
+    In training with tracked statistics, num_batches_tracked counts the batch and the running statistics are
+    updated with momentum, or, when momentum is None, as the cumulative average over the batches seen
+    (factor 1 / num_batches_tracked). The batch's own statistics normalize in training, and in evaluation
+    when there are no running statistics (track_running_stats=False).
+    """
+    module._check_input_dim(input)
+    average_factor = 0.0 if module.momentum is None else module.momentum
+    if module.training and module.track_running_stats and module.num_batches_tracked is not None:
+        module.num_batches_tracked.add_(1)
+        if module.momentum is None:
+            average_factor = 1.0 / float(module.num_batches_tracked)
+    use_batch_stats = module.training or (module.running_mean is None and module.running_var is None)
+    update_or_use_running_stats = not module.training or module.track_running_stats
+    return mF.batch_norm(
+        input,
+        module.running_mean if update_or_use_running_stats else None,
+        module.running_var if update_or_use_running_stats else None,
+        module.weight,
+        module.bias,
+        use_batch_stats,
+        average_factor,
+        module.eps,
+    )
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d (input (N, C) or (N, C, L)) computed by manual_conv.functional.batch_norm."""
+
+    def forward(self, input):
+        return _batch_norm_forward(self, input)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d (input (N, C, H, W)) computed by manual_conv.functional.batch_norm."""
+
+    def forward(self, input):
+        return _batch_norm_forward(self, input)
