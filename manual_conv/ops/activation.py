@@ -126,7 +126,8 @@ class GELUFunction(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if ctx.approximate == "tanh":
             tanh_u = TanhFunction.apply(_gelu_tanh_argument(x))
-            slope = 0.5 * (1 + tanh_u) + 0.5 * x * (1 - tanh_u * tanh_u) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+            du_dx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
+            slope = 0.5 * (1 + tanh_u) + 0.5 * x * (1 - tanh_u * tanh_u) * du_dx
         else:
             slope = _normal_cdf(x) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
         return grad_output * slope, None

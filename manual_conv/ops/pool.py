@@ -31,35 +31,33 @@ def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
 
 
 def _pool_windows(x, fill, kernel_size, stride, padding, dilation, output_size):
-    """cols[n, c, i·kW + j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x padded with ``fill``.
+    """cols[n, c, i, j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x padded with ``fill``: a view.
 
-    Shape (N, C, kH·kW, H_out, W_out). Beyond the padding p, ceil_mode's last window may need up to s − 1 more
-    rows/columns at the bottom/right: they get ``fill`` too.
+    Shape (N, C, kH, kW, H_out, W_out). Beyond the padding p, ceil_mode's last window may need up to s − 1 more
+    rows/columns at the bottom/right: they get ``fill`` too. ``cols[:, :, i, j]`` is tap (i, j) of every window,
+    a strided view of x_pad: the pooling loops below run over the few taps, each step over all windows at once.
     """
     (kh, kw), (ph, pw), (dh, dw) = kernel_size, padding, dilation
     (h_out, w_out), (sh, sw) = output_size, stride
-    n, c, h, w = x.shape
+    h, w = x.shape[2:]
     extra_h = max(0, (h_out - 1) * sh + dh * (kh - 1) + 1 - (h + 2 * ph))
     extra_w = max(0, (w_out - 1) * sw + dw * (kw - 1) + 1 - (w + 2 * pw))
-    x_pad = F.pad(x, (pw, pw + extra_w, ph, ph + extra_h), value=fill)
-    cols = im2col(x_pad, kernel_size, stride, (0, 0), dilation)[..., :h_out, :w_out]
-    return cols.reshape(n, c, kh * kw, h_out, w_out)
+    sides = (pw, pw + extra_w, ph, ph + extra_h)
+    x_pad = F.pad(x, sides, value=fill) if any(sides) else x
+    return im2col(x_pad, kernel_size, stride, (0, 0), dilation)[..., :h_out, :w_out]
 
 
-def _tap_positions(input_size, kernel_size, stride, padding, dilation, output_size, device):
-    """For every window tap, where it reads in the unpadded input plane: (flat index h·W + w, inside the input).
+def _tap_coordinates(output_size, kernel, stride, padding, dilation, device):
+    """coord[i, y] = y·s − p + i·d: the input row (or column) that tap i of window y reads; < 0 is padding."""
+    taps, windows = torch.arange(kernel, device=device), torch.arange(output_size, device=device)
+    return taps[:, None] * dilation + windows * stride - padding
 
-    Row of tap i in window y: h = y·s − p + i·d (likewise for columns). Both results have shape (kH·kW, H_out, W_out).
-    """
-    coords = []
-    for size, k, s, p, d, out in zip(input_size, kernel_size, stride, padding, dilation, output_size):
-        coord = torch.arange(k, device=device)[:, None] * d + torch.arange(out, device=device)[None, :] * s - p
-        coords.append((coord, (coord >= 0) & (coord < size)))
-    (rows, rows_inside), (cols, cols_inside) = coords
-    flat = rows[:, None, :, None] * input_size[1] + cols[None, :, None, :]
-    inside = rows_inside[:, None, :, None] & cols_inside[None, :, None, :]
-    kh, kw = kernel_size
-    return flat.reshape(kh * kw, *output_size), inside.reshape(kh * kw, *output_size)
+
+def _first_inside(coordinates, dilation):
+    """The first tap's coordinate that falls inside the input (≥ 0), per window: the start moved on by whole
+    dilation steps, as PyTorch's ``while (start < 0) start += dilation``."""
+    start = coordinates[0]
+    return start + (-start).clamp(min=0).add(dilation - 1).div(dilation, rounding_mode="floor") * dilation
 
 
 def _lowest(dtype):
@@ -69,9 +67,10 @@ def _lowest(dtype):
 class MaxPool2dFunction(torch.autograd.Function):
     """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞.
 
-    Returns (y, indices): indices[n, c, y, x] = h·W + w, the position in the input plane of the arg-max, chosen as
-    PyTorch does: the first maximum in window scan order (row by row); the last NaN when the window has a NaN (NaN
-    counts as the maximum and propagates to y); the first tap inside the input when the window is all −∞.
+    Returns (y, indices): indices[n, c, y, x] = h·W + w, the position in the input plane of the arg-max. It is
+    found as PyTorch's kernel finds it, scanning the taps row by row and taking a tap when it is strictly greater
+    than the best so far or is NaN: so ties go to the first maximum, a NaN is the maximum (the last NaN wins and
+    propagates to y), and an all −∞ window keeps its first tap inside the input (padding never wins).
 
     Backward: y depends on one input only, with slope 1, so the gradient is routed to the arg-max:
         ∂L/∂x[n, c, h, w] = Σ_{(y, x): indices[n, c, y, x] = h·W + w} δ[n, c, y, x]
@@ -87,13 +86,20 @@ class MaxPool2dFunction(torch.autograd.Function):
             pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
         )
         cols = _pool_windows(input, _lowest(input.dtype), kernel_size, stride, padding, dilation, output_size)
-        output = cols.amax(2)  # NaN propagates
-        flat, inside = _tap_positions((h, w), kernel_size, stride, padding, dilation, output_size, input.device)
-        # argmax returns the first of equal maxima: on 0/1 flags, the first tap that holds the maximum
-        first_max = ((cols == output.unsqueeze(2)) & inside).to(torch.uint8).argmax(2)
-        last_nan = cols.shape[2] - 1 - cols.isnan().flip(2).to(torch.uint8).argmax(2)
-        tap = torch.where(output.isnan(), last_nan, first_max)
-        indices = flat.expand(n, c, *flat.shape).gather(2, tap.unsqueeze(2)).squeeze(2)
+        rows, columns = (
+            _tap_coordinates(*args, input.device) for args in zip(output_size, kernel_size, stride, padding, dilation)
+        )
+        output = torch.full((n, c, *output_size), _lowest(input.dtype), dtype=input.dtype, device=input.device)
+        first = _first_inside(rows, dilation[0])[:, None] * w + _first_inside(columns, dilation[1])
+        indices = first.expand_as(output).contiguous()
+        for i in range(kernel_size[0]):
+            for j in range(kernel_size[1]):
+                tap = cols[:, :, i, j]
+                wins = tap > output
+                if input.dtype.is_floating_point:
+                    wins |= tap.isnan()
+                torch.where(wins, tap, output, out=output)
+                torch.where(wins, rows[i][:, None] * w + columns[j], indices, out=indices)
         return output, indices
 
     @staticmethod
@@ -143,7 +149,7 @@ class AvgPool2dFunction(torch.autograd.Function):
             pooling_output_size(*args, 1, ceil_mode) for args in zip((h, w), kernel_size, stride, padding)
         )
         cols = _pool_windows(input, 0, kernel_size, stride, padding, (1, 1), output_size)
-        sums = cols.sum(2)
+        sums = sum(cols[:, :, i, j] for i in range(kernel_size[0]) for j in range(kernel_size[1]))
         divisor = _avg_pool_divisor((h, w), output_size, kernel_size, stride, padding, count_include_pad,
                                     divisor_override, input.device)
         if input.dtype.is_floating_point:
