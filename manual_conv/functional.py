@@ -3,14 +3,18 @@
 Thin: each normalises its arguments as PyTorch does, validates them, and applies the hand-written
 autograd Function of ``manual_conv.ops``. Sections follow the op families of ``manual_conv/ops/``.
 """
+import numbers
 import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.nn import _reduction as _Reduction
 
 from .ops import activation as _activation
 from .ops import conv as _conv
 from .ops import linear as _linear
+from .ops import loss as _loss
+from .ops import norm as _norm
 from .ops import pool as _pool
 from .ops._utils import _pair
 
@@ -232,14 +236,6 @@ def dropout(input, p=0.5, training=True, inplace=False):
 
 # --------------------------------------------------------------------------------------------------------- losses
 
-# This section's imports live here so that the sections can be edited and committed independently.
-import warnings  # noqa: E402
-
-import torch  # noqa: E402
-from torch.nn import _reduction as _Reduction  # noqa: E402
-
-from .ops import loss as _loss  # noqa: E402
-
 
 def _reduction_name(size_average, reduce, reduction):
     """The reduction as torch.nn.functional resolves it: the deprecated size_average/reduce flags win (with
@@ -341,11 +337,6 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 
 
 # -------------------------------------------------------------------------------------------------- normalization
-
-# This section's imports live here so that the sections can be edited and committed independently.
-import numbers  # noqa: E402
-
-from .ops import norm as _norm  # noqa: E402
 
 
 def _as_dtype(tensor, dtype):
