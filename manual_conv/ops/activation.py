@@ -148,8 +148,8 @@ class SoftmaxFunction(torch.autograd.Function):
 
     Subtracting m changes nothing (it cancels) but keeps every exponent ≤ 0: no overflow, and the largest term is
     e^0 = 1, so the sum is ≥ 1 (logits of ±1000 give exact 0s and 1s, no inf/NaN).
-    Backward: ∂y_i/∂x_j = y_i(δ_ij − y_j), so the Jacobian-vector product is
-        ∂L/∂x_j = Σ_i δ_i y_i (δ_ij − y_j) = y_j (δ_j − Σ_i δ_i y_i),   i.e.  ∂L/∂x = y ⊙ (δ − Σ(δ ⊙ y)),
+    Backward: ∂y_i/∂x_j = y_i([i = j] − y_j), so the Jacobian-vector product is
+        ∂L/∂x_j = Σ_i δ_i y_i ([i = j] − y_j) = y_j (δ_j − Σ_i δ_i y_i),   i.e.  ∂L/∂x = y ⊙ (δ − Σ(δ ⊙ y)),
     one reduction along ``dim`` instead of an n × n matrix.
     """
 
@@ -172,7 +172,7 @@ class SoftmaxFunction(torch.autograd.Function):
 class LogSoftmaxFunction(torch.autograd.Function):
     """y_i = log softmax(x)_i = (x_i − m) − log Σ_k e^{x_k − m} along ``dim``, m = max_k x_k (stable as softmax).
 
-    Backward: ∂y_i/∂x_j = δ_ij − softmax(x)_j, and softmax(x) = e^y, so
+    Backward: ∂y_i/∂x_j = [i = j] − softmax(x)_j, and softmax(x) = e^y, so
         ∂L/∂x = δ − e^y ⊙ Σ_i δ_i.
     """
 
