@@ -90,6 +90,7 @@ class MaxPool2dFunction(torch.autograd.Function):
             _tap_coordinates(*args, input.device) for args in zip(output_size, kernel_size, stride, padding, dilation)
         )
         output = torch.full((n, c, *output_size), _lowest(input.dtype), dtype=input.dtype, device=input.device)
+        # before the scan: the first tap inside the input, which an all −∞ window keeps
         first = _first_inside(rows, dilation[0])[:, None] * w + _first_inside(columns, dilation[1])
         indices = first.expand_as(output).contiguous()
         for i in range(kernel_size[0]):
@@ -128,6 +129,18 @@ def _window_counts(size, output_size, kernel, stride, padding, count_include_pad
     if count_include_pad:
         return end - start
     return end.clamp(max=size) - start.clamp(min=0)
+
+
+def _avg_pool_divisor(input_size, output_size, kernel_size, stride, padding, count_include_pad, divisor_override,
+                      device):
+    """D[y, x]: divisor_override, or the product of the per-dim window counts (shape (H_out, W_out))."""
+    if divisor_override is not None:
+        return divisor_override
+    counts_h, counts_w = (
+        _window_counts(*args, count_include_pad, device)
+        for args in zip(input_size, output_size, kernel_size, stride, padding)
+    )
+    return counts_h[:, None] * counts_w[None, :]
 
 
 class AvgPool2dFunction(torch.autograd.Function):
@@ -179,18 +192,6 @@ class AvgPool2dFunction(torch.autograd.Function):
                 padded[:, :, i:i + (h_out - 1) * sh + 1:sh, j:j + (w_out - 1) * sw + 1:sw] += share
         grad_input = padded[:, :, ph:ph + h, pw:pw + w]
         return grad_input, None, None, None, None, None, None
-
-
-def _avg_pool_divisor(input_size, output_size, kernel_size, stride, padding, count_include_pad, divisor_override,
-                      device):
-    """D[y, x]: divisor_override, or the product of the per-dim window counts (shape (H_out, W_out))."""
-    if divisor_override is not None:
-        return divisor_override
-    counts_h, counts_w = (
-        _window_counts(*args, count_include_pad, device)
-        for args in zip(input_size, output_size, kernel_size, stride, padding)
-    )
-    return counts_h[:, None] * counts_w[None, :]
 
 
 def adaptive_average_matrix(size, output_size, dtype, device):
