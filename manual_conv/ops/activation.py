@@ -38,7 +38,7 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, inplace):
-        return input.clamp_(min=0) if inplace else input.clamp(min=0)
+        return input.clamp_min_(0) if inplace else input.clamp_min(0)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
