@@ -45,7 +45,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _pair(padding, "padding")
-    _conv.check_conv2d_args("conv2d", input, weight, bias, stride, padding, dilation, groups)
+    _conv.check_conv2d_args("conv2d", input, weight, bias, stride, padding, dilation, groups, end_padding=end_padding)
     batched = input if input.dim() == 4 else input.unsqueeze(0)
     if any(end_padding):
         batched = F.pad(batched, (0, end_padding[1], 0, end_padding[0]))

@@ -146,8 +146,10 @@ class Conv2dBiasGradFunction(torch.autograd.Function):
         return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
 
 
-def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, groups, transposed=False):
-    """Raise PyTorch's error for arguments conv2d (or conv_transpose2d) rejects. Numbers are already pairs."""
+def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, groups, transposed=False,
+                      end_padding=(0, 0)):
+    """Raise PyTorch's error for arguments conv2d (or conv_transpose2d) rejects. Numbers are already pairs;
+    ``end_padding`` is the extra bottom/right zero row/column of padding='same' with an odd total."""
     if input.dim() not in (3, 4):
         raise RuntimeError(
             f"Expected 3D (unbatched) or 4D (batched) input to {name}, but got input of size: {list(input.shape)}"
@@ -193,7 +195,7 @@ def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, grou
             f"1-dimensional with {out_channels} elements, but got bias of size {list(bias.shape)} instead"
         )
     if not transposed:
-        padded = [size + 2 * p for size, p in zip(batched_shape[2:], padding)]
+        padded = [size + 2 * p + end for size, p, end in zip(batched_shape[2:], padding, end_padding)]
         kernel = [d * (k - 1) + 1 for k, d in zip(weight.shape[2:], dilation)]
         if any(p < k for p, k in zip(padded, kernel)):
             raise RuntimeError(
