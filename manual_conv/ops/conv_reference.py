@@ -66,9 +66,9 @@ def conv2d_weight_grad(input, grad_output, weight_size, stride, padding, dilatio
     becomes the dilation here) and the result sampled every d (the dilation becomes the stride). With the patches
     of im2col that is one product per group, summed over the batch: dW_g = Σ_n δ_g[n] · cols_g[n]ᵀ.
     """
-    n, out_channels = grad_output.shape[:2]
+    n, out_channels, h_out, w_out = grad_output.shape
     cols, _ = _grouped_cols(input, weight_size[2:], stride, padding, dilation, groups)
-    delta = grad_output.reshape(n, groups, out_channels // groups, -1)
+    delta = grad_output.reshape(n, groups, out_channels // groups, h_out * w_out)  # no -1: a batch of 0 has no elements
     return torch.einsum("ngol,ngkl->gok", delta, cols).reshape(weight_size)
 
 
