@@ -19,9 +19,10 @@ from ..backend import conv_kernels
 from .conv_reference import output_size as conv_output_size
 
 
-def _same_memory_format(output, input):
-    """PyTorch returns a channels_last output for a channels_last input; so do we."""
-    if input.dim() == 4 and not input.is_contiguous() and input.is_contiguous(memory_format=torch.channels_last):
+def _same_memory_format(output, input, weight):
+    """PyTorch returns a channels_last output when the input or the weight is channels_last; so do we."""
+    if any(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+           for t in (input, weight)):
         return output.contiguous(memory_format=torch.channels_last)
     return output
 
@@ -39,7 +40,7 @@ class Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
         output = conv_kernels().conv2d(input, weight, bias, stride, padding, dilation, groups)
-        return _same_memory_format(output, input)
+        return _same_memory_format(output, input, weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -77,7 +78,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
         output = conv_kernels().conv2d_input_grad(input, weight, output_size, stride, padding, dilation, groups)
         if bias is not None:
             output += bias.view(1, -1, 1, 1)
-        return _same_memory_format(output, input)
+        return _same_memory_format(output, input, weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
