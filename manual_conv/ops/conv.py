@@ -12,6 +12,8 @@ products) works to any order. The numerical work is done by the active backend's
 (``manual_conv.backend.conv_kernels()``: the Python reference or the compiled ``torch.ops.manual_conv``).
 Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, with PyTorch's messages.
 """
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -151,6 +153,11 @@ def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, grou
                       end_padding=(0, 0)):
     """Raise PyTorch's error for arguments conv2d (or conv_transpose2d) rejects. Numbers are already pairs;
     ``end_padding`` is the extra bottom/right zero row/column of padding='same' with an odd total."""
+    for argument, value in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(value, torch.Tensor) and not (argument == "bias" and value is None):
+            raise TypeError(f"{name}(): argument '{argument}' must be Tensor, not {type(value).__name__}")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"{name}(): argument 'groups' must be int, not {type(groups).__name__}")
     if input.dim() not in (3, 4):
         raise RuntimeError(
             f"Expected 3D (unbatched) or 4D (batched) input to {name}, but got input of size: {list(input.shape)}"
@@ -174,6 +181,11 @@ def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, grou
         raise RuntimeError(f"dilation should be greater than zero, but got {list(dilation)}")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
+    if weight.shape[0] < groups:
+        raise RuntimeError(
+            f"Given groups={groups}, expected weight to be at least {groups} at dimension 0, "
+            f"but got weight of size {list(weight.shape)} instead"
+        )
     if weight.shape[0] % groups:
         raise RuntimeError(
             f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
@@ -211,6 +223,8 @@ def transposed_output_size(input, weight, stride, padding, output_padding, group
     output_padding picks among the input sizes that conv2d maps to H (when s > 1 several do), so it must be
     smaller than the stride or the dilation.
     """
+    if any(op < 0 for op in output_padding):
+        raise RuntimeError("negative output_padding is not supported")
     if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
         raise RuntimeError(
             "output padding must be smaller than either stride or dilation, but got "
