@@ -24,7 +24,7 @@ needs_fashion_mnist = pytest.mark.skipif(
     not DEBIAN_FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
 )
 
-# Measured: --limit-train 6000 --limit-test 1000 --epochs 1 (seed 1) reaches 0.77 with either impl; the floor
+# Measured: --limit-train 6000 --limit-test 1000 --epochs 1 (seed 1) reaches 0.787 (impl manual); the floor
 # leaves room for other BLAS builds while still failing a network that does not learn.
 FASHION_6000_ONE_EPOCH_FLOOR = 0.70
 
@@ -159,7 +159,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert resumed["epoch"] == 2
     for name, parameter in expected["model"].items():
         assert torch.equal(resumed["model"][name], parameter), name
-    assert resumed["history"] == expected["history"]
+    timings = {"seconds", "images_per_second"}
+    strip = lambda history: [{k: v for k, v in record.items() if k not in timings} for record in history]  # noqa: E731
+    assert strip(resumed["history"]) == strip(expected["history"])
     assert [record["epoch"] for record in read_metrics(tmp_path / "resumed.json")["epochs"]] == [1, 2]
     assert not list(tmp_path.glob(".*.tmp")), "a temporary checkpoint file was left behind"
 
@@ -201,22 +203,17 @@ def test_two_gloo_processes_keep_identical_replicas_and_match_one_process(tmp_pa
 
 # ------------------------------------------------------------------------------------------------------ graph
 
-NATIVE_NODES = {"ConvolutionBackward0", "ConvolutionBackward1", "MaxPool2DWithIndicesBackward0", "ReluBackward0",
-                "AddmmBackward0", "MmBackward0", "LinearBackward0", "NllLossBackward0", "LogSoftmaxBackward0",
-                "SoftmaxBackward0", "NativeDropoutBackward0", "MulBackward0", "ThresholdBackward0"}
-
-
-def graph_node_names(tensor):
-    """The class names of every autograd node reachable from tensor.grad_fn."""
-    seen, names, pending = set(), set(), [tensor.grad_fn]
+def graph_node_types(tensor):
+    """The classes of every autograd node reachable from tensor.grad_fn."""
+    seen, types, pending = set(), set(), [tensor.grad_fn]
     while pending:
         node = pending.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        names.add(type(node).__name__)
+        types.add(type(node))
         pending.extend(next_node for next_node, _ in node.next_functions)
-    return names
+    return types
 
 
 def training_loss(layers):
@@ -227,11 +224,18 @@ def training_loss(layers):
 
 
 def test_native_build_shows_native_nodes_so_the_graph_walk_sees_them():
-    assert {"ConvolutionBackward0", "ReluBackward0", "AddmmBackward0"} <= graph_node_names(
-        training_loss(torch.nn))
+    names = {node_type.__name__ for node_type in graph_node_types(training_loss(torch.nn))}
+    assert {"ConvolutionBackward0", "ReluBackward0", "MaxPool2DWithIndicesBackward0", "AddmmBackward0",
+            "NllLossBackward0"} <= names
 
 
 def test_manual_build_trains_through_manual_conv_functions_only():
-    names = graph_node_names(training_loss(manual_conv.nn))
-    assert not names & NATIVE_NODES, names & NATIVE_NODES
-    assert any("Conv2d" in name for name in names), names
+    ours, others = set(), set()
+    for node_type in graph_node_types(training_loss(manual_conv.nn)):
+        custom = issubclass(node_type, torch.autograd.function.BackwardCFunction)  # a torch.autograd.Function's node
+        (ours if custom else others).add(node_type.__name__)
+    # Besides our Functions only the leaves' AccumulateGrad and Flatten's view, which computes nothing: no
+    # ConvolutionBackward0, ReluBackward0, MaxPool2DWithIndicesBackward0, AddmmBackward0, NllLossBackward0 ...
+    assert others <= {"AccumulateGrad", "ViewBackward0"}, others
+    for layer in ("conv2d", "relu", "maxpool2d", "dropout", "linear", "crossentropy"):
+        assert any(layer in name.lower() for name in ours), (layer, ours)
