@@ -74,10 +74,11 @@ def parse_args(argv=None):
         "(manual_conv). Runs data-parallel when started by torchrun.",
         epilog="Learning rate decays by 0.7 after every epoch (StepLR). Only rank 0 prints and writes files.",
     )
-    parser.add_argument("--epochs", type=positive_int, default=14, help="number of epochs to train (default: 14)")
-    parser.add_argument("--batch-size", type=positive_int, default=64,
+    parser.add_argument("--epochs", type=positive_int, default=14, metavar="N",
+                        help="number of epochs to train (default: 14)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
                         help="training batch size per process (default: 64)")
-    parser.add_argument("--test-batch-size", type=positive_int, default=1000,
+    parser.add_argument("--test-batch-size", type=positive_int, default=1000, metavar="N",
                         help="evaluation batch size (default: 1000)")
     parser.add_argument("--lr", type=float, default=1.0, help="Adadelta learning rate (default: 1.0)")
     parser.add_argument("--seed", type=int, default=1,
@@ -90,17 +91,19 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=("cpp", "python"), default=None,
                         help="manual_conv's conv kernels with --impl manual: cpp (the compiled extension) or python "
                         "(the reference); default: cpp when the extension is built, else python")
-    parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist", help="(default: mnist)")
-    parser.add_argument("--data-dir", type=Path, default=None,
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist",
+                        help="handwritten digits (mnist) or Zalando's clothing images (fashion-mnist) "
+                        "(default: mnist)")
+    parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="folder holding the four IDX files (gzipped or not) or torchvision's layout "
                         "(DIR/MNIST/raw/...); missing data is downloaded there when the network allows "
                         "(default: ./data, then the system's dataset package, e.g. Debian's "
                         "/usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--limit-train", type=positive_int, default=None,
+    parser.add_argument("--limit-train", type=positive_int, default=None, metavar="N",
                         help="use only the first N training images (quick runs)")
-    parser.add_argument("--limit-test", type=positive_int, default=None,
+    parser.add_argument("--limit-test", type=positive_int, default=None, metavar="N",
                         help="use only the first N test images (quick runs)")
-    parser.add_argument("--num-workers", type=int, default=0,
+    parser.add_argument("--num-workers", type=int, default=0, metavar="N",
                         help="DataLoader worker processes; the data sits in memory, so 0 is usually fastest "
                         "(default: 0)")
     parser.add_argument("--save-model", type=Path, default=None, metavar="PATH",
@@ -113,7 +116,8 @@ def parse_args(argv=None):
                         "--save-model says otherwise")
     parser.add_argument("--metrics", type=Path, default=None, metavar="PATH",
                         help="write JSON metrics to PATH after every epoch: one record per epoch (train loss, "
-                        "test loss, test accuracy, seconds, images/s) and the final test_accuracy (0..1)")
+                        "test loss, test accuracy, seconds, images/s), the final test_accuracy (0..1), device, "
+                        "impl, backend and dataset")
     parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
                         help="write a PNG of the loss and accuracy curves to PATH")
     parser.add_argument("--kfold", type=positive_int, default=None, metavar="K",
@@ -515,6 +519,13 @@ def plot_curves(path, runs, eval_name):
     plt.close(figure)
 
 
+def setup_text(args, process):
+    """E.g. 'impl manual, backend cpp, cpu x 1 process'."""
+    backend = f", backend {manual_conv.get_backend()}" if args.impl == "manual" else ""
+    processes = f"{process.world_size} process" + ("es" if process.world_size > 1 else "")
+    return f"impl {args.impl}{backend}, {process.device} x {processes}"
+
+
 def describe(args, process):
     backend = manual_conv.get_backend() if args.impl == "manual" else None
     return {"dataset": args.dataset, "impl": args.impl, "backend": backend, "device": str(process.device),
@@ -538,9 +549,9 @@ def run_train_test(args, process, train_set, test_set):
         report(history)
     if process.is_main and args.plot:
         plot_curves(args.plot, [("", history)], "test")
-    process.log(f"Test accuracy: {100 * history[-1]['test_accuracy']:.2f}% after {len(history)} epoch{'s' if len(history) > 1 else ''} "
-                f"({args.dataset}, impl {args.impl}{'' if summary['backend'] is None else ', backend ' + summary['backend']}, "
-                f"{process.device}, {process.world_size} process{'es' if process.world_size > 1 else ''})")
+    epochs = f"{len(history)} epoch" + ("s" if len(history) > 1 else "")
+    process.log(f"Test accuracy: {100 * history[-1]['test_accuracy']:.2f}% after {epochs} "
+                f"({args.dataset}; {setup_text(args, process)})")
 
 
 def run_kfold(args, process, train_set):
@@ -580,9 +591,8 @@ def run(args):
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         train_set, test_set = load_datasets(args, process.rank, process.world_size)
-        backend = f", backend {manual_conv.get_backend()}" if args.impl == "manual" else ""
-        process.log(f"{args.dataset}: {len(train_set)} training / {len(test_set)} test images; impl {args.impl}"
-                    f"{backend}; {process.device} x {process.world_size} process(es)")
+        process.log(f"{args.dataset}: {len(train_set)} training / {len(test_set)} test images; "
+                    f"{setup_text(args, process)}")
         if args.kfold:
             run_kfold(args, process, train_set)
         else:
