@@ -175,6 +175,15 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
     assert "--seed 1 (now 7)" in capsys.readouterr().err
 
 
+def test_requests_that_cannot_be_honoured_exit_2_with_a_message(tmp_path, capsys):
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=16, test_count=16)
+    assert train_mnist.main(["--data-dir", str(folder), "--resume", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt: no such file" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert train_mnist.main(["--data-dir", str(folder), "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+
+
 @needs_fashion_mnist
 def test_short_real_training_on_fashion_mnist_reaches_the_measured_floor(tmp_path):
     metrics = tmp_path / "fashion.json"
