@@ -451,7 +451,7 @@ def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, 
     train_batches, eval_batches = train_loader(train_set, process, args), eval_loader(eval_set, process, args)
     checkpoint_path = args.save_model or args.resume
     for epoch in range(len(history) + 1, args.epochs + 1):
-        train_batches.sampler.sampler.set_epoch(epoch)
+        train_batches.sampler.sampler.set_epoch(epoch)  # the DistributedSampler inside the BatchSampler
         started = time.perf_counter()
         with tqdm(total=len(train_set), desc=f"Epoch {epoch}/{args.epochs}{tag}", unit="img", leave=False,
                   disable=None if process.is_main else True, dynamic_ncols=True) as progress:
