@@ -6,5 +6,6 @@
 """
 from . import functional, nn
 from .backend import extension_available, get_backend, set_backend, use_backend
+from .convert import convert
 
-__all__ = ["functional", "nn", "extension_available", "get_backend", "set_backend", "use_backend"]
+__all__ = ["functional", "nn", "convert", "extension_available", "get_backend", "set_backend", "use_backend"]

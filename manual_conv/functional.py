@@ -343,6 +343,11 @@ def _as_dtype(tensor, dtype):
     return None if tensor is None else tensor.to(dtype)
 
 
+def _per_channel(tensor, dtype):
+    """A (C,) vector of ``dtype``, or None (torch.batch_norm accepts any shape holding C values)."""
+    return None if tensor is None else (tensor if tensor.dim() == 1 else tensor.reshape(-1)).to(dtype)
+
+
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-05):
     """Layer normalization as torch.nn.functional.layer_norm, through ``LayerNormFunction``:
     y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and the biased σ² over the trailing dims given by normalized_shape."""
@@ -364,14 +369,13 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
             f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
         )
     _norm.check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
-    weight = None if weight is None else weight.reshape(-1).to(input.dtype)
-    bias = None if bias is None else bias.reshape(-1).to(input.dtype)
+    weight, bias = _per_channel(weight, input.dtype), _per_channel(bias, input.dtype)
     if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
         output = input.clone()
         output = output if weight is None else output * weight[0]
         return output if bias is None else output + bias[0]
     if not training:
-        running_mean, running_var = (stat.reshape(-1).to(input.dtype) for stat in (running_mean, running_var))
+        running_mean, running_var = _per_channel(running_mean, input.dtype), _per_channel(running_var, input.dtype)
         return _norm.BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps)
     output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps)
     if running_mean is not None:

@@ -1,0 +1,86 @@
+"""convert(model): run an existing PyTorch model on manual_conv's hand-written layers.
+
+Every torch.nn layer that has a twin in ``manual_conv.nn`` (a subclass of the torch.nn class of the same name,
+overriding only the computation) is swapped for it; everything else stays as it is.
+"""
+import copy
+import warnings
+
+from torch import nn
+
+from . import nn as manual_nn
+
+# Modules that only hold other modules: convert looks inside them. Any module whose class is not from torch.nn
+# (a user's model, torchvision's blocks) is looked inside too.
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+# torch.nn layers without computation of their own: nothing to do by hand, nothing to warn about.
+_NO_COMPUTATION = (nn.Identity,)
+
+
+def _twins():
+    """{torch.nn class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines."""
+    twins = {}
+    for name, twin in vars(manual_nn).items():
+        original = getattr(nn, name, None)
+        is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
+        if is_twin and issubclass(twin, original):
+            twins[original] = twin
+    return twins
+
+
+def _is_torch_nn_layer(module):
+    """A torch.nn layer (or a subclass of one), as opposed to a container or a user's composite module."""
+    return not isinstance(module, _CONTAINERS) and any(
+        cls.__module__.startswith("torch.nn.") and cls is not nn.Module for cls in type(module).__mro__
+    )
+
+
+def convert(module, inplace=False):
+    """Swap every supported torch.nn layer of ``module`` (and ``module`` itself, if it is one) for its
+    manual_conv.nn twin, and return the converted module.
+
+    Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
+    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
+    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d. Containers and modules
+    that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. ReLU6, Dropout2d, and
+    subclasses of supported layers) stay as they are and are named in one UserWarning.
+
+    By default the model is deep-copied first (as torch.ao.quantization.convert does) and ``module`` is left
+    untouched. With ``inplace=True`` ``module`` itself is converted: a twin adds no state of its own, so each
+    layer becomes its twin by a change of class, keeping its very Parameter and buffer objects (an optimizer
+    built before the swap keeps working), its hooks and its state_dict keys (state_dicts load both ways).
+    """
+    if not inplace:
+        module = copy.deepcopy(module)
+    twins = _twins()
+    unsupported = []
+    _convert_in_place(module, "", twins, unsupported)
+    if unsupported:
+        warnings.warn(_unsupported_message(unsupported), UserWarning, stacklevel=2)
+    return module
+
+
+def _unsupported_message(unsupported):
+    """One line per class: "ReLU6 ×35 (features.0.2, features.1.conv.0.2, features.2.conv.0.2, ...)"."""
+    paths_by_type = {}
+    for path, type_name in unsupported:
+        paths_by_type.setdefault(type_name, []).append(path or "<root>")
+    classes = ", ".join(
+        f"{type_name} ×{len(paths)} ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
+        for type_name, paths in paths_by_type.items()
+    )
+    return f"manual_conv.convert: these torch.nn layers have no manual_conv twin and stay as they are: {classes}"
+
+
+def _convert_in_place(module, path, twins, unsupported):
+    """Give ``module`` its twin's class, or look inside it, or record it as unsupported."""
+    module_type = type(module)
+    if module_type in twins:
+        module.__class__ = twins[module_type]
+    elif module_type in twins.values() or isinstance(module, _NO_COMPUTATION):
+        pass  # already converted, or nothing to convert
+    elif _is_torch_nn_layer(module):
+        unsupported.append((path, module_type.__name__))
+    else:
+        for name, child in module.named_children():
+            _convert_in_place(child, f"{path}.{name}" if path else name, twins, unsupported)
