@@ -38,6 +38,17 @@ def pip_cuda_include_dirs():
     return sorted({os.path.dirname(header) for header in headers})
 
 
+def cuda_library_dirs():
+    """Toolkit folders holding libcudart.so, which the CUDA extension links against.
+
+    torch derives CUDA_HOME from the nvcc on PATH; when that is a wrapper script (e.g. /usr/local/bin/nvcc)
+    CUDA_HOME/lib64 does not exist, so the conventional /usr/local/cuda/lib64 is tried too.
+    """
+    candidates = [os.path.join(CUDA_HOME, "lib64"), "/usr/local/cuda/lib64"]
+    found = [folder for folder in candidates if os.path.exists(os.path.join(folder, "libcudart.so"))]
+    return list(dict.fromkeys(os.path.realpath(folder) for folder in found))
+
+
 def conv_extension():
     sources = sorted(glob.glob(os.path.join(CSRC, "*.cpp")))
     # -fopenmp: at::parallel_for is an OpenMP pragma expanded in our own translation units.
@@ -50,6 +61,7 @@ def conv_extension():
         "manual_conv._C",
         sources + sorted(glob.glob(os.path.join(CSRC, "*.cu"))),
         include_dirs=pip_cuda_include_dirs(),
+        library_dirs=cuda_library_dirs(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
         extra_link_args=["-fopenmp"],
     )

@@ -9,6 +9,8 @@
 #include "conv_core.h"
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -18,11 +20,12 @@
 namespace manual_conv {
 namespace {
 
-// Upper bound on the bytes of one column buffer: enough output pixels per GEMM to run near peak, and the
-// extra memory of an op never grows with the batch beyond one chunk.
-constexpr int64_t kColumnBufferBytes = 16 << 20;
-// Fewer columns than this make the GEMM memory-bound, so a chunk keeps at least this many even when the
-// rows are so many that it exceeds kColumnBufferBytes.
+// Bytes of one chunk's buffers (its columns plus its output or grad_output pixels): about what fits in a
+// core's L2 cache, so the GEMM reads the columns while im2col's writes are still cached. Memory bandwidth,
+// not arithmetic, is what a CPU convolution runs out of first.
+constexpr int64_t kChunkBytes = 1 << 20;
+// GEMMs narrower than this re-read the weight too often per multiply-add, so a chunk keeps at least this
+// many columns (output pixels) even when that exceeds kChunkBytes.
 constexpr int64_t kMinColumnsPerChunk = 256;
 
 void check_ints(const char* op, const char* name, at::IntArrayRef values, int64_t lowest) {
@@ -102,39 +105,47 @@ ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArray
 // grad_output must be exactly the output of the conv it is the gradient of.
 void check_grad_output_size(const char* op, const at::Tensor& grad_output, const ConvShape& shape) {
   const std::vector<int64_t> expected{shape.batch, shape.out_channels, shape.out_height, shape.out_width};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": expected grad_output of size ", expected,
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": expected grad_output of size ",
+              at::IntArrayRef(expected),
               " (the output size of this convolution), but got ", grad_output.sizes());
 }
 
 struct ChunkPlan {
   std::vector<ColumnChunk> chunks;
-  int64_t max_columns = 0;  // columns of the largest chunk: the buffers are allocated once at this size
+  int64_t max_columns = 0;      // columns of the largest chunk: the buffers are allocated at this size
+  int64_t chunks_per_task = 1;  // consecutive chunks covering whole images (the pieces of one image, or 1)
 };
 
-// Splits the batch's output pixels into chunks whose column buffer stays within kColumnBufferBytes:
-// several whole images per chunk when an image fits, otherwise equal pieces of one image.
-ChunkPlan plan_chunks(const ConvShape& shape, int64_t element_size) {
+// Splits the batch's output pixels into chunks of about kChunkBytes: pieces of whole output rows of one
+// image when an image is larger, one whole image when it is large enough for an efficient GEMM on its own
+// (the GEMM then reads and writes the NCHW tensors in place), otherwise several whole images (gathered
+// into a buffer), and then at least as many chunks as the device runs blocks in parallel.
+ChunkPlan plan_chunks(const ConvShape& shape, int64_t element_size, int64_t parallel_blocks) {
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const int64_t pixels = shape.out_height * shape.out_width;
-  const int64_t columns_budget =
-      std::max(kMinColumnsPerChunk, kColumnBufferBytes / std::max<int64_t>(1, rows * element_size));
+  const int64_t bytes_per_column = std::max<int64_t>(1, (rows + shape.out_channels) * element_size);
+  const int64_t columns_budget = std::max(kMinColumnsPerChunk, kChunkBytes / bytes_per_column);
   ChunkPlan plan;
-  if (columns_budget >= pixels) {
-    const int64_t images_per_chunk = std::min(shape.batch, columns_budget / pixels);
-    for (int64_t first = 0; first < shape.batch; first += images_per_chunk) {
-      plan.chunks.push_back({first, std::min(images_per_chunk, shape.batch - first), 0, pixels});
-    }
-    plan.max_columns = images_per_chunk * pixels;
-  } else {
-    const int64_t pieces = (pixels + columns_budget - 1) / columns_budget;
-    const int64_t piece_pixels = (pixels + pieces - 1) / pieces;
+  const int64_t output_rows_budget = std::max<int64_t>(1, columns_budget / shape.out_width);
+  if (output_rows_budget < shape.out_height) {
+    const int64_t pieces = (shape.out_height + output_rows_budget - 1) / output_rows_budget;
+    const int64_t piece_pixels = (shape.out_height + pieces - 1) / pieces * shape.out_width;
     for (int64_t image = 0; image < shape.batch; ++image) {
       for (int64_t first = 0; first < pixels; first += piece_pixels) {
         plan.chunks.push_back({image, 1, first, std::min(piece_pixels, pixels - first)});
       }
     }
     plan.max_columns = piece_pixels;
+    plan.chunks_per_task = (pixels + piece_pixels - 1) / piece_pixels;
+    return plan;
   }
+  const int64_t images_per_block = (shape.batch + parallel_blocks - 1) / parallel_blocks;
+  const int64_t images_per_chunk =
+      pixels >= kMinColumnsPerChunk ? 1 : std::clamp<int64_t>(columns_budget / pixels, 1, images_per_block);
+  for (int64_t first = 0; first < shape.batch; first += images_per_chunk) {
+    plan.chunks.push_back({first, std::min(images_per_chunk, shape.batch - first), 0, pixels});
+  }
+  plan.max_columns = images_per_chunk * pixels;
   return plan;
 }
 
@@ -152,22 +163,46 @@ at::Tensor group_matrices(const at::Tensor& buffer, int64_t groups, int64_t rows
   return buffer.narrow(0, 0, rows * columns).view({groups, rows / groups, columns});
 }
 
-// The chunk's grad_output as (groups, C_out/groups, columns) matrices. A chunk inside one image is already
-// such a matrix (row stride H*W) and is used in place; several images are gathered into `buffer`.
-at::Tensor grad_output_matrices(const at::Tensor& grad_output, const ColumnChunk& chunk, const ConvShape& shape,
-                                at::Tensor& buffer) {
-  const at::Tensor pixels = chunk_pixels(grad_output, chunk);
-  if (chunk.images == 1) {
-    return pixels.view({shape.groups, shape.out_channels / shape.groups, chunk.pixels_per_image});
+// The chunk's pixels of an NCHW tensor as (groups, channels/groups, columns) matrices. A chunk inside one
+// image already is such a matrix (row stride H*W), used in place; several images go through `buffer`.
+bool chunk_in_place(const ColumnChunk& chunk) { return chunk.images == 1; }
+
+at::Tensor pixel_matrices(const at::Tensor& nchw, const ColumnChunk& chunk, int64_t groups, at::Tensor& buffer) {
+  const int64_t channels = nchw.size(1);
+  if (chunk_in_place(chunk)) {
+    return chunk_pixels(nchw, chunk).select(0, 0).view({groups, channels / groups, chunk.pixels_per_image});
   }
-  at::Tensor gathered = group_matrices(buffer, shape.groups, shape.out_channels, chunk_columns(chunk));
-  gathered.view({shape.out_channels, chunk.images, chunk.pixels_per_image}).copy_(pixels.permute({1, 0, 2}));
-  return gathered;
+  return group_matrices(buffer, groups, channels, chunk_columns(chunk));
+}
+
+// Copies between a gathered (channels, images * pixels) matrix and the NCHW pixels of its chunk.
+at::Tensor images_side_by_side(const at::Tensor& matrices, const ColumnChunk& chunk) {
+  return matrices.view({-1, chunk.images, chunk.pixels_per_image}).permute({1, 0, 2});
+}
+
+// The scratch memory of one block of chunks, reused by each of its chunks.
+struct BlockBuffers {
+  at::Tensor columns;   // im2col of a chunk: rows x columns
+  at::Tensor gathered;  // output or grad_output pixels of a chunk of several images (empty if every chunk is in place)
+
+  BlockBuffers(const ChunkPlan& plan, int64_t rows, int64_t out_channels, const at::TensorOptions& options)
+      : columns(at::empty({rows * plan.max_columns}, options)),
+        gathered(at::empty({chunk_in_place(plan.chunks.front()) ? 0 : out_channels * plan.max_columns}, options)) {}
+};
+
+// The chunk's grad_output as (groups, C_out/groups, columns) matrices.
+at::Tensor grad_output_matrices(const at::Tensor& grad_output, const ColumnChunk& chunk, int64_t groups,
+                                at::Tensor& buffer) {
+  at::Tensor matrices = pixel_matrices(grad_output, chunk, groups, buffer);
+  if (!chunk_in_place(chunk)) {
+    images_side_by_side(matrices, chunk).copy_(chunk_pixels(grad_output, chunk));
+  }
+  return matrices;
 }
 
 }  // namespace
 
-at::Tensor conv2d(const ColumnKernels& kernels, const at::Tensor& input_arg, const at::Tensor& weight_arg,
+at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, const at::Tensor& weight_arg,
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d";
@@ -190,27 +225,29 @@ at::Tensor conv2d(const ColumnKernels& kernels, const at::Tensor& input_arg, con
   }
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const at::Tensor weight_matrices = weight.view({groups, shape.out_channels / groups, rows / groups});
-  const ChunkPlan plan = plan_chunks(shape, input.element_size());
-  at::Tensor column_buffer = at::empty({rows * plan.max_columns}, input.options());
-  at::Tensor result_buffer = at::empty({shape.out_channels * plan.max_columns}, input.options());
-  for (const ColumnChunk& chunk : plan.chunks) {
-    const int64_t columns_count = chunk_columns(chunk);
-    at::Tensor columns = group_matrices(column_buffer, groups, rows, columns_count);
-    kernels.im2col(input, shape, chunk, columns);
-    at::Tensor result = group_matrices(result_buffer, groups, shape.out_channels, columns_count);
-    if (has_bias) {
-      at::baddbmm_out(result, bias->view({groups, shape.out_channels / groups, 1}).expand_as(result),
-                      weight_matrices, columns);
-    } else {
-      at::bmm_out(result, weight_matrices, columns);
+  const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels.parallel_blocks());
+  kernels.for_each_block(static_cast<int64_t>(plan.chunks.size()), [&](int64_t begin, int64_t end) {
+    BlockBuffers buffers(plan, rows, shape.out_channels, input.options());
+    for (int64_t index = begin; index < end; ++index) {
+      const ColumnChunk& chunk = plan.chunks[index];
+      at::Tensor columns = group_matrices(buffers.columns, groups, rows, chunk_columns(chunk));
+      kernels.im2col(input, shape, chunk, columns);
+      at::Tensor result = pixel_matrices(output, chunk, groups, buffers.gathered);
+      if (has_bias) {
+        at::baddbmm_out(result, bias->view({groups, shape.out_channels / groups, 1}).expand_as(result),
+                        weight_matrices, columns);
+      } else {
+        at::bmm_out(result, weight_matrices, columns);
+      }
+      if (!chunk_in_place(chunk)) {
+        chunk_pixels(output, chunk).copy_(images_side_by_side(result, chunk));
+      }
     }
-    chunk_pixels(output, chunk)
-        .copy_(result.view({shape.out_channels, chunk.images, chunk.pixels_per_image}).permute({1, 0, 2}));
-  }
+  });
   return output;
 }
 
-at::Tensor conv2d_input_grad(const ColumnKernels& kernels, const at::Tensor& grad_output_arg,
+at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& grad_output_arg,
                              const at::Tensor& weight_arg, at::IntArrayRef input_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_input_grad";
@@ -228,19 +265,22 @@ at::Tensor conv2d_input_grad(const ColumnKernels& kernels, const at::Tensor& gra
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const at::Tensor weight_transposed =
       weight.view({groups, shape.out_channels / groups, rows / groups}).transpose(1, 2);
-  const ChunkPlan plan = plan_chunks(shape, grad_output.element_size());
-  at::Tensor column_buffer = at::empty({rows * plan.max_columns}, grad_output.options());
-  at::Tensor gather_buffer = at::empty({plan.chunks.front().images > 1 ? shape.out_channels * plan.max_columns : 0},
-                                       grad_output.options());
-  for (const ColumnChunk& chunk : plan.chunks) {
-    at::Tensor columns = group_matrices(column_buffer, groups, rows, chunk_columns(chunk));
-    at::bmm_out(columns, weight_transposed, grad_output_matrices(grad_output, chunk, shape, gather_buffer));
-    kernels.col2im(columns, shape, chunk, grad_input);
-  }
+  const ChunkPlan plan = plan_chunks(shape, grad_output.element_size(), kernels.parallel_blocks());
+  // The pieces of one image scatter into overlapping input pixels: they form one task, run in order.
+  const int64_t tasks = static_cast<int64_t>(plan.chunks.size()) / plan.chunks_per_task;
+  kernels.for_each_block(tasks, [&](int64_t begin, int64_t end) {
+    BlockBuffers buffers(plan, rows, shape.out_channels, grad_output.options());
+    for (int64_t index = begin * plan.chunks_per_task; index < end * plan.chunks_per_task; ++index) {
+      const ColumnChunk& chunk = plan.chunks[index];
+      at::Tensor columns = group_matrices(buffers.columns, groups, rows, chunk_columns(chunk));
+      at::bmm_out(columns, weight_transposed, grad_output_matrices(grad_output, chunk, groups, buffers.gathered));
+      kernels.col2im(columns, shape, chunk, grad_input);
+    }
+  });
   return grad_input;
 }
 
-at::Tensor conv2d_weight_grad(const ColumnKernels& kernels, const at::Tensor& input_arg,
+at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& input_arg,
                               const at::Tensor& grad_output_arg, at::IntArrayRef weight_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_weight_grad";
@@ -255,28 +295,38 @@ at::Tensor conv2d_weight_grad(const ColumnKernels& kernels, const at::Tensor& in
   const at::Tensor input = input_arg.contiguous();
   const at::Tensor grad_output = grad_output_arg.contiguous();
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
-  const ChunkPlan plan = plan_chunks(shape, input.element_size());
-  // Partial sums of several chunks in float16/bfloat16 would round at every chunk: accumulate them in float32.
+  const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels.parallel_blocks());
+  // Sums of several chunks in float16/bfloat16 would round at every chunk: accumulate them in float32.
   const bool accumulate_in_float = plan.chunks.size() > 1 && at::isReducedFloatingType(input.scalar_type());
-  at::Tensor grad_weight = at::empty({groups, shape.out_channels / groups, rows / groups},
-                                     input.options().dtype(accumulate_in_float ? at::kFloat : input.scalar_type()));
-  at::Tensor column_buffer = at::empty({rows * plan.max_columns}, input.options());
-  at::Tensor gather_buffer = at::empty({plan.chunks.front().images > 1 ? shape.out_channels * plan.max_columns : 0},
-                                       input.options());
-  for (size_t index = 0; index < plan.chunks.size(); ++index) {
-    const ColumnChunk& chunk = plan.chunks[index];
-    at::Tensor columns = group_matrices(column_buffer, groups, rows, chunk_columns(chunk));
-    kernels.im2col(input, shape, chunk, columns);
-    const at::Tensor grad_chunk = grad_output_matrices(grad_output, chunk, shape, gather_buffer);
-    const at::Tensor columns_transposed = columns.transpose(1, 2);
-    if (accumulate_in_float) {
-      const at::Tensor partial = at::bmm(grad_chunk, columns_transposed);
-      index == 0 ? grad_weight.copy_(partial) : grad_weight.add_(partial);
-    } else if (index == 0) {
-      at::bmm_out(grad_weight, grad_chunk, columns_transposed);
-    } else {
-      grad_weight.baddbmm_(grad_chunk, columns_transposed);
+  const at::TensorOptions sum_options = input.options().dtype(accumulate_in_float ? at::kFloat : input.scalar_type());
+  // Each block sums its chunks' products; the block sums are added in block order, so the result does not
+  // depend on which thread finishes first.
+  std::mutex block_sums_mutex;
+  std::map<int64_t, at::Tensor> block_sums;
+  kernels.for_each_block(static_cast<int64_t>(plan.chunks.size()), [&](int64_t begin, int64_t end) {
+    BlockBuffers buffers(plan, rows, shape.out_channels, input.options());
+    at::Tensor block_sum = at::empty({groups, shape.out_channels / groups, rows / groups}, sum_options);
+    for (int64_t index = begin; index < end; ++index) {
+      const ColumnChunk& chunk = plan.chunks[index];
+      at::Tensor columns = group_matrices(buffers.columns, groups, rows, chunk_columns(chunk));
+      kernels.im2col(input, shape, chunk, columns);
+      const at::Tensor grad_chunk = grad_output_matrices(grad_output, chunk, groups, buffers.gathered);
+      const at::Tensor columns_transposed = columns.transpose(1, 2);
+      if (accumulate_in_float) {
+        const at::Tensor product = at::bmm(grad_chunk, columns_transposed);
+        index == begin ? block_sum.copy_(product) : block_sum.add_(product);
+      } else if (index == begin) {
+        at::bmm_out(block_sum, grad_chunk, columns_transposed);
+      } else {
+        block_sum.baddbmm_(grad_chunk, columns_transposed);
+      }
     }
+    const std::lock_guard<std::mutex> lock(block_sums_mutex);
+    block_sums.emplace(begin, std::move(block_sum));
+  });
+  at::Tensor grad_weight = block_sums.begin()->second;
+  for (auto block = std::next(block_sums.begin()); block != block_sums.end(); ++block) {
+    grad_weight.add_(block->second);
   }
   return grad_weight.view(weight_size).to(input.scalar_type());
 }

@@ -5,6 +5,7 @@
 // dispatch key with register_device_ops below.
 #pragma once
 
+#include <functional>
 #include <optional>
 
 #include <ATen/core/Tensor.h>
@@ -14,7 +15,15 @@
 
 namespace manual_conv {
 
-struct ColumnKernels {
+// What a device supplies to the common algorithm.
+struct DeviceKernels {
+  // Runs block(begin, end) on blocks that partition [0, items) (chunks or tasks); a block runs its items in
+  // order and allocates its own scratch buffers. CPU: one block per thread, in parallel, each item then runs
+  // serially on its thread with single-threaded GEMMs (one fork/join per op). CUDA: one block, the
+  // parallelism is inside each item's kernels and GEMMs.
+  void (*for_each_block)(int64_t items, const std::function<void(int64_t, int64_t)>& block);
+  // How many blocks for_each_block runs at once (CPU: threads; CUDA: 1).
+  int64_t (*parallel_blocks)();
   // columns (C_in*kH*kW, chunk columns), contiguous  <-  the patches of `input` (contiguous NCHW) the chunk reads.
   void (*im2col)(const at::Tensor& input, const ConvShape& shape, const ColumnChunk& chunk, at::Tensor& columns);
   // grad_input (contiguous NCHW)  <-  the adjoint of im2col applied to `columns`: every column entry is added
@@ -24,17 +33,17 @@ struct ColumnKernels {
 };
 
 // out = conv(input, weight) + bias
-at::Tensor conv2d(const ColumnKernels& kernels, const at::Tensor& input, const at::Tensor& weight,
+at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation, int64_t groups);
 
 // grad_input = d<grad_output, conv(input, weight)>/d input: col2im(weight^T @ grad_output), shaped input_size.
-at::Tensor conv2d_input_grad(const ColumnKernels& kernels, const at::Tensor& grad_output, const at::Tensor& weight,
+at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& grad_output, const at::Tensor& weight,
                              at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups);
 
 // grad_weight = d<grad_output, conv(input, weight)>/d weight: sum over chunks of grad_output @ im2col(input)^T.
-at::Tensor conv2d_weight_grad(const ColumnKernels& kernels, const at::Tensor& input, const at::Tensor& grad_output,
+at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& input, const at::Tensor& grad_output,
                               at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
                               at::IntArrayRef dilation, int64_t groups);
 
@@ -42,7 +51,7 @@ at::Tensor conv2d_weight_grad(const ColumnKernels& kernels, const at::Tensor& in
 at::Tensor conv2d_bias_grad(const at::Tensor& grad_output);
 
 // Registers the four ops with `kernels` as the device's im2col/col2im, inside TORCH_LIBRARY_IMPL(manual_conv, KEY, m).
-template <const ColumnKernels& kernels>
+template <const DeviceKernels& kernels>
 void register_device_ops(torch::Library& library) {
   library.impl("conv2d", [](const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,

@@ -1,85 +1,136 @@
-// CPU im2col / col2im: one work item per (image of the chunk, input channel), run in parallel with
-// at::parallel_for. An item owns one input plane and the kH*kW column rows of its channel, so items never
-// write the same memory. The loops walk whole output rows, using conv_index.h to find, for each kernel tap,
-// the output positions that read real input (copied) and those that read padding (zero).
+// CPU kernels of the conv core. One parallel region per op: at::parallel_for hands each thread a block of
+// chunks, and the thread runs im2col/col2im for them serially and calls single-threaded GEMMs (MKL run from
+// inside a parallel region), so a chunk's columns are consumed from the cache of the core that wrote them
+// and the threads synchronise once per op rather than once per chunk.
+//
+// im2col/col2im loop over (image of the chunk, input channel) planes and the kH*kW column rows of each
+// channel, walking whole output rows: conv_index.h gives, for each kernel tap, the input row each output row
+// reads and the output columns that read real input (copied) rather than padding (zero).
 #include <algorithm>
+#include <cstring>
+#include <vector>
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include "conv_core.h"
 
 namespace manual_conv {
 namespace {
 
-// Calls visit(out_y, x_begin, x_end, offset) for every output row piece of one image that the chunk holds,
-// where offset is the column (within the image's part of the chunk) of output pixel (out_y, x_begin).
-template <typename Visit>
-void for_each_output_row(const ColumnChunk& chunk, int64_t out_width, const Visit& visit) {
-  const int64_t first = chunk.first_pixel;
+// A kernel tap and the output columns x whose tap reads inside the input row (the others read padding).
+struct Tap {
+  int64_t tap_y, tap_x;
+  int64_t inside_begin, inside_end;
+  int64_t input_x_offset;  // input column read by output column 0 (input column of x: x*sW + offset)
+};
+
+// The kH*kW taps in column-row order, computed once per call so the inner loops do no division.
+std::vector<Tap> kernel_taps(const ConvShape& shape) {
+  std::vector<Tap> taps(shape.kernel_height * shape.kernel_width);
+  for (int64_t row = 0; row < static_cast<int64_t>(taps.size()); ++row) {
+    Tap& tap = taps[row];
+    int64_t channel;
+    column_row_taps(row, shape.kernel_height, shape.kernel_width, &channel, &tap.tap_y, &tap.tap_x);
+    inside_output_range(shape.in_width, tap.tap_x, shape.stride_width, shape.padding_width, shape.dilation_width,
+                        shape.out_width, &tap.inside_begin, &tap.inside_end);
+    tap.input_x_offset = input_coordinate(0, tap.tap_x, shape.stride_width, shape.padding_width, shape.dilation_width);
+  }
+  return taps;
+}
+
+// One output row's part of a chunk: output columns [x_begin, x_end) of row out_y, stored from column
+// `offset` of the image's part of the chunk.
+struct RowPiece {
+  int64_t out_y, x_begin, x_end, offset;
+};
+
+// The output row pieces of one image that the chunk holds (whole rows except at a piece's ends).
+std::vector<RowPiece> chunk_rows(const ColumnChunk& chunk, int64_t out_width) {
+  std::vector<RowPiece> pieces;
   const int64_t end = chunk.first_pixel + chunk.pixels_per_image;
-  for (int64_t out_y = first / out_width; out_y * out_width < end; ++out_y) {
-    const int64_t x_begin = std::max<int64_t>(first - out_y * out_width, 0);
+  for (int64_t out_y = chunk.first_pixel / out_width; out_y * out_width < end; ++out_y) {
+    const int64_t x_begin = std::max<int64_t>(chunk.first_pixel - out_y * out_width, 0);
     const int64_t x_end = std::min(end - out_y * out_width, out_width);
-    visit(out_y, x_begin, x_end, out_y * out_width + x_begin - first);
+    pieces.push_back({out_y, x_begin, x_end, out_y * out_width + x_begin - chunk.first_pixel});
+  }
+  return pieces;
+}
+
+// destination[k] += source[k] for k < count: col2im's inner loop. For float and double the loader picks the
+// widest vector instructions the CPU has (GCC function multi-versioning: the extension is built for baseline
+// x86-64 like torch itself, whose own kernels dispatch on the CPU at run time too).
+template <typename scalar_t>
+void add_row(scalar_t* __restrict destination, const scalar_t* __restrict source, int64_t count) {
+  for (int64_t k = 0; k < count; ++k) {
+    destination[k] += source[k];
   }
 }
 
-// Calls visit(row, tap_y, tap_x) for the kH*kW column rows of `channel`.
-template <typename Visit>
-void for_each_tap(const ConvShape& shape, int64_t channel, const Visit& visit) {
-  const int64_t taps = shape.kernel_height * shape.kernel_width;
-  for (int64_t row = channel * taps; row < (channel + 1) * taps; ++row) {
-    int64_t row_channel, tap_y, tap_x;
-    column_row_taps(row, shape.kernel_height, shape.kernel_width, &row_channel, &tap_y, &tap_x);
-    visit(row, tap_y, tap_x);
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define MANUAL_CONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MANUAL_CONV_VECTOR_CLONES
+#endif
+
+MANUAL_CONV_VECTOR_CLONES void add_row(float* __restrict destination, const float* __restrict source, int64_t count) {
+  for (int64_t k = 0; k < count; ++k) {
+    destination[k] += source[k];
   }
 }
 
-// Runs item(image_in_chunk, channel) over every (image, channel) pair of the chunk in parallel.
-template <typename Item>
-void parallel_over_planes(const ColumnChunk& chunk, const ConvShape& shape, const Item& item) {
-  at::parallel_for(0, chunk.images * shape.in_channels, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t plane = begin; plane < end; ++plane) {
-      item(plane / shape.in_channels, plane % shape.in_channels);
+MANUAL_CONV_VECTOR_CLONES void add_row(double* __restrict destination, const double* __restrict source,
+                                       int64_t count) {
+  for (int64_t k = 0; k < count; ++k) {
+    destination[k] += source[k];
+  }
+}
+
+// Runs plane(image_in_chunk, channel) for every (image, input channel) pair of the chunk.
+template <typename Plane>
+void for_each_plane(const ColumnChunk& chunk, const ConvShape& shape, const Plane& plane) {
+  for (int64_t image_in_chunk = 0; image_in_chunk < chunk.images; ++image_in_chunk) {
+    for (int64_t channel = 0; channel < shape.in_channels; ++channel) {
+      plane(image_in_chunk, channel);
     }
-  });
+  }
 }
 
 template <typename scalar_t>
 void im2col_kernel(const scalar_t* input, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* columns) {
   const int64_t columns_count = chunk.images * chunk.pixels_per_image;
   const int64_t plane_size = shape.in_height * shape.in_width;
-  parallel_over_planes(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
+  const std::vector<Tap> taps = kernel_taps(shape);
+  const std::vector<RowPiece> rows = chunk_rows(chunk, shape.out_width);
+  for_each_plane(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
     const scalar_t* plane = input + ((chunk.first_image + image_in_chunk) * shape.in_channels + channel) * plane_size;
-    for_each_tap(shape, channel, [&](int64_t row, int64_t tap_y, int64_t tap_x) {
-      scalar_t* column_row = columns + row * columns_count + image_in_chunk * chunk.pixels_per_image;
-      int64_t inside_begin, inside_end;  // output columns x whose tap reads inside the input row
-      inside_output_range(shape.in_width, tap_x, shape.stride_width, shape.padding_width, shape.dilation_width,
-                          shape.out_width, &inside_begin, &inside_end);
-      for_each_output_row(chunk, shape.out_width, [&](int64_t out_y, int64_t x_begin, int64_t x_end, int64_t offset) {
-        scalar_t* destination = column_row + offset - x_begin;  // destination[x] is output pixel (out_y, x)
+    for (size_t tap_index = 0; tap_index < taps.size(); ++tap_index) {
+      const Tap& tap = taps[tap_index];
+      const int64_t column_row = channel * static_cast<int64_t>(taps.size()) + static_cast<int64_t>(tap_index);
+      scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
+      for (const RowPiece& row : rows) {
+        scalar_t* destination = image_columns + row.offset - row.x_begin;  // destination[x]: pixel (out_y, x)
         const int64_t in_y =
-            input_coordinate(out_y, tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
+            input_coordinate(row.out_y, tap.tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
         if (in_y < 0 || in_y >= shape.in_height) {
-          std::fill(destination + x_begin, destination + x_end, scalar_t(0));
-          return;
+          std::fill(destination + row.x_begin, destination + row.x_end, scalar_t(0));
+          continue;
         }
-        const int64_t copy_begin = std::clamp(inside_begin, x_begin, x_end);
-        const int64_t copy_end = std::clamp(inside_end, copy_begin, x_end);
-        std::fill(destination + x_begin, destination + copy_begin, scalar_t(0));
-        const scalar_t* source = plane + in_y * shape.in_width +
-            input_coordinate(0, tap_x, shape.stride_width, shape.padding_width, shape.dilation_width);
-        if (shape.stride_width == 1) {
-          std::copy(source + copy_begin, source + copy_end, destination + copy_begin);
+        const int64_t copy_begin = std::clamp(tap.inside_begin, row.x_begin, row.x_end);
+        const int64_t copy_end = std::clamp(tap.inside_end, copy_begin, row.x_end);
+        std::fill(destination + row.x_begin, destination + copy_begin, scalar_t(0));
+        const scalar_t* source = plane + in_y * shape.in_width + tap.input_x_offset;  // source[x*sW]: pixel x
+        if (shape.stride_width == 1) {  // the common case: memcpy uses the widest vectors the CPU has
+          std::memcpy(destination + copy_begin, source + copy_begin, (copy_end - copy_begin) * sizeof(scalar_t));
         } else {
           for (int64_t out_x = copy_begin; out_x < copy_end; ++out_x) {
             destination[out_x] = source[out_x * shape.stride_width];
           }
         }
-        std::fill(destination + copy_end, destination + x_end, scalar_t(0));
-      });
-    });
+        std::fill(destination + copy_end, destination + row.x_end, scalar_t(0));
+      }
+    }
   });
 }
 
@@ -87,32 +138,36 @@ template <typename scalar_t>
 void col2im_kernel(const scalar_t* columns, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* grad_input) {
   const int64_t columns_count = chunk.images * chunk.pixels_per_image;
   const int64_t plane_size = shape.in_height * shape.in_width;
-  parallel_over_planes(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
+  const std::vector<Tap> taps = kernel_taps(shape);
+  const std::vector<RowPiece> rows = chunk_rows(chunk, shape.out_width);
+  for_each_plane(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
     scalar_t* plane = grad_input + ((chunk.first_image + image_in_chunk) * shape.in_channels + channel) * plane_size;
     if (chunk.first_pixel == 0) {  // the image's first chunk: no earlier contributions to keep
       std::fill(plane, plane + plane_size, scalar_t(0));
     }
-    for_each_tap(shape, channel, [&](int64_t row, int64_t tap_y, int64_t tap_x) {
-      const scalar_t* column_row = columns + row * columns_count + image_in_chunk * chunk.pixels_per_image;
-      int64_t inside_begin, inside_end;
-      inside_output_range(shape.in_width, tap_x, shape.stride_width, shape.padding_width, shape.dilation_width,
-                          shape.out_width, &inside_begin, &inside_end);
-      for_each_output_row(chunk, shape.out_width, [&](int64_t out_y, int64_t x_begin, int64_t x_end, int64_t offset) {
+    for (size_t tap_index = 0; tap_index < taps.size(); ++tap_index) {
+      const Tap& tap = taps[tap_index];
+      const int64_t column_row = channel * static_cast<int64_t>(taps.size()) + static_cast<int64_t>(tap_index);
+      const scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
+      for (const RowPiece& row : rows) {
         const int64_t in_y =
-            input_coordinate(out_y, tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
+            input_coordinate(row.out_y, tap.tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
         if (in_y < 0 || in_y >= shape.in_height) {
-          return;  // this tap read padding: nothing flows back
+          continue;  // this tap read padding: nothing flows back
         }
-        const scalar_t* source = column_row + offset - x_begin;  // source[x] is output pixel (out_y, x)
-        scalar_t* destination = plane + in_y * shape.in_width +
-            input_coordinate(0, tap_x, shape.stride_width, shape.padding_width, shape.dilation_width);
-        const int64_t add_begin = std::clamp(inside_begin, x_begin, x_end);
-        const int64_t add_end = std::clamp(inside_end, add_begin, x_end);
-        for (int64_t out_x = add_begin; out_x < add_end; ++out_x) {
-          destination[out_x * shape.stride_width] += source[out_x];
+        const scalar_t* source = image_columns + row.offset - row.x_begin;  // source[x]: pixel (out_y, x)
+        scalar_t* destination = plane + in_y * shape.in_width + tap.input_x_offset;  // destination[x*sW]: pixel x
+        const int64_t add_begin = std::clamp(tap.inside_begin, row.x_begin, row.x_end);
+        const int64_t add_end = std::clamp(tap.inside_end, add_begin, row.x_end);
+        if (shape.stride_width == 1) {  // the common case, vectorised
+          add_row(destination + add_begin, source + add_begin, add_end - add_begin);
+        } else {
+          for (int64_t out_x = add_begin; out_x < add_end; ++out_x) {
+            destination[out_x * shape.stride_width] += source[out_x];
+          }
         }
-      });
-    });
+      }
+    }
   });
 }
 
@@ -128,7 +183,19 @@ void col2im_cpu(const at::Tensor& columns, const ConvShape& shape, const ColumnC
   });
 }
 
-constexpr ColumnKernels kCpuKernels{&im2col_cpu, &col2im_cpu};
+void parallel_blocks(int64_t items, const std::function<void(int64_t, int64_t)>& block) {
+  // Worker threads start with default thread-local state: give them the caller's (dispatch keys below
+  // autograd, grad mode...) so the ATen calls inside a block dispatch exactly as they would on the caller.
+  const at::ThreadLocalState caller_state;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
+    block(begin, end);
+  });
+}
+
+int64_t thread_count() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
+
+constexpr DeviceKernels kCpuKernels{&parallel_blocks, &thread_count, &im2col_cpu, &col2im_cpu};
 
 }  // namespace
 }  // namespace manual_conv

@@ -107,7 +107,16 @@ void col2im_cuda(const at::Tensor& columns, const ConvShape& shape, const Column
   });
 }
 
-constexpr ColumnKernels kCudaKernels{&im2col_cuda, &col2im_cuda};
+// One block: the chunks run in stream order, each parallel on the GPU.
+void sequential_blocks(int64_t items, const std::function<void(int64_t, int64_t)>& block) {
+  if (items > 0) {
+    block(0, items);
+  }
+}
+
+int64_t one_block() { return 1; }
+
+constexpr DeviceKernels kCudaKernels{&sequential_blocks, &one_block, &im2col_cuda, &col2im_cuda};
 
 }  // namespace
 }  // namespace manual_conv
