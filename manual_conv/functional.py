@@ -16,7 +16,7 @@ from .ops import linear as _linear
 from .ops import loss as _loss
 from .ops import norm as _norm
 from .ops import pool as _pool
-from .ops._utils import _pair
+from .ops._utils import _pair, not_implemented_for, require_floating, scalar_type_name
 
 # ---------------------------------------------------------------------------------------------------- convolution
 
@@ -161,7 +161,7 @@ def gelu(input, *, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise RuntimeError("approximate argument must be either none or tanh.")
     if not input.is_floating_point():
-        raise _activation.not_implemented_for("GeluKernelImpl", input.dtype)
+        raise not_implemented_for("GeluKernelImpl", input.dtype)
     return _activation.GELUFunction.apply(input, approximate)
 
 
@@ -183,7 +183,7 @@ def _softmax_input(name, input, dim, stacklevel, dtype):
         input = input.to(dtype)
     if not input.is_floating_point():
         last_dim = dim in (-1, max(input.dim(), 1) - 1)
-        raise _activation.not_implemented_for(f"{name}{'_lastdim' if last_dim else ''}_kernel_impl", input.dtype)
+        raise not_implemented_for(f"{name}{'_lastdim' if last_dim else ''}_kernel_impl", input.dtype)
     return input, dim
 
 
@@ -218,8 +218,8 @@ def linear(input, weight, bias=None):
         return _linear.LinearFunction.apply(input, weight.unsqueeze(0), None).squeeze(-1)
     if bias is not None and bias.dtype != weight.dtype:
         raise RuntimeError(
-            f"self and mat2 must have the same dtype, but got {_activation.scalar_type_name(bias.dtype)} and "
-            f"{_activation.scalar_type_name(weight.dtype)}"
+            f"self and mat2 must have the same dtype, but got {scalar_type_name(bias.dtype)} and "
+            f"{scalar_type_name(weight.dtype)}"
         )
     return _linear.LinearFunction.apply(input, weight, bias)
 
@@ -277,7 +277,7 @@ def cross_entropy(
         _loss.check_label_smoothing(label_smoothing)
         if input.dim() == 0:
             raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
-        _loss.require_floating(input.dtype, "log_softmax_lastdim_kernel_impl")
+        require_floating(input.dtype, "log_softmax_lastdim_kernel_impl")
         _loss.check_class_index_targets(input, target, weight, ignore_index)
         logits = input.view(1, -1) if input.dim() == 1 else input
         target = target.reshape(1) if input.dim() == 1 else target
@@ -320,7 +320,7 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     if weight is None:
         reduction = _reduction_name(None, None, reduction)
         dtype = torch.result_type(input, target)
-        _loss.require_floating(dtype, "mse_cpu")
+        require_floating(dtype, "mse_cpu")
         divisor = expanded_input.new_tensor(expanded_input.numel(), dtype=dtype) if reduction == "mean" else None
     else:
         if weight.size() != input.size():

@@ -1,5 +1,7 @@
-"""Argument normalisation shared by the op families, matching torch.nn.functional's accepted forms."""
+"""Argument normalisation and error helpers shared by the op families, matching torch.nn.functional's forms."""
 import numbers
+
+import torch
 
 
 def _pair(value, name, dims=2):
@@ -18,3 +20,24 @@ def _pair(value, name, dims=2):
             f"convolution dimensions, but got {name}={list(value)}"
         )
     return tuple(int(v) for v in value)
+
+
+_SCALAR_TYPE_NAMES = {torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short",
+                      torch.int32: "Int", torch.int64: "Long", torch.float16: "Half", torch.bfloat16: "BFloat16",
+                      torch.float32: "Float", torch.float64: "Double"}
+
+
+def scalar_type_name(dtype):
+    """The name PyTorch's C++ error messages give a dtype: Long, Float, Double..."""
+    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def not_implemented_for(kernel, dtype):
+    """PyTorch's error for a kernel that has no implementation for an (integer or bool) dtype."""
+    return NotImplementedError(f'"{kernel}" not implemented for \'{scalar_type_name(dtype)}\'')
+
+
+def require_floating(dtype, kernel):
+    """Raise PyTorch's NotImplementedError when a floating-point-only kernel gets another dtype."""
+    if not dtype.is_floating_point:
+        raise not_implemented_for(kernel, dtype)

@@ -13,21 +13,6 @@ import math
 
 import torch
 
-_SCALAR_TYPE_NAMES = {torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short",
-                      torch.int32: "Int", torch.int64: "Long", torch.float16: "Half", torch.bfloat16: "BFloat16",
-                      torch.float32: "Float", torch.float64: "Double"}
-
-
-def scalar_type_name(dtype):
-    """The name PyTorch's C++ error messages give a dtype: Long, Float, Double..."""
-    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype))
-
-
-def not_implemented_for(kernel, dtype):
-    """PyTorch's error for a kernel that has no implementation for an (integer or bool) dtype."""
-    return NotImplementedError(f'"{kernel}" not implemented for \'{scalar_type_name(dtype)}\'')
-
-
 class ReLUFunction(torch.autograd.Function):
     """y = max(x, 0) (NaN stays NaN). With ``inplace`` x itself is overwritten and returned, as torch.relu_ does.
 

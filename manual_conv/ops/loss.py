@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from ._utils import require_floating, scalar_type_name
+
 
 def log_softmax(logits, dim):
     """log p_c = (z_c − m) − log Σ_k exp(z_k − m), m = max_k z_k.
@@ -175,23 +177,6 @@ class MSELossFunction(torch.autograd.Function):
 # Argument checks with PyTorch's errors, in the order PyTorch makes them (messages and exception classes as
 # torch.nn.functional.cross_entropy / nll_loss raise them).
 
-_SCALAR_TYPE_NAMES = {
-    torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double",
-    torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int", torch.int64: "Long",
-    torch.bool: "Bool",
-}
-
-
-def _scalar_type_name(dtype):
-    return _SCALAR_TYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
-
-
-def require_floating(dtype, kernel_name):
-    """Losses compute in floating point; torch's kernels raise NotImplementedError for other dtypes."""
-    if not dtype.is_floating_point:
-        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{_scalar_type_name(dtype)}\'')
-
-
 def check_label_smoothing(label_smoothing):
     """Only a positive ε smooths (torch ignores ε ≤ 0); it must not exceed 1."""
     if label_smoothing > 1.0:
@@ -202,7 +187,7 @@ def check_probability_targets(input, target, weight, ignore_index, label_smoothi
     """cross_entropy with a target of the input's shape: class probabilities, class dim 1 (0 when unbatched)."""
     if not target.is_floating_point():
         raise RuntimeError(
-            f"Expected floating point type for target with class probabilities, got {_scalar_type_name(target.dtype)}"
+            f"Expected floating point type for target with class probabilities, got {scalar_type_name(target.dtype)}"
         )
     if ignore_index >= 0:
         raise RuntimeError("ignore_index is not supported for floating point target")
@@ -246,13 +231,13 @@ def check_class_index_targets(input, target, weight, ignore_index):
 
 def _check_target_dtype(target):
     if target.dtype not in (torch.int64, torch.uint8):
-        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_scalar_type_name(target.dtype)}")
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {scalar_type_name(target.dtype)}")
 
 
 def _check_weight_dtype(input, weight):
     if weight is not None and weight.dtype != input.dtype:
         raise RuntimeError(
-            f"expected scalar type {_scalar_type_name(input.dtype)} but found {_scalar_type_name(weight.dtype)}"
+            f"expected scalar type {scalar_type_name(input.dtype)} but found {scalar_type_name(weight.dtype)}"
         )
 
 

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .loss import require_floating
+from ._utils import require_floating
 
 
 def normalize(input, dims, eps):

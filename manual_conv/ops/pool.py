@@ -12,8 +12,7 @@ double backward works: the second derivative routes the incoming gradient the wa
 import torch
 import torch.nn.functional as F
 
-from ._utils import _pair
-from .activation import not_implemented_for
+from ._utils import _pair, not_implemented_for
 from .conv_reference import im2col
 
 
