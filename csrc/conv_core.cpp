@@ -20,10 +20,6 @@
 namespace manual_conv {
 namespace {
 
-// Bytes of one chunk's buffers (its columns plus its output or grad_output pixels): about what fits in a
-// core's L2 cache, so the GEMM reads the columns while im2col's writes are still cached. Memory bandwidth,
-// not arithmetic, is what a CPU convolution runs out of first.
-constexpr int64_t kChunkBytes = 1 << 20;
 // GEMMs narrower than this re-read the weight too often per multiply-add, so a chunk keeps at least this
 // many columns (output pixels) even when that exceeds kChunkBytes.
 constexpr int64_t kMinColumnsPerChunk = 256;
@@ -116,15 +112,15 @@ struct ChunkPlan {
   int64_t chunks_per_task = 1;  // consecutive chunks covering whole images (the pieces of one image, or 1)
 };
 
-// Splits the batch's output pixels into chunks of about kChunkBytes: pieces of whole output rows of one
-// image when an image is larger, one whole image when it is large enough for an efficient GEMM on its own
-// (the GEMM then reads and writes the NCHW tensors in place), otherwise several whole images (gathered
-// into a buffer), and then at least as many chunks as the device runs blocks in parallel.
-ChunkPlan plan_chunks(const ConvShape& shape, int64_t element_size, int64_t parallel_blocks) {
+// Splits the batch's output pixels into chunks of about device.chunk_bytes: pieces of whole output rows of
+// one image when an image is larger; otherwise whole images, several per chunk (gathered into a buffer) but
+// at least as many chunks as the device runs blocks in parallel, or one image per chunk (multiplied in
+// place) on devices that prefer it once an image is wide enough for an efficient GEMM.
+ChunkPlan plan_chunks(const ConvShape& shape, int64_t element_size, const DeviceKernels& device) {
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const int64_t pixels = shape.out_height * shape.out_width;
   const int64_t bytes_per_column = std::max<int64_t>(1, (rows + shape.out_channels) * element_size);
-  const int64_t columns_budget = std::max(kMinColumnsPerChunk, kChunkBytes / bytes_per_column);
+  const int64_t columns_budget = std::max(kMinColumnsPerChunk, device.chunk_bytes / bytes_per_column);
   ChunkPlan plan;
   const int64_t output_rows_budget = std::max<int64_t>(1, columns_budget / shape.out_width);
   if (output_rows_budget < shape.out_height) {
@@ -139,9 +135,11 @@ ChunkPlan plan_chunks(const ConvShape& shape, int64_t element_size, int64_t para
     plan.chunks_per_task = (pixels + piece_pixels - 1) / piece_pixels;
     return plan;
   }
+  const int64_t parallel_blocks = device.parallel_blocks();
   const int64_t images_per_block = (shape.batch + parallel_blocks - 1) / parallel_blocks;
-  const int64_t images_per_chunk =
-      pixels >= kMinColumnsPerChunk ? 1 : std::clamp<int64_t>(columns_budget / pixels, 1, images_per_block);
+  const int64_t images_per_chunk = device.images_in_place && pixels >= kMinColumnsPerChunk
+      ? 1
+      : std::clamp<int64_t>(columns_budget / pixels, 1, images_per_block);
   for (int64_t first = 0; first < shape.batch; first += images_per_chunk) {
     plan.chunks.push_back({first, std::min(images_per_chunk, shape.batch - first), 0, pixels});
   }
@@ -225,7 +223,7 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
   }
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const at::Tensor weight_matrices = weight.view({groups, shape.out_channels / groups, rows / groups});
-  const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels.parallel_blocks());
+  const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels);
   kernels.for_each_block(static_cast<int64_t>(plan.chunks.size()), [&](int64_t begin, int64_t end) {
     BlockBuffers buffers(plan, rows, shape.out_channels, input.options());
     for (int64_t index = begin; index < end; ++index) {
@@ -265,7 +263,7 @@ at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& gra
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const at::Tensor weight_transposed =
       weight.view({groups, shape.out_channels / groups, rows / groups}).transpose(1, 2);
-  const ChunkPlan plan = plan_chunks(shape, grad_output.element_size(), kernels.parallel_blocks());
+  const ChunkPlan plan = plan_chunks(shape, grad_output.element_size(), kernels);
   // The pieces of one image scatter into overlapping input pixels: they form one task, run in order.
   const int64_t tasks = static_cast<int64_t>(plan.chunks.size()) / plan.chunks_per_task;
   kernels.for_each_block(tasks, [&](int64_t begin, int64_t end) {
@@ -295,7 +293,7 @@ at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& in
   const at::Tensor input = input_arg.contiguous();
   const at::Tensor grad_output = grad_output_arg.contiguous();
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
-  const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels.parallel_blocks());
+  const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels);
   // Sums of several chunks in float16/bfloat16 would round at every chunk: accumulate them in float32.
   const bool accumulate_in_float = plan.chunks.size() > 1 && at::isReducedFloatingType(input.scalar_type());
   const at::TensorOptions sum_options = input.options().dtype(accumulate_in_float ? at::kFloat : input.scalar_type());

@@ -24,11 +24,16 @@ struct DeviceKernels {
   void (*for_each_block)(int64_t items, const std::function<void(int64_t, int64_t)>& block);
   // How many blocks for_each_block runs at once (CPU: threads; CUDA: 1).
   int64_t (*parallel_blocks)();
+  // Bytes of scratch per chunk (columns plus output pixels): a CPU core's L2 cache, or enough work per GPU launch.
+  int64_t chunk_bytes;
+  // Whether an image large enough for an efficient GEMM is its own chunk, multiplied in place in the NCHW
+  // tensors (CPU), rather than gathered with others into fewer, larger GEMMs (CUDA: fewer launches).
+  bool images_in_place;
   // columns (C_in*kH*kW, chunk columns), contiguous  <-  the patches of `input` (contiguous NCHW) the chunk reads.
   void (*im2col)(const at::Tensor& input, const ConvShape& shape, const ColumnChunk& chunk, at::Tensor& columns);
   // grad_input (contiguous NCHW)  <-  the adjoint of im2col applied to `columns`: every column entry is added
   // to the input pixel it was read from. The first chunk of an image (first_pixel == 0) overwrites that image,
-  // later chunks of the same image accumulate into it.
+  // later chunks of the same image accumulate into it. `columns` is scratch: col2im may overwrite it.
   void (*col2im)(const at::Tensor& columns, const ConvShape& shape, const ColumnChunk& chunk, at::Tensor& grad_input);
 };
 

@@ -97,10 +97,63 @@ void for_each_plane(const ColumnChunk& chunk, const ConvShape& shape, const Plan
   }
 }
 
+// Stride 1 with out_width == in_width (a 'same' convolution, as in ResNets): output pixel l = y*W + x reads
+// input pixel l + shift for a shift fixed by the tap, so a tap's column row is the input plane shifted by a
+// constant: one long copy (or, in col2im, one long add) instead of one per output row. The shifted range is
+// wrong only where x + shift_x leaves the row and wraps into the neighbouring one; those entries read padding.
+bool shifted_planes(const ConvShape& shape) {
+  return shape.stride_height == 1 && shape.stride_width == 1 && shape.out_width == shape.in_width;
+}
+
+// The pixels [first, last) of one image's part of the chunk whose tap reads inside the plane (rows of
+// padding and reads before/after the plane excluded), and the shift from output pixel to input pixel.
+struct ShiftedRange {
+  int64_t shift, first, last;
+};
+
+ShiftedRange shifted_range(const Tap& tap, const ConvShape& shape, const ColumnChunk& chunk) {
+  const int64_t width = shape.in_width;
+  const int64_t begin = chunk.first_pixel;
+  const int64_t end = chunk.first_pixel + chunk.pixels_per_image;
+  int64_t row_begin, row_end;  // output rows whose tap row is inside the input
+  inside_output_range(shape.in_height, tap.tap_y, 1, shape.padding_height, shape.dilation_height, shape.out_height,
+                      &row_begin, &row_end);
+  const int64_t shift =
+      input_coordinate(0, tap.tap_y, 1, shape.padding_height, shape.dilation_height) * width + tap.input_x_offset;
+  const int64_t rows_first = std::clamp(row_begin * width, begin, end);
+  const int64_t rows_last = std::clamp(row_end * width, rows_first, end);
+  // Pixels cut here read before or after the plane: their x wraps, so they are padding as well.
+  const int64_t first = std::clamp(-shift, rows_first, rows_last);
+  const int64_t last = std::clamp(shape.in_height * width - shift, first, rows_last);
+  return {shift, first, last};
+}
+
+// Calls visit(l) for the pixels l in [first, last) whose x is outside the tap's inside range.
+template <typename Visit>
+void for_each_wrapped_pixel(const Tap& tap, int64_t width, int64_t first, int64_t last, const Visit& visit) {
+  if (first >= last || (tap.inside_begin == 0 && tap.inside_end == width)) {
+    return;
+  }
+  const auto visit_if_in_range = [&](int64_t pixel) {
+    if (pixel >= first && pixel < last) {
+      visit(pixel);
+    }
+  };
+  for (int64_t row_start = first / width * width; row_start < last; row_start += width) {
+    for (int64_t x = 0; x < tap.inside_begin; ++x) {
+      visit_if_in_range(row_start + x);
+    }
+    for (int64_t x = tap.inside_end; x < width; ++x) {
+      visit_if_in_range(row_start + x);
+    }
+  }
+}
+
 template <typename scalar_t>
 void im2col_kernel(const scalar_t* input, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* columns) {
   const int64_t columns_count = chunk.images * chunk.pixels_per_image;
   const int64_t plane_size = shape.in_height * shape.in_width;
+  const bool shifted = shifted_planes(shape);
   const std::vector<Tap> taps = kernel_taps(shape);
   const std::vector<RowPiece> rows = chunk_rows(chunk, shape.out_width);
   for_each_plane(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
@@ -109,6 +162,17 @@ void im2col_kernel(const scalar_t* input, const ConvShape& shape, const ColumnCh
       const Tap& tap = taps[tap_index];
       const int64_t column_row = channel * static_cast<int64_t>(taps.size()) + static_cast<int64_t>(tap_index);
       scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
+      if (shifted) {
+        const ShiftedRange range = shifted_range(tap, shape, chunk);
+        scalar_t* destination = image_columns - chunk.first_pixel;  // destination[l]: output pixel l
+        std::fill(destination + chunk.first_pixel, destination + range.first, scalar_t(0));
+        std::memcpy(destination + range.first, plane + range.first + range.shift,
+                    (range.last - range.first) * sizeof(scalar_t));
+        std::fill(destination + range.last, destination + chunk.first_pixel + chunk.pixels_per_image, scalar_t(0));
+        for_each_wrapped_pixel(tap, shape.in_width, range.first, range.last,
+                               [&](int64_t pixel) { destination[pixel] = scalar_t(0); });
+        continue;
+      }
       for (const RowPiece& row : rows) {
         scalar_t* destination = image_columns + row.offset - row.x_begin;  // destination[x]: pixel (out_y, x)
         const int64_t in_y =
@@ -135,9 +199,10 @@ void im2col_kernel(const scalar_t* input, const ConvShape& shape, const ColumnCh
 }
 
 template <typename scalar_t>
-void col2im_kernel(const scalar_t* columns, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* grad_input) {
+void col2im_kernel(scalar_t* columns, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* grad_input) {
   const int64_t columns_count = chunk.images * chunk.pixels_per_image;
   const int64_t plane_size = shape.in_height * shape.in_width;
+  const bool shifted = shifted_planes(shape);
   const std::vector<Tap> taps = kernel_taps(shape);
   const std::vector<RowPiece> rows = chunk_rows(chunk, shape.out_width);
   for_each_plane(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
@@ -148,7 +213,16 @@ void col2im_kernel(const scalar_t* columns, const ConvShape& shape, const Column
     for (size_t tap_index = 0; tap_index < taps.size(); ++tap_index) {
       const Tap& tap = taps[tap_index];
       const int64_t column_row = channel * static_cast<int64_t>(taps.size()) + static_cast<int64_t>(tap_index);
-      const scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
+      scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
+      if (shifted) {
+        // Zero the entries that wrapped (they read padding, nothing flows back), then add in one piece.
+        const ShiftedRange range = shifted_range(tap, shape, chunk);
+        scalar_t* source = image_columns - chunk.first_pixel;  // source[l]: output pixel l
+        for_each_wrapped_pixel(tap, shape.in_width, range.first, range.last,
+                               [&](int64_t pixel) { source[pixel] = scalar_t(0); });
+        add_row(plane + range.first + range.shift, source + range.first, range.last - range.first);
+        continue;
+      }
       for (const RowPiece& row : rows) {
         const int64_t in_y =
             input_coordinate(row.out_y, tap.tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
@@ -179,7 +253,7 @@ void im2col_cpu(const at::Tensor& input, const ConvShape& shape, const ColumnChu
 
 void col2im_cpu(const at::Tensor& columns, const ConvShape& shape, const ColumnChunk& chunk, at::Tensor& grad_input) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "manual_conv_col2im_cpu", [&] {
-    col2im_kernel(columns.const_data_ptr<scalar_t>(), shape, chunk, grad_input.data_ptr<scalar_t>());
+    col2im_kernel(columns.data_ptr<scalar_t>(), shape, chunk, grad_input.data_ptr<scalar_t>());
   });
 }
 
@@ -195,7 +269,9 @@ void parallel_blocks(int64_t items, const std::function<void(int64_t, int64_t)>&
 
 int64_t thread_count() { return at::in_parallel_region() ? 1 : at::get_num_threads(); }
 
-constexpr DeviceKernels kCpuKernels{&parallel_blocks, &thread_count, &im2col_cpu, &col2im_cpu};
+// 1 MiB: what fits in a core's L2 cache, so the GEMM reads a chunk's columns while im2col's writes are still
+// cached (memory bandwidth, not arithmetic, is what a CPU convolution runs out of first).
+constexpr DeviceKernels kCpuKernels{&parallel_blocks, &thread_count, 1 << 20, true, &im2col_cpu, &col2im_cpu};
 
 }  // namespace
 }  // namespace manual_conv

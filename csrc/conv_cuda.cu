@@ -116,7 +116,9 @@ void sequential_blocks(int64_t items, const std::function<void(int64_t, int64_t)
 
 int64_t one_block() { return 1; }
 
-constexpr DeviceKernels kCudaKernels{&sequential_blocks, &one_block, &im2col_cuda, &col2im_cuda};
+// 64 MiB per chunk: few, large launches and GEMMs, with memory that stays bounded whatever the batch.
+constexpr DeviceKernels kCudaKernels{&sequential_blocks, &one_block, int64_t(64) << 20, false, &im2col_cuda,
+                                     &col2im_cuda};
 
 }  // namespace
 }  // namespace manual_conv

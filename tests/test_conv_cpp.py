@@ -119,6 +119,9 @@ CHUNK_PATHS = {
                                 padding=(1, 1)),
     "pieces-strided-grouped": dict(batch=2, in_channels=128, out_channels=8, size=(23, 21), kernel=(3, 2),
                                    stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=4),
+    # stride 1 and out_width == in_width: each tap's column row is the input plane shifted (one copy per tap)
+    "same-size-output-shifted-planes": dict(batch=2, in_channels=96, out_channels=4, size=(19, 17), kernel=(3, 5),
+                                            padding=(2, 2), dilation=(2, 1)),
     # whole images large enough for their own GEMM: read and written in place
     "one-image-per-chunk": dict(batch=3, in_channels=4, out_channels=6, size=(20, 18), kernel=(3, 3), groups=2),
     # small images: several per chunk, gathered, with a shorter last chunk

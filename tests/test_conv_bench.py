@@ -1,0 +1,31 @@
+"""benchmarks/conv_bench.py runs end to end (--quick) and writes a complete JSON report. No timing is asserted:
+the numbers of a shared machine say nothing about correctness."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import manual_conv
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not manual_conv.extension_available(), reason="the compiled extension manual_conv._C is not built")
+def test_quick_benchmark_writes_every_measurement(tmp_path):
+    report = tmp_path / "bench.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "conv_bench.py"), "--quick", "--repeats", "1",
+               "--threads", "1", "--json", str(report)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "| MNIST conv1 | fwd | cpp |" in completed.stdout
+    results = json.loads(report.read_text())
+    assert results["mm_gflops"] > 0 and results["threads"] == 1
+    rows = {(row["layer"], row["mode"], row["implementation"]) for row in results["results"]}
+    layers = {layer for layer, _, _ in rows}
+    assert len(layers) == 6
+    assert rows == {(layer, mode, implementation) for layer in layers for mode in ("fwd", "fwd+bwd")
+                    for implementation in ("native", "cpp", "python")}
+    for row in results["results"]:
+        assert row["median_ms"] > 0 and row["gflops"] > 0 and row["peak_mb"] >= 0
