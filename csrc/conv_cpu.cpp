@@ -46,14 +46,17 @@ struct RowPiece {
   int64_t out_y, x_begin, x_end, offset;
 };
 
-// The output row pieces of one image that the chunk holds (whole rows except at a piece's ends).
+// The output row pieces of one image that the chunk holds (whole rows except at a piece's ends), found with
+// the column <-> pixel maps the CUDA kernels use per element.
 std::vector<RowPiece> chunk_rows(const ColumnChunk& chunk, int64_t out_width) {
   std::vector<RowPiece> pieces;
-  const int64_t end = chunk.first_pixel + chunk.pixels_per_image;
-  for (int64_t out_y = chunk.first_pixel / out_width; out_y * out_width < end; ++out_y) {
-    const int64_t x_begin = std::max<int64_t>(chunk.first_pixel - out_y * out_width, 0);
-    const int64_t x_end = std::min(end - out_y * out_width, out_width);
-    pieces.push_back({out_y, x_begin, x_end, out_y * out_width + x_begin - chunk.first_pixel});
+  int64_t image, out_y, x_begin;
+  column_pixel(chunk, out_width, 0, &image, &out_y, &x_begin);
+  int64_t last_image, last_y, last_x;
+  column_pixel(chunk, out_width, chunk.pixels_per_image - 1, &last_image, &last_y, &last_x);
+  for (; out_y <= last_y; ++out_y, x_begin = 0) {
+    const int64_t x_end = out_y == last_y ? last_x + 1 : out_width;
+    pieces.push_back({out_y, x_begin, x_end, pixel_column(chunk, out_width, image, out_y, x_begin)});
   }
   return pieces;
 }
