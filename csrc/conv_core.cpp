@@ -21,7 +21,7 @@ namespace manual_conv {
 namespace {
 
 // GEMMs narrower than this re-read the weight too often per multiply-add, so a chunk keeps at least this
-// many columns (output pixels) even when that exceeds kChunkBytes.
+// many columns (output pixels) even when that exceeds the device's chunk_bytes.
 constexpr int64_t kMinColumnsPerChunk = 256;
 
 void check_ints(const char* op, const char* name, at::IntArrayRef values, int64_t lowest) {
@@ -63,6 +63,8 @@ ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArray
   check_ints(op, "padding", padding, 0);
   check_ints(op, "dilation", dilation, 1);
   TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported, but got groups=", groups);
+  TORCH_CHECK(weight_size[0] >= groups, op, ": given groups=", groups, ", expected weight to be at least ", groups,
+              " at dimension 0, but got weight of size ", weight_size, " instead");
   TORCH_CHECK(weight_size[0] % groups == 0, op, ": expected out_channels (weight.size(0) = ", weight_size[0],
               ") to be divisible by groups=", groups);
   TORCH_CHECK(input_size[1] == weight_size[1] * groups, op, ": given groups=", groups, ", weight of size ",
@@ -102,8 +104,7 @@ ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArray
 void check_grad_output_size(const char* op, const at::Tensor& grad_output, const ConvShape& shape) {
   const std::vector<int64_t> expected{shape.batch, shape.out_channels, shape.out_height, shape.out_width};
   TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": expected grad_output of size ",
-              at::IntArrayRef(expected),
-              " (the output size of this convolution), but got ", grad_output.sizes());
+              at::IntArrayRef(expected), " (the output size of this convolution), but got ", grad_output.sizes());
 }
 
 struct ChunkPlan {

@@ -362,6 +362,7 @@ BAD_CALLS = [
     ("conv2d", (torch.ones(2, 4, 2, 2), W, B, *ARGS), r"Kernel size can't be greater than actual input size"),
     ("conv2d", (X, W, B, *with_args(dilation=(3, 3))), r"Kernel size can't be greater"),
     ("conv2d", (X, torch.ones(6, 2, 0, 3), B, *ARGS), r"kernel size must be positive"),
+    ("conv2d", (X, torch.ones(0, 2, 3, 3), None, *ARGS), r"expected weight to be at least 2 at dimension 0"),
     ("conv2d_input_grad", (DY, W, [2, 4, 6], *ARGS), r"expected input to be 4-D"),
     ("conv2d_input_grad", (DY, W, [2, 4, 7, 7], *ARGS), r"expected grad_output of size \[2, 6, 5, 5\]"),
     ("conv2d_input_grad", (DY, W, [3, 4, 6, 6], *ARGS), r"expected grad_output of size \[3, 6, 4, 4\]"),
