@@ -5,7 +5,8 @@
 //
 // im2col/col2im loop over (image of the chunk, input channel) planes and the kH*kW column rows of each
 // channel, walking whole output rows: conv_index.h gives, for each kernel tap, the input row each output row
-// reads and the output columns that read real input (copied) rather than padding (zero).
+// reads and the output columns that read real input (copied) rather than padding (zero). 'Same'
+// convolutions (stride 1, output as wide as the input) move each tap's row as one shifted plane instead.
 #include <algorithm>
 #include <cstring>
 #include <vector>
