@@ -478,8 +478,6 @@ def parameter_spread(model, process):
     """The largest difference between any process's parameters and rank 0's: 0.0 when data-parallel training kept
     the replicas identical, as it must."""
     flat = torch.cat([parameter.detach().reshape(-1) for parameter in model.parameters()])
-    if process.world_size == 1:
-        return 0.0
     replicas = [torch.empty_like(flat) for _ in range(process.world_size)]
     dist.all_gather(replicas, flat)
     return max((replica - replicas[0]).abs().max().item() for replica in replicas)
@@ -543,10 +541,9 @@ def run_train_test(args, process, train_set, test_set):
                                          "epochs": history})
 
     model, history = fit(args, process, train_set, test_set, "test", checkpoint=checkpoint, on_epoch_end=report)
-    spread = parameter_spread(model, process)
     if process.world_size > 1:
-        summary["max_parameter_difference_between_ranks"] = spread
-        report(history)
+        summary["max_parameter_difference_between_ranks"] = parameter_spread(model, process)
+    report(history)  # also when a resumed run had no epoch left to train
     if process.is_main and args.plot:
         plot_curves(args.plot, [("", history)], "test")
     epochs = f"{len(history)} epoch" + ("s" if len(history) > 1 else "")

@@ -163,6 +163,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     strip = lambda history: [{k: v for k, v in record.items() if k not in timings} for record in history]  # noqa: E731
     assert strip(resumed["history"]) == strip(expected["history"])
     assert [record["epoch"] for record in read_metrics(tmp_path / "resumed.json")["epochs"]] == [1, 2]
+    # Resuming a finished run trains nothing but still reports it.
+    assert train_mnist.main(common + ["--epochs", "2", "--resume", str(interrupted),
+                                      "--metrics", str(tmp_path / "finished.json")]) == 0
+    assert read_metrics(tmp_path / "finished.json")["test_accuracy"] == expected["history"][-1]["test_accuracy"]
     assert not list(tmp_path.glob(".*.tmp")), "a temporary checkpoint file was left behind"
 
 
