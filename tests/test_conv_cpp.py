@@ -305,10 +305,6 @@ def test_torch_compile_model_inference(single_thread, backend):
         assert_compiled_matches_eager(model, [input], [], backend)
 
 
-@pytest.mark.xfail(strict=True, raises=torch._dynamo.exc.Unsupported, reason=(
-    "manual_conv/ops/conv.py: Dynamo cannot trace an autograd.Function whose backward calls another "
-    "Function's .apply, so the nn modules break the graph when gradients are required. The compiled ops "
-    "themselves compile with their backward (test_torch_compile_training_step_on_the_ops)."))
 def test_torch_compile_model_training(single_thread):
     model, input = small_net()
     with manual_conv.use_backend("cpp"):

@@ -14,10 +14,12 @@ Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, wit
 """
 import numbers
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
-from ..backend import conv_kernels
+from ..backend import conv_kernels, get_backend
 from .conv_reference import output_size as conv_output_size
 
 
@@ -54,13 +56,14 @@ class Conv2dFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        maps = differentiable_maps()
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            grad_input = ConvTranspose2dFunction.apply(grad_output, weight, None, input.shape, *ctx.conv_args)
+            grad_input = maps.input_grad(grad_output, weight, input.shape, *ctx.conv_args)
         if needs_weight:
-            grad_weight = Conv2dWeightGradFunction.apply(input, grad_output, weight.shape, *ctx.conv_args)
+            grad_weight = maps.weight_grad(input, grad_output, weight.shape, *ctx.conv_args)
         if needs_bias:
-            grad_bias = Conv2dBiasGradFunction.apply(grad_output)
+            grad_bias = maps.bias_grad(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
@@ -92,13 +95,14 @@ class ConvTranspose2dFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        maps = differentiable_maps()
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            grad_input = Conv2dFunction.apply(grad_output, weight, None, *ctx.conv_args)
+            grad_input = maps.conv2d(grad_output, weight, None, *ctx.conv_args)
         if needs_weight:
-            grad_weight = Conv2dWeightGradFunction.apply(grad_output, input, weight.shape, *ctx.conv_args)
+            grad_weight = maps.weight_grad(grad_output, input, weight.shape, *ctx.conv_args)
         if needs_bias:
-            grad_bias = Conv2dBiasGradFunction.apply(grad_output)
+            grad_bias = maps.bias_grad(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
@@ -123,13 +127,12 @@ class Conv2dWeightGradFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_grad_weight):
         input, grad_output = ctx.saved_tensors
+        maps = differentiable_maps()
         grad_input = grad_grad_output = None
         if ctx.needs_input_grad[0]:
-            grad_input = ConvTranspose2dFunction.apply(
-                grad_output, grad_grad_weight, None, input.shape, *ctx.conv_args
-            )
+            grad_input = maps.input_grad(grad_output, grad_grad_weight, input.shape, *ctx.conv_args)
         if ctx.needs_input_grad[1]:
-            grad_grad_output = Conv2dFunction.apply(input, grad_grad_weight, None, *ctx.conv_args)
+            grad_grad_output = maps.conv2d(input, grad_grad_weight, None, *ctx.conv_args)
         return grad_input, grad_grad_output, None, None, None, None, None
 
 
@@ -147,6 +150,37 @@ class Conv2dBiasGradFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_grad_bias):
         return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+class BilinearMaps(NamedTuple):
+    """The four maps conv's backwards are made of, with the compiled ops' signatures, each differentiable again."""
+
+    conv2d: object  # (input, weight, bias, stride, padding, dilation, groups)
+    input_grad: object  # (grad_output, weight, input_size, stride, padding, dilation, groups)
+    weight_grad: object  # (input, grad_output, weight_size, stride, padding, dilation, groups)
+    bias_grad: object  # (grad_output)
+
+
+def _input_grad_function(grad_output, weight, input_size, *conv_args):
+    return ConvTranspose2dFunction.apply(grad_output, weight, None, input_size, *conv_args)
+
+
+_FUNCTION_MAPS = BilinearMaps(
+    Conv2dFunction.apply, _input_grad_function, Conv2dWeightGradFunction.apply, Conv2dBiasGradFunction.apply
+)
+
+
+def differentiable_maps():
+    """What the backwards call: on 'python' this module's Functions; on 'cpp' the compiled ops themselves.
+
+    The compiled ops carry the same table of derivatives as registered autograd (ops/conv_library.py), and
+    torch.compile can trace them inside a backward, where it cannot trace a nested Function.apply: so a model
+    on 'cpp' compiles for training without a graph break, and double backward works on both backends.
+    """
+    if get_backend() == "cpp":
+        ops = torch.ops.manual_conv
+        return BilinearMaps(ops.conv2d, ops.conv2d_input_grad, ops.conv2d_weight_grad, ops.conv2d_bias_grad)
+    return _FUNCTION_MAPS
 
 
 def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, groups, transposed=False,
