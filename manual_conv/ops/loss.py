@@ -64,17 +64,18 @@ def _reduce(losses, reduction, divisor):
     return total / divisor if reduction == "mean" else total
 
 
-def _per_sample_grad(grad_output, reduction, divisor, shape):
-    """dL/dℓ_i for every sample i: g ('none'), g ('sum', broadcast), g / divisor ('mean', broadcast).
+def _per_sample_grad(grad_output, reduction, divisor, scores):
+    """dL/dℓ_i for every sample i: g ('none'), g ('sum', broadcast), g / divisor ('mean', broadcast), shaped to
+    broadcast over the class dim 1 of ``scores`` (the (N, C, d…) input the losses ℓ (N, d…) were computed from).
 
     When no sample is kept the mean is 0/0 = NaN (as in torch) but no sample contributed, so, as torch, the
     gradient is 0 rather than NaN: a divisor of 0 passes no gradient.
     """
-    if reduction == "none":
-        return grad_output
     if reduction == "mean":
         grad_output = torch.where(divisor != 0, grad_output / divisor, 0)
-    return grad_output.expand(shape)
+    if reduction != "none":
+        grad_output = grad_output.expand(scores.shape[:1] + scores.shape[2:])
+    return grad_output.unsqueeze(1)
 
 
 def _weighted_sum(target_weights, values):
@@ -104,8 +105,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         logits, target_weights, divisor = ctx.saved_tensors
-        losses_shape = logits.shape[:1] + logits.shape[2:]
-        grad_losses = _per_sample_grad(grad_output, ctx.reduction, divisor, losses_shape).unsqueeze(1)
+        grad_losses = _per_sample_grad(grad_output, ctx.reduction, divisor, logits)
         log_probs = log_softmax(logits, 1)
         grad_logits = grad_target_weights = None
         if ctx.needs_input_grad[0]:
@@ -134,8 +134,7 @@ class NLLLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, target_weights, divisor = ctx.saved_tensors
-        losses_shape = input.shape[:1] + input.shape[2:]
-        grad_losses = _per_sample_grad(grad_output, ctx.reduction, divisor, losses_shape).unsqueeze(1)
+        grad_losses = _per_sample_grad(grad_output, ctx.reduction, divisor, input)
         grad_input = -grad_losses * target_weights if ctx.needs_input_grad[0] else None
         grad_target_weights = -grad_losses * input if ctx.needs_input_grad[1] else None
         return grad_input, grad_target_weights, None, None
