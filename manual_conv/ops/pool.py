@@ -63,6 +63,28 @@ def _lowest(dtype):
     return -torch.inf if dtype.is_floating_point else torch.iinfo(dtype).min
 
 
+def _scan_taps(cols, lowest):
+    """The running maximum over the taps of every window, in PyTorch's scan order (row by row), and the winner:
+    1 + the number of the tap that set it, 0 if none beat ``lowest``. A tap wins when it is strictly greater than
+    the best so far (ties keep the first maximum) or is NaN (the last NaN wins).
+
+    torch.maximum gives the running value under both rules (a NaN, once seen, stays). The winner is updated as
+    winner += wins·(t + 1 − winner), a select written as arithmetic: torch.where is a scalar loop on CPU,
+    several times slower than these vectorised ops.
+    """
+    kh, kw = cols.shape[2:4]
+    best = cols.new_full(cols.shape[:2] + cols.shape[4:], lowest)
+    winner = torch.zeros(best.shape, dtype=torch.uint8 if kh * kw < 255 else torch.int64, device=best.device)
+    for t in range(kh * kw):
+        tap = cols[:, :, t // kw, t % kw]
+        wins = tap > best
+        if tap.dtype.is_floating_point:
+            wins |= tap.isnan()
+        best = torch.maximum(best, tap)
+        winner += wins * (t + 1 - winner)
+    return best, winner
+
+
 class MaxPool2dFunction(torch.autograd.Function):
     """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞.
 
@@ -84,22 +106,20 @@ class MaxPool2dFunction(torch.autograd.Function):
         output_size = tuple(
             pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
         )
-        cols = _pool_windows(input, _lowest(input.dtype), kernel_size, stride, padding, dilation, output_size)
+        lowest = _lowest(input.dtype)
+        cols = _pool_windows(input, lowest, kernel_size, stride, padding, dilation, output_size)
+        output, winner = _scan_taps(cols, lowest)
         rows, columns = (
             _tap_coordinates(*args, input.device) for args in zip(output_size, kernel_size, stride, padding, dilation)
         )
-        output = torch.full((n, c, *output_size), _lowest(input.dtype), dtype=input.dtype, device=input.device)
-        # before the scan: the first tap inside the input, which an all −∞ window keeps
-        first = _first_inside(rows, dilation[0])[:, None] * w + _first_inside(columns, dilation[1])
-        indices = first.expand_as(output).contiguous()
-        for i in range(kernel_size[0]):
-            for j in range(kernel_size[1]):
-                tap = cols[:, :, i, j]
-                wins = tap > output
-                if input.dtype.is_floating_point:
-                    wins |= tap.isnan()
-                torch.where(wins, tap, output, out=output)
-                torch.where(wins, rows[i][:, None] * w + columns[j], indices, out=indices)
+        # positions[t, y, x]: the input-plane index h·W + w that winner t of window (y, x) stands for; winner 0 (no
+        # tap beat the lowest value: an all −∞ window) is the window's first tap inside the input
+        first_inside = _first_inside(rows, dilation[0])[:, None] * w + _first_inside(columns, dilation[1])
+        positions = torch.stack([first_inside] + [rows[i][:, None] * w + columns[j]
+                                                  for i in range(kernel_size[0]) for j in range(kernel_size[1])])
+        windows = output_size[0] * output_size[1]
+        window_number = torch.arange(windows, device=input.device).view(output_size)
+        indices = positions.view(-1).take(winner.long() * windows + window_number)
         return output, indices
 
     @staticmethod
@@ -113,7 +133,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     def backward(ctx, grad_output, _grad_indices):
         (indices,) = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
-        grad_input = grad_output.new_zeros(n, c, h * w).scatter_add(
+        grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(
             2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)
         )
         return grad_input.view(n, c, h, w), None, None, None, None, None
