@@ -16,6 +16,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include "conv_core.h"
+#include "vector_clones.h"
 
 namespace manual_conv {
 namespace {
@@ -62,21 +63,13 @@ std::vector<RowPiece> chunk_rows(const ColumnChunk& chunk, int64_t out_width) {
   return pieces;
 }
 
-// destination[k] += source[k] for k < count: col2im's inner loop. For float and double the loader picks the
-// widest vector instructions the CPU has (GCC function multi-versioning: the extension is built for baseline
-// x86-64 like torch itself, whose own kernels dispatch on the CPU at run time too).
+// destination[k] += source[k] for k < count: col2im's inner loop, vectorised for float and double.
 template <typename scalar_t>
 void add_row(scalar_t* __restrict destination, const scalar_t* __restrict source, int64_t count) {
   for (int64_t k = 0; k < count; ++k) {
     destination[k] += source[k];
   }
 }
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define MANUAL_CONV_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define MANUAL_CONV_VECTOR_CLONES
-#endif
 
 MANUAL_CONV_VECTOR_CLONES void add_row(float* __restrict destination, const float* __restrict source, int64_t count) {
   for (int64_t k = 0; k < count; ++k) {

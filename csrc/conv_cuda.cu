@@ -10,17 +10,10 @@
 #include <c10/cuda/CUDAException.h>
 
 #include "conv_core.h"
+#include "cuda_launch.h"
 
 namespace manual_conv {
 namespace {
-
-constexpr int kThreadsPerBlock = 256;
-
-// Enough blocks for one element per thread, capped: the kernels loop with a grid stride beyond that.
-unsigned int blocks_for(int64_t elements) {
-  const int64_t blocks = (elements + kThreadsPerBlock - 1) / kThreadsPerBlock;
-  return static_cast<unsigned int>(blocks < (1 << 20) ? blocks : (1 << 20));
-}
 
 template <typename scalar_t>
 __global__ void im2col_kernel(const scalar_t* __restrict__ input, const ConvShape shape, const ColumnChunk chunk,
