@@ -1,6 +1,6 @@
 // The manual_conv operator library: schemas of the four ops of the conv kernel contract, and the Python
 // module manual_conv._C whose import loads this library (the kernels register themselves per device in
-// conv_cpu.cpp and conv_cuda.cu; fake kernels and autograd are in manual_conv/ops/conv_library.py).
+// conv_cpu.cpp and conv_cuda.cu; fake kernels and autograd are in manual_conv/ops/library.py).
 #include <Python.h>
 
 #include <torch/library.h>
@@ -16,7 +16,7 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(manual_conv, library) {
   // The fake kernels and autograd formulas are registered from Python; torch imports this module when it
   // needs them and it has not been imported yet.
-  library.set_python_module("manual_conv.ops.conv_library");
+  library.set_python_module("manual_conv.ops.library");
   library.def(
       "conv2d(Tensor input, Tensor weight, Tensor? bias, SymInt[2] stride, SymInt[2] padding, "
       "SymInt[2] dilation, SymInt groups) -> Tensor");

@@ -1,7 +1,7 @@
 """Which conv kernels the autograd Functions run: the Python reference ('python') or the compiled core ('cpp').
 
 The compiled core is the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops
-``torch.ops.manual_conv.*``, and ``manual_conv.ops.conv_library`` adds their fake kernels and autograd formulas.
+``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` adds their fake kernels and autograd formulas.
 When it is present 'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
 """
 import contextlib
@@ -16,7 +16,7 @@ BACKENDS = ("python", "cpp")
 
 try:
     importlib.import_module("manual_conv._C")  # loading the library registers torch.ops.manual_conv.*
-    importlib.import_module("manual_conv.ops.conv_library")  # their fake kernels and autograd formulas
+    importlib.import_module("manual_conv.ops.library")  # their fake kernels and autograd formulas
 
     _extension_error = None
 except ImportError as error:  # not built, or built against another torch

@@ -216,7 +216,7 @@ def differentiable_ops(conv):
 
 @pytest.mark.parametrize("name", ["conv2d", "conv2d_input_grad", "conv2d_weight_grad", "conv2d_bias_grad"])
 def test_registered_derivatives_gradcheck_and_gradgradcheck(single_thread, name):
-    """The ops are each other's derivatives (manual_conv/ops/conv_library.py), to second order."""
+    """The ops are each other's derivatives (manual_conv/ops/library.py), to second order."""
     function, inputs = differentiable_ops(small_conv())[name]
     assert torch.autograd.gradcheck(function, inputs)
     assert torch.autograd.gradgradcheck(function, inputs)

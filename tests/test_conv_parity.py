@@ -229,7 +229,7 @@ def test_unbatched_input(backend, name):
 
 
 # The nodes of the gradients' own graphs (double backward): on 'python' our Functions; on 'cpp' the compiled ops,
-# whose autograd is registered in manual_conv/ops/conv_library.py (so that torch.compile traces the backward).
+# whose autograd is registered in manual_conv/ops/library.py (so that torch.compile traces the backward).
 GRADIENT_NODES = {
     "python": {"Conv2dFunction": "Conv2dFunctionBackward", "ConvTranspose2dFunction": "ConvTranspose2dFunctionBackward",
                "weight_grad": "Conv2dWeightGradFunctionBackward"},

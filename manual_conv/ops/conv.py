@@ -173,7 +173,7 @@ _FUNCTION_MAPS = BilinearMaps(
 def differentiable_maps():
     """What the backwards call: on 'python' this module's Functions; on 'cpp' the compiled ops themselves.
 
-    The compiled ops carry the same table of derivatives as registered autograd (ops/conv_library.py), and
+    The compiled ops carry the same table of derivatives as registered autograd (ops/library.py), and
     torch.compile can trace them inside a backward, where it cannot trace a nested Function.apply: so a model
     on 'cpp' compiles for training without a graph break, and double backward works on both backends.
     """
