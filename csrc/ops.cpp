@@ -1,6 +1,7 @@
-// The manual_conv operator library: schemas of the four ops of the conv kernel contract, and the Python
-// module manual_conv._C whose import loads this library (the kernels register themselves per device in
-// conv_cpu.cpp and conv_cuda.cu; fake kernels and autograd are in manual_conv/ops/library.py).
+// The manual_conv operator library: schemas of the four ops of the conv kernel contract and of the two
+// compiled layers (max pooling's forward, ReLU's backward), and the Python module manual_conv._C whose import
+// loads this library (the kernels register themselves per device in conv_cpu.cpp, conv_cuda.cu,
+// layers_cpu.cpp and layers_cuda.cu; fake kernels and autograd are in manual_conv/ops/library.py).
 #include <Python.h>
 
 #include <torch/library.h>
@@ -27,4 +28,8 @@ TORCH_LIBRARY(manual_conv, library) {
       "conv2d_weight_grad(Tensor input, Tensor grad_output, SymInt[4] weight_size, SymInt[2] stride, "
       "SymInt[2] padding, SymInt[2] dilation, SymInt groups) -> Tensor");
   library.def("conv2d_bias_grad(Tensor grad_output) -> Tensor");
+  library.def(
+      "max_pool2d(Tensor input, SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  library.def("relu_backward(Tensor grad_output, Tensor output) -> Tensor");
 }

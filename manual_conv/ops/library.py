@@ -1,4 +1,5 @@
-"""Fake kernels and autograd formulas of the compiled conv ops ``torch.ops.manual_conv.*`` (built from csrc/).
+"""Fake kernels and autograd formulas of the compiled ops ``torch.ops.manual_conv.*`` (built from csrc/): the conv
+core and the compiled layers (max pooling's forward, ReLU's backward).
 
 The fake kernels give the output's shape and dtype without computing it, so FakeTensor, ``torch.compile`` and
 ``torch.export`` trace through the ops (with symbolic sizes too). The autograd formulas make the three core
@@ -9,7 +10,10 @@ three ops are bilinear maps and each backward is the adjoint of one of their arg
     gx = conv2d_input_grad(δ, w)          dδ = conv2d(G, w)                 dw = conv2d_weight_grad(G, δ)
     gw = conv2d_weight_grad(x, δ)         dx = conv2d_input_grad(δ, G)      dδ = conv2d(x, G)
     gb = conv2d_bias_grad(δ)              dδ = G broadcast over (N, H, W)
-where G is the gradient arriving at the op's output.
+where G is the gradient arriving at the op's output. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
+else δ) is linear in δ, so dδ = relu_backward(G, y); its derivative with respect to y is 0 almost everywhere (as
+PyTorch's threshold_backward), so none flows to y. max_pool2d only runs inside MaxPool2dFunction's forward,
+whose backward is written in Python (ops/pool.py): it has no autograd formula here.
 """
 import torch
 
@@ -54,6 +58,33 @@ def _conv2d_weight_grad_fake(input, grad_output, weight_size, stride, padding, d
 def _conv2d_bias_grad_fake(grad_output):
     _check_4d("grad_output", grad_output)
     return grad_output.new_empty((grad_output.shape[1],))
+
+
+@torch.library.register_fake("manual_conv::max_pool2d")
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    # imported here: pool.py imports the backend, which imports this module while loading the extension
+    from .pool import pooling_output_size
+
+    _check_4d("input", input)
+    output_height, output_width = (
+        pooling_output_size(input.shape[axis], kernel_size[axis - 2], stride[axis - 2], padding[axis - 2],
+                            dilation[axis - 2], ceil_mode)
+        for axis in (2, 3)
+    )
+    output_size = (input.shape[0], input.shape[1], output_height, output_width)
+    return input.new_empty(output_size), input.new_empty(output_size, dtype=torch.int64)
+
+
+@torch.library.register_fake("manual_conv::relu_backward")
+def _relu_backward_fake(grad_output, output):
+    """The kernel's layout rule (csrc/layers_core.cpp): grad_output's strides when empty_like keeps them (it is
+    dense) and output has them too, else contiguous."""
+    torch._check(grad_output.shape == output.shape,
+                 lambda: "manual_conv: expected grad_output and output of the same size")
+    grad_input = torch.empty_like(grad_output)
+    if grad_input.stride() == grad_output.stride() == output.stride():
+        return grad_input
+    return grad_output.new_empty(grad_output.shape)
 
 
 def _save_two_tensors_and_conv_args(ctx, inputs, output):
@@ -111,4 +142,20 @@ torch.library.register_autograd(
 )
 torch.library.register_autograd(
     "manual_conv::conv2d_bias_grad", _conv2d_bias_grad_backward, setup_context=_conv2d_bias_grad_setup_context
+)
+
+
+def _relu_backward_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _relu_backward_backward(ctx, grad):
+    """gx = relu_backward(δ, y):  dδ = relu_backward(G, y) (linear in δ), dy = 0 (a step function of y)."""
+    (output,) = ctx.saved_tensors
+    grad_grad_output = _ops.relu_backward(grad, output) if ctx.needs_input_grad[0] else None
+    return grad_grad_output, None
+
+
+torch.library.register_autograd(
+    "manual_conv::relu_backward", _relu_backward_backward, setup_context=_relu_backward_setup_context
 )
