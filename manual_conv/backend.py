@@ -1,8 +1,10 @@
-"""Which conv kernels the autograd Functions run: the Python reference ('python') or the compiled core ('cpp').
+"""Which kernels the autograd Functions run: the Python reference ('python') or the compiled ones ('cpp').
 
-The compiled core is the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops
-``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` adds their fake kernels and autograd formulas.
-When it is present 'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
+The backend selects the conv core (``conv_kernels``) and two compiled layers, max pooling's forward and ReLU's
+backward (``compiled_layers``). The compiled kernels are the extension ``manual_conv._C`` built from ``csrc/``;
+importing it registers the ops ``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` adds their fake
+kernels and autograd formulas. When it is present 'cpp' is the default; when it is missing manual_conv still
+works on 'python' and warns once.
 """
 import contextlib
 import importlib
@@ -32,7 +34,7 @@ _backend = "python" if _extension_error else "cpp"
 
 
 def extension_available():
-    """True when the compiled C++/CUDA conv core (``manual_conv._C``) is loaded."""
+    """True when the compiled C++/CUDA kernels (``manual_conv._C``) are loaded."""
     return _extension_error is None
 
 
@@ -42,7 +44,7 @@ def get_backend():
 
 
 def set_backend(name):
-    """Select the conv kernels for every later call: 'python' (reference) or 'cpp' (compiled extension)."""
+    """Select the kernels for every later call: 'python' (reference) or 'cpp' (compiled extension)."""
     global _backend
     if name not in BACKENDS:
         raise ValueError(f"manual_conv: unknown backend {name!r}; expected one of {BACKENDS}")
@@ -70,3 +72,13 @@ def conv_kernels():
     if _backend == "cpp":
         return torch.ops.manual_conv
     return conv_reference
+
+
+# The dtypes the compiled layers are built for; integer max pooling, for one, stays on the Python path.
+_COMPILED_LAYER_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def compiled_layers(tensor):
+    """Whether the layers with a compiled kernel (max pooling's forward, ReLU's backward) run it on ``tensor``:
+    on the 'cpp' backend, for a floating-point tensor. Otherwise they run their Python reference code."""
+    return _backend == "cpp" and tensor.dtype in _COMPILED_LAYER_DTYPES

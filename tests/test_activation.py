@@ -2,7 +2,8 @@
 
 gradcheck/gradgradcheck prove the hand-written backwards (and their backwards) against finite differences of our
 own forward; parity tests prove outputs and gradients equal to PyTorch's on random shapes, dims and scales,
-including logits of ±1000 where a naive softmax overflows.
+including logits of ±1000 where a naive softmax overflows. The gradient, parity and ReLU tests run on both backends
+(the `backend` fixture): on 'cpp' ReLU's backward is the compiled kernel.
 """
 import warnings
 
@@ -35,7 +36,7 @@ ACTIVATIONS = {
 
 
 @pytest.mark.parametrize("ours, theirs, node", ACTIVATIONS.values(), ids=ACTIVATIONS.keys())
-def test_gradcheck_and_gradgradcheck(ours, theirs, node):
+def test_gradcheck_and_gradgradcheck(backend, ours, theirs, node):
     torch.manual_seed(0)
     input = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     assert gradcheck(ours, (input,))
@@ -63,7 +64,7 @@ def assert_same_forward_and_backward(ours, theirs, input, upstream, **tolerance)
 @given(name=st.sampled_from(sorted(ACTIVATIONS)), shape=st.lists(st.integers(1, 5), min_size=1, max_size=4),
        scale=st.sampled_from([0.1, 1.0, 10.0, 100.0]), dtype=st.sampled_from([torch.float32, torch.float64]),
        seed=st.integers(0, 2**16))
-def test_matches_torch(name, shape, scale, dtype, seed):
+def test_matches_torch(backend, name, shape, scale, dtype, seed):
     ours, theirs, _ = ACTIVATIONS[name]
     if "dim1" in name and len(shape) < 2:
         shape = [*shape, 2]
@@ -95,14 +96,14 @@ def test_large_inputs_saturate_without_nan(name):
     assert_same_forward_and_backward(getattr(mF, name), getattr(F, name), input, upstream, atol=1e-15, rtol=1e-12)
 
 
-def test_relu_nan_zero_and_infinite_gradients_like_torch():
+def test_relu_nan_zero_and_infinite_gradients_like_torch(backend):
     """NaN stays NaN and passes its gradient; x = 0 gets none; an infinite gradient at x < 0 gives 0."""
     input = torch.tensor([float("nan"), -1.0, 0.0, 2.0, -3.0])
     upstream = torch.tensor([1.0, 1.0, 1.0, 1.0, float("inf")])
     assert_same_forward_and_backward(mF.relu, F.relu, input, upstream, atol=0, rtol=0)
 
 
-def test_relu_inplace_overwrites_the_input_like_torch():
+def test_relu_inplace_overwrites_the_input_like_torch(backend):
     base = torch.randn(3, 4, requires_grad=True)
     mine, reference = base * 1, base * 1
     output = mF.relu(mine, inplace=True)
@@ -159,7 +160,7 @@ def test_softmax_of_scalars_and_empty_tensors_like_torch(name, shape, dim):
 
 
 @pytest.mark.parametrize("name", ["relu", "sigmoid", "tanh"])
-def test_integer_input_like_torch(name):
+def test_integer_input_like_torch(backend, name):
     """relu keeps integers; sigmoid and tanh promote them to the default floating dtype."""
     input = torch.arange(-3, 4)
     output, expected = getattr(mF, name)(input), getattr(F, name)(input)

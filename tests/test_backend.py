@@ -28,10 +28,14 @@ def test_extension_available_is_a_bool():
     assert isinstance(manual_conv.extension_available(), bool)
 
 
+FLOATING_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
 def test_set_backend_selects_the_kernels():
     manual_conv.set_backend("python")
     assert manual_conv.get_backend() == "python"
     assert backend_module.conv_kernels() is conv_reference
+    assert not any(backend_module.compiled_layers(torch.ones(1, dtype=dtype)) for dtype in FLOATING_DTYPES)
 
 
 @needs_extension
@@ -39,6 +43,10 @@ def test_cpp_backend_selects_the_compiled_ops():
     manual_conv.set_backend("cpp")
     assert manual_conv.get_backend() == "cpp"
     assert backend_module.conv_kernels() is torch.ops.manual_conv
+    assert all(backend_module.compiled_layers(torch.ones(1, dtype=dtype)) for dtype in FLOATING_DTYPES)
+    # the compiled layers are built for floating point only: integer max pooling stays on the Python path
+    assert not any(backend_module.compiled_layers(torch.ones(1, dtype=dtype))
+                   for dtype in (torch.int64, torch.uint8, torch.bool))
 
 
 @pytest.mark.parametrize("name", ["numpy", "CPP", "", None])

@@ -2,7 +2,8 @@
 
 gradcheck/gradgradcheck prove the hand-written backward (and its backward) against finite differences of our own
 forward; the parity tests prove forward, arg-max indices and gradients equal to PyTorch's on random
-configurations, including ties, NaN and all −∞ windows, where the arg-max rule matters.
+configurations, including ties, NaN and all −∞ windows, where the arg-max rule matters. The max pooling tests run
+on both backends (the `backend` fixture): on 'cpp' its forward is the compiled kernel.
 """
 import pytest
 import torch
@@ -57,7 +58,7 @@ def leaf(shape, dtype=torch.float64, generator=None):
 
 
 @pytest.mark.parametrize("shape, kwargs", MAX_POOL_CASES.values(), ids=MAX_POOL_CASES.keys())
-def test_max_pool2d_gradcheck_and_gradgradcheck(shape, kwargs):
+def test_max_pool2d_gradcheck_and_gradgradcheck(backend, shape, kwargs):
     torch.manual_seed(0)
     input = leaf(shape)
     assert gradcheck(lambda x: mF.max_pool2d(x, **kwargs), (input,))
@@ -131,7 +132,7 @@ def assert_same_forward_and_backward(ours, theirs, input, atol=0.0, rtol=0.0):
 
 
 @given(config=pool_configs(), dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
-def test_max_pool2d_matches_torch(config, dtype, seed):
+def test_max_pool2d_matches_torch(backend, config, dtype, seed):
     shape, kwargs = config
     input = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(seed))
     assert_same_forward_and_backward(
@@ -142,7 +143,7 @@ def test_max_pool2d_matches_torch(config, dtype, seed):
 
 
 @given(config=pool_configs(), seed=st.integers(0, 2**16))
-def test_max_pool2d_ties_nan_and_infinities_like_torch(config, seed):
+def test_max_pool2d_ties_nan_and_infinities_like_torch(backend, config, seed):
     """Few distinct values (many ties), NaN and −∞: torch's rule picks the first maximum in scan order, the last
     NaN, and the first tap inside the input for an all −∞ window; the gradient goes there."""
     shape, kwargs = config
@@ -157,7 +158,7 @@ def test_max_pool2d_ties_nan_and_infinities_like_torch(config, seed):
     )
 
 
-def test_max_pool2d_tie_sends_the_gradient_to_the_first_maximum():
+def test_max_pool2d_tie_sends_the_gradient_to_the_first_maximum(backend):
     input = torch.tensor([[[[1.0, 3.0], [3.0, 3.0]]]], requires_grad=True)
     output, indices = mF.max_pool2d(input, 2, return_indices=True)
     output.sum().backward()
@@ -193,8 +194,9 @@ def test_adaptive_avg_pool2d_matches_torch(height, width, out_height, out_width,
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
-def test_integer_max_pool2d_like_torch(dtype):
-    """Max pooling of integers pads with the dtype's minimum, so the pad still never wins."""
+def test_integer_max_pool2d_like_torch(backend, dtype):
+    """Max pooling of integers pads with the dtype's minimum, so the pad still never wins (the Python scan runs
+    for integers on both backends)."""
     input = torch.randint(0, 50, (2, 3, 5, 6), generator=torch.Generator().manual_seed(0)).to(dtype)
     for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}):
         assert torch.equal(mF.max_pool2d(input, return_indices=True, **kwargs)[1],
@@ -223,7 +225,7 @@ def test_output_size_formula_matches_torch_with_ceil_mode():
                         assert got.shape[2] == expected
 
 
-def test_zero_batch():
+def test_zero_batch(backend):
     input = torch.randn(0, 2, 4, 4, requires_grad=True)
     assert mF.max_pool2d(input, 2).shape == F.max_pool2d(input, 2).shape
     assert mF.avg_pool2d(input, 2).shape == F.avg_pool2d(input, 2).shape

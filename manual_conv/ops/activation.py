@@ -13,12 +13,17 @@ import math
 
 import torch
 
+from ..backend import compiled_layers
+
+
 class ReLUFunction(torch.autograd.Function):
     """y = max(x, 0) (NaN stays NaN). With ``inplace`` x itself is overwritten and returned, as torch.relu_ does.
 
     Backward: ∂y/∂x = 1 where x > 0, 0 where x < 0, and PyTorch's choice 0 at x = 0:
         ∂L/∂x = 0 where y ≤ 0, else δ   (a NaN passes δ through, as in PyTorch's threshold_backward).
     A selection rather than δ ⊙ mask, so an infinite δ at a dropped position gives 0, not NaN.
+
+    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point), else torch.where.
     """
 
     @staticmethod
@@ -35,6 +40,8 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
+        if compiled_layers(output):
+            return torch.ops.manual_conv.relu_backward(grad_output, output), None
         return torch.where(output <= 0, 0.0, grad_output), None
 
 

@@ -12,6 +12,7 @@ double backward works: the second derivative routes the incoming gradient the wa
 import torch
 import torch.nn.functional as F
 
+from ..backend import compiled_layers
 from ._utils import _pair, not_implemented_for
 from .conv_reference import im2col
 
@@ -98,10 +99,14 @@ class MaxPool2dFunction(torch.autograd.Function):
     (overlapping windows that share an arg-max add up). That is a scatter-add, linear in δ; its own derivative
     is the gather δ[n, c, y, x] ← G[n, c, indices[n, c, y, x]], so double backward works (ties and NaN fixed by the
     saved indices; the derivative with respect to x is 0 almost everywhere).
+
+    Forward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.max_pool2d`` (floating point), else the tap scan.
     """
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
+        if compiled_layers(input):
+            return torch.ops.manual_conv.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         n, c, h, w = input.shape
         output_size = tuple(
             pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
