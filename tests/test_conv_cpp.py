@@ -403,12 +403,15 @@ def cuobjdump():
 
 
 def test_extension_has_cuda_kernels_when_built_with_cuda():
-    """With FORCE_CUDA=1 (CI: no GPU, compile and link only) the library must hold the CUDA kernels for every
-    architecture of TORCH_CUDA_ARCH_LIST, and register the ops for the CUDA dispatch key."""
+    """With FORCE_CUDA=1 (CI: no GPU, compile and link only) the library must hold the CUDA kernels (the conv
+    core's and the compiled layers') for every architecture of TORCH_CUDA_ARCH_LIST, and register the ops for the
+    CUDA dispatch key."""
     forced = os.environ.get("FORCE_CUDA") == "1"
     if not (CUDA_BUILT or forced):
         pytest.skip("the extension was built without CUDA")
     assert CUDA_BUILT, "FORCE_CUDA=1 but the ops have no CUDA kernels: the extension was built without CUDA"
+    for op in ("manual_conv::max_pool2d", "manual_conv::relu_backward"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), f"{op} has no CUDA kernel"
     tool = cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump to list the device code")
@@ -418,7 +421,7 @@ def test_extension_has_cuda_kernels_when_built_with_cuda():
     for arch in filter(None, archs):
         assert f"sm_{arch.replace('.', '').removesuffix('+PTX')}" in elf_list, elf_list
     symbols = subprocess.run([tool, "--dump-elf-symbols", library], capture_output=True, text=True, check=True).stdout
-    for kernel in ("im2col_kernel", "col2im_kernel"):
+    for kernel in ("im2col_kernel", "col2im_kernel", "max_pool2d_kernel", "relu_backward_kernel"):
         assert kernel in symbols, f"{kernel} missing from the device code"
 
 
