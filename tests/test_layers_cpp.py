@@ -241,18 +241,30 @@ def test_relu_double_backward_on_cpp_runs_the_compiled_op(single_thread):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_opcheck(single_thread, dtype):
-    """Schemas, fake kernels (shapes, dtypes, strides), relu_backward's autograd registration and AOT dispatch with
+    """Schemas, fake kernels (shapes, dtypes, strides), both ops' autograd registrations and AOT dispatch with
     dynamic shapes."""
     generator = torch.Generator().manual_seed(0)
     input = torch.randn(2, 3, 7, 6, generator=generator).to(dtype)
     for pool_args in (([2, 2], [2, 2], [0, 0], [1, 1], False), ([3, 2], [2, 1], [1, 1], [1, 2], True)):
-        torch.library.opcheck(ops.max_pool2d, (input, *pool_args))
-        torch.library.opcheck(ops.max_pool2d, (input.contiguous(memory_format=torch.channels_last), *pool_args))
+        for layout in (torch.contiguous_format, torch.channels_last):
+            torch.library.opcheck(ops.max_pool2d,
+                                  (input.contiguous(memory_format=layout).requires_grad_(), *pool_args))
     output = torch.randn(2, 3, 7, 6, generator=generator).to(dtype).clamp_min(0)
     grad_output = torch.randn(2, 3, 7, 6, generator=generator).to(dtype)
     for grad_layout, output_layout in (("contiguous",) * 2, ("channels_last",) * 2, ("contiguous", "transposed")):
         torch.library.opcheck(ops.relu_backward, (laid_out(grad_output, grad_layout).requires_grad_(),
                                                   laid_out(output, output_layout).requires_grad_()))
+
+
+def test_max_pool2d_op_called_directly_is_differentiable(single_thread):
+    """The op's registered autograd routes the gradient to the arg-maxes, as F.max_pool2d's does."""
+    input = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    pool_args = ([3, 2], [2, 2], [1, 1], [1, 1], True)
+    assert torch.autograd.gradcheck(lambda x: ops.max_pool2d(x, *pool_args)[0], (input,))
+    grad_output = torch.randn_like(ops.max_pool2d(input, *pool_args)[0])
+    (ours,) = torch.autograd.grad(ops.max_pool2d(input, *pool_args)[0], input, grad_output)
+    (torchs,) = torch.autograd.grad(F.max_pool2d(input, [3, 2], [2, 2], [1, 1], [1, 1], True), input, grad_output)
+    torch.testing.assert_close(ours, torchs, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("backend", ["python", "cpp"])

@@ -12,8 +12,8 @@ three ops are bilinear maps and each backward is the adjoint of one of their arg
     gb = conv2d_bias_grad(δ)              dδ = G broadcast over (N, H, W)
 where G is the gradient arriving at the op's output. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
 else δ) is linear in δ, so dδ = relu_backward(G, y); its derivative with respect to y is 0 almost everywhere (as
-PyTorch's threshold_backward), so none flows to y. max_pool2d only runs inside MaxPool2dFunction's forward,
-whose backward is written in Python (ops/pool.py): it has no autograd formula here.
+PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is MaxPool2dFunction's scatter-add
+(ops/pool.py), registered here for direct calls of the op (the Function itself calls the op only in its forward).
 """
 import torch
 
@@ -142,6 +142,26 @@ torch.library.register_autograd(
 )
 torch.library.register_autograd(
     "manual_conv::conv2d_bias_grad", _conv2d_bias_grad_backward, setup_context=_conv2d_bias_grad_setup_context
+)
+
+
+def _max_pool2d_setup_context(ctx, inputs, output):
+    _, indices = output
+    ctx.mark_non_differentiable(indices)
+    ctx.save_for_backward(indices)
+    ctx.input_shape = inputs[0].shape
+
+
+def _max_pool2d_backward(ctx, grad, _grad_indices):
+    """y = max over each window, indices = its arg-max:  dx = the scatter-add of G to the arg-maxes (ops/pool.py)."""
+    from .pool import max_pool2d_input_grad  # imported here for the reason given in _max_pool2d_fake
+
+    (indices,) = ctx.saved_tensors
+    return max_pool2d_input_grad(grad, indices, ctx.input_shape), None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "manual_conv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context
 )
 
 

@@ -137,11 +137,17 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
         (indices,) = ctx.saved_tensors
-        n, c, h, w = ctx.input_shape
-        grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(
-            2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)
-        )
-        return grad_input.view(n, c, h, w), None, None, None, None, None
+        return max_pool2d_input_grad(grad_output, indices, ctx.input_shape), None, None, None, None, None
+
+
+def max_pool2d_input_grad(grad_output, indices, input_shape):
+    """∂L/∂x[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w]: a scatter-add into the input planes, for
+    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py)."""
+    n, c, h, w = input_shape
+    grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(
+        2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)
+    )
+    return grad_input.view(n, c, h, w)
 
 
 def _window_counts(size, output_size, kernel, stride, padding, count_include_pad, device):
