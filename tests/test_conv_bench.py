@@ -1,5 +1,5 @@
-"""benchmarks/conv_bench.py runs end to end (--quick) and writes a complete JSON report. No timing is asserted:
-the numbers of a shared machine say nothing about correctness."""
+"""benchmarks/conv_bench.py (--quick) and benchmarks/train_step_bench.py run end to end and write complete JSON
+reports. No timing is asserted: the numbers of a shared machine say nothing about correctness."""
 import json
 import os
 import subprocess
@@ -29,3 +29,15 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
                     for implementation in ("native", "cpp", "python")}
     for row in results["results"]:
         assert row["median_ms"] > 0 and row["gflops"] > 0 and row["peak_mb"] >= 0
+
+
+def test_training_step_benchmark_writes_its_report(tmp_path):
+    report = tmp_path / "step.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "train_step_bench.py"), "--pairs", "2", "--warmup",
+               "1", "--threads", "1", "--batch-size", "8", "--json", str(report)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "manual / native =" in completed.stdout
+    results = json.loads(report.read_text())
+    assert results["threads"] == 1 and results["pairs"] == 2 and results["batch_size"] == 8
+    assert results["median_pair_ratio"] > 0 and all(ms > 0 for ms in results["median_ms"].values())
