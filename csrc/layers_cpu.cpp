@@ -5,7 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <ATen/TensorIterator.h>
+#include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE, ATen's work per parallel task
 
 #include "layers_core.h"
 #include "vector_clones.h"
