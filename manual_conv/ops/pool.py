@@ -107,7 +107,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
         if compiled_layers(input):
             return torch.ops.manual_conv.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-        n, c, h, w = input.shape
+        h, w = input.shape[2:]
         output_size = tuple(
             pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
         )
