@@ -1,6 +1,6 @@
 """Shared test set-up: the `backend` fixture (every API-level test runs on each available backend), a
-`single_thread` fixture for tests made of tiny ops, and the hypothesis profile (reproducible in CI, no deadline
-on a shared, noisy machine)."""
+`single_thread` fixture for tests made of tiny ops, `with_threads` for tests that compare thread counts, and the
+hypothesis profile (reproducible in CI, no deadline on a shared, noisy machine)."""
 import hypothesis
 import pytest
 import torch
@@ -35,3 +35,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def with_threads():
+    """with_threads(count, compute): compute() run with `count` intra-op threads, the test's own count restored
+    afterwards (for kernels whose results must not depend on how their work is shared among threads)."""
+    threads = torch.get_num_threads()
+
+    def run(count, compute):
+        torch.set_num_threads(count)
+        try:
+            return compute()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run

@@ -137,17 +137,10 @@ def test_every_chunking_path(path, dtype):
 
 
 @pytest.mark.parametrize("path", CHUNK_PATHS)
-def test_thread_count_does_not_change_results(path):
+def test_thread_count_does_not_change_results(with_threads, path):
     """Chunks are shared among threads; results must not depend on how many there are."""
     conv = make_conv(**CHUNK_PATHS[path])
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = conv.compiled()
-        torch.set_num_threads(2)
-        several = conv.compiled()
-    finally:
-        torch.set_num_threads(threads)
+    single, several = (with_threads(count, conv.compiled) for count in (1, 2))
     for one, other in zip(single, several, strict=True):
         assert_close(one, other)
 

@@ -155,18 +155,11 @@ def test_max_pool2d_empty_batch():
     assert_pool_matches_python_and_torch(pool)
 
 
-def test_max_pool2d_thread_count_does_not_change_results():
+def test_max_pool2d_thread_count_does_not_change_results(with_threads):
     """Planes are shared among threads; a batch large enough for several tasks gives the same bits on 1 or 2."""
     pool = Pool(torch.randn(8, 32, 24, 24, generator=torch.Generator().manual_seed(0)), (3, 3), (2, 2), (1, 1),
                 (1, 1), True)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        single = pool.compiled()
-        torch.set_num_threads(2)
-        several = pool.compiled()
-    finally:
-        torch.set_num_threads(threads)
+    single, several = (with_threads(count, pool.compiled) for count in (1, 2))
     for one, other in zip(single, several, strict=True):
         assert_bitwise_equal(one, other)
     assert_pool_matches_python_and_torch(pool)
