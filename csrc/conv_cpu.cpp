@@ -5,8 +5,10 @@
 //
 // im2col/col2im loop over (image of the chunk, input channel) planes and the kH*kW column rows of each
 // channel, walking whole output rows: conv_index.h gives, for each kernel tap, the input row each output row
-// reads and the output columns that read real input (copied) rather than padding (zero). 'Same'
-// convolutions (stride 1, output as wide as the input) move each tap's row as one shifted plane instead.
+// reads and the output columns that read real input (copied) rather than padding (zero). That plan of row
+// copies is the same for every plane, so it is computed once per chunk and the plane loops only move
+// memory. 'Same' convolutions (stride 1, output as wide as the input) move each tap's row as one shifted
+// plane instead.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -42,46 +44,127 @@ std::vector<Tap> kernel_taps(const ConvShape& shape) {
   return taps;
 }
 
-// One output row's part of a chunk: output columns [x_begin, x_end) of row out_y, stored from column
-// `offset` of the image's part of the chunk.
-struct RowPiece {
-  int64_t out_y, x_begin, x_end, offset;
+// One output row piece of one tap, the same in every (image, channel) plane of a chunk: columns
+// [column, column + length) of the image's part of the tap's column row, of which the relative columns
+// [copy_begin, copy_end) read input pixels source, source + sW, ... of the plane and the others read padding.
+struct RowCopy {
+  int64_t column, length;
+  int64_t copy_begin, copy_end;
+  int64_t source;
 };
 
-// The output row pieces of one image that the chunk holds (whole rows except at a piece's ends), found with
-// the column <-> pixel maps the CUDA kernels use per element.
-std::vector<RowPiece> chunk_rows(const ColumnChunk& chunk, int64_t out_width) {
-  std::vector<RowPiece> pieces;
-  int64_t image, out_y, x_begin;
-  column_pixel(chunk, out_width, 0, &image, &out_y, &x_begin);
-  int64_t last_image, last_y, last_x;
-  column_pixel(chunk, out_width, chunk.pixels_per_image - 1, &last_image, &last_y, &last_x);
-  for (; out_y <= last_y; ++out_y, x_begin = 0) {
-    const int64_t x_end = out_y == last_y ? last_x + 1 : out_width;
-    pieces.push_back({out_y, x_begin, x_end, pixel_column(chunk, out_width, image, out_y, x_begin)});
+// The row copies of every tap (tap-major, one per output row piece of the chunk), computed once per chunk so
+// the loops over its planes only move memory. The row pieces come from the column <-> pixel maps the CUDA
+// kernels use per element.
+std::vector<RowCopy> row_copies(const ConvShape& shape, const ColumnChunk& chunk, const std::vector<Tap>& taps) {
+  int64_t image, first_y, first_x, last_y, last_x;
+  column_pixel(chunk, shape.out_width, 0, &image, &first_y, &first_x);
+  column_pixel(chunk, shape.out_width, chunk.pixels_per_image - 1, &image, &last_y, &last_x);
+  std::vector<RowCopy> copies;
+  copies.reserve(taps.size() * (last_y - first_y + 1));
+  for (const Tap& tap : taps) {
+    for (int64_t out_y = first_y; out_y <= last_y; ++out_y) {
+      const int64_t x_begin = out_y == first_y ? first_x : 0;
+      const int64_t x_end = out_y == last_y ? last_x + 1 : shape.out_width;
+      RowCopy copy{pixel_column(chunk, shape.out_width, image, out_y, x_begin), x_end - x_begin, 0, 0, 0};
+      const int64_t in_y =
+          input_coordinate(out_y, tap.tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
+      const int64_t inside_begin = std::clamp(tap.inside_begin, x_begin, x_end);
+      const int64_t inside_end = std::clamp(tap.inside_end, inside_begin, x_end);
+      if (in_y >= 0 && in_y < shape.in_height && inside_begin < inside_end) {
+        copy.copy_begin = inside_begin - x_begin;
+        copy.copy_end = inside_end - x_begin;
+        copy.source = in_y * shape.in_width + tap.input_x_offset + inside_begin * shape.stride_width;
+      }
+      copies.push_back(copy);
+    }
   }
-  return pieces;
+  return copies;
 }
 
-// destination[k] += source[k] for k < count: col2im's inner loop, vectorised for float and double.
+// destination[k] += source[k] for k < count: the 'same' col2im's long adds, vectorised for float and double.
 template <typename scalar_t>
-void add_row(scalar_t* __restrict destination, const scalar_t* __restrict source, int64_t count) {
+[[gnu::always_inline]] inline void add_row(scalar_t* __restrict destination, const scalar_t* __restrict source,
+                                           int64_t count) {
   for (int64_t k = 0; k < count; ++k) {
     destination[k] += source[k];
   }
 }
 
 MANUAL_CONV_VECTOR_CLONES void add_row(float* __restrict destination, const float* __restrict source, int64_t count) {
-  for (int64_t k = 0; k < count; ++k) {
-    destination[k] += source[k];
-  }
+  add_row<float>(destination, source, count);
 }
 
 MANUAL_CONV_VECTOR_CLONES void add_row(double* __restrict destination, const double* __restrict source,
                                        int64_t count) {
-  for (int64_t k = 0; k < count; ++k) {
-    destination[k] += source[k];
+  add_row<double>(destination, source, count);
+}
+
+// One plane's part of one tap's column row, as planned by row_copies: zeros where the columns read padding,
+// the input pixels elsewhere. Rows are short (tens of pixels), so the loops below are inlined into a clone
+// per vector width: a few vector moves per row rather than library calls.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void copy_rows(const scalar_t* __restrict plane, scalar_t* __restrict image_columns,
+                                            const RowCopy* copies, int64_t count, int64_t stride_width) {
+  for (const RowCopy* copy = copies; copy != copies + count; ++copy) {
+    scalar_t* destination = image_columns + copy->column;
+    const scalar_t* source = plane + copy->source;
+    for (int64_t x = 0; x < copy->copy_begin; ++x) {
+      destination[x] = scalar_t(0);
+    }
+    for (int64_t k = 0; k < copy->copy_end - copy->copy_begin; ++k) {
+      destination[copy->copy_begin + k] = source[k * stride_width];
+    }
+    for (int64_t x = copy->copy_end; x < copy->length; ++x) {
+      destination[x] = scalar_t(0);
+    }
   }
+}
+
+// col2im's adjoint of copy_rows: each column that read an input pixel adds its value back to that pixel.
+template <typename scalar_t>
+[[gnu::always_inline]] inline void add_rows(scalar_t* __restrict plane, const scalar_t* __restrict image_columns,
+                                           const RowCopy* copies, int64_t count, int64_t stride_width) {
+  for (const RowCopy* copy = copies; copy != copies + count; ++copy) {
+    const scalar_t* source = image_columns + copy->column + copy->copy_begin;
+    scalar_t* destination = plane + copy->source;
+    for (int64_t k = 0; k < copy->copy_end - copy->copy_begin; ++k) {
+      destination[k * stride_width] += source[k];
+    }
+  }
+}
+
+// The clones: float and double get the widest vectors the CPU has, float16/bfloat16 the plain loops.
+template <typename scalar_t>
+void im2col_rows(const scalar_t* plane, scalar_t* image_columns, const RowCopy* copies, int64_t count,
+                 int64_t stride_width) {
+  copy_rows(plane, image_columns, copies, count, stride_width);
+}
+
+MANUAL_CONV_VECTOR_CLONES void im2col_rows(const float* plane, float* image_columns, const RowCopy* copies,
+                                           int64_t count, int64_t stride_width) {
+  copy_rows(plane, image_columns, copies, count, stride_width);
+}
+
+MANUAL_CONV_VECTOR_CLONES void im2col_rows(const double* plane, double* image_columns, const RowCopy* copies,
+                                           int64_t count, int64_t stride_width) {
+  copy_rows(plane, image_columns, copies, count, stride_width);
+}
+
+template <typename scalar_t>
+void col2im_rows(scalar_t* plane, const scalar_t* image_columns, const RowCopy* copies, int64_t count,
+                 int64_t stride_width) {
+  add_rows(plane, image_columns, copies, count, stride_width);
+}
+
+MANUAL_CONV_VECTOR_CLONES void col2im_rows(float* plane, const float* image_columns, const RowCopy* copies,
+                                           int64_t count, int64_t stride_width) {
+  add_rows(plane, image_columns, copies, count, stride_width);
+}
+
+MANUAL_CONV_VECTOR_CLONES void col2im_rows(double* plane, const double* image_columns, const RowCopy* copies,
+                                           int64_t count, int64_t stride_width) {
+  add_rows(plane, image_columns, copies, count, stride_width);
 }
 
 // Runs plane(image_in_chunk, channel) for every (image, input channel) pair of the chunk.
@@ -150,16 +233,18 @@ template <typename scalar_t>
 void im2col_kernel(const scalar_t* input, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* columns) {
   const int64_t columns_count = chunk.images * chunk.pixels_per_image;
   const int64_t plane_size = shape.in_height * shape.in_width;
+  const int64_t stride_width = shape.stride_width;
   const bool shifted = shifted_planes(shape);
   const std::vector<Tap> taps = kernel_taps(shape);
-  const std::vector<RowPiece> rows = chunk_rows(chunk, shape.out_width);
+  const std::vector<RowCopy> copies = row_copies(shape, chunk, taps);
+  const int64_t copies_per_tap = static_cast<int64_t>(copies.size() / taps.size());
   for_each_plane(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
     const scalar_t* plane = input + ((chunk.first_image + image_in_chunk) * shape.in_channels + channel) * plane_size;
     for (size_t tap_index = 0; tap_index < taps.size(); ++tap_index) {
-      const Tap& tap = taps[tap_index];
       const int64_t column_row = channel * static_cast<int64_t>(taps.size()) + static_cast<int64_t>(tap_index);
       scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
       if (shifted) {
+        const Tap& tap = taps[tap_index];
         const ShiftedRange range = shifted_range(tap, shape, chunk);
         scalar_t* destination = image_columns - chunk.first_pixel;  // destination[l]: output pixel l
         std::fill(destination + chunk.first_pixel, destination + range.first, scalar_t(0));
@@ -170,27 +255,7 @@ void im2col_kernel(const scalar_t* input, const ConvShape& shape, const ColumnCh
                                [&](int64_t pixel) { destination[pixel] = scalar_t(0); });
         continue;
       }
-      for (const RowPiece& row : rows) {
-        scalar_t* destination = image_columns + row.offset - row.x_begin;  // destination[x]: pixel (out_y, x)
-        const int64_t in_y =
-            input_coordinate(row.out_y, tap.tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
-        if (in_y < 0 || in_y >= shape.in_height) {
-          std::fill(destination + row.x_begin, destination + row.x_end, scalar_t(0));
-          continue;
-        }
-        const int64_t copy_begin = std::clamp(tap.inside_begin, row.x_begin, row.x_end);
-        const int64_t copy_end = std::clamp(tap.inside_end, copy_begin, row.x_end);
-        std::fill(destination + row.x_begin, destination + copy_begin, scalar_t(0));
-        const scalar_t* source = plane + in_y * shape.in_width + tap.input_x_offset;  // source[x*sW]: pixel x
-        if (shape.stride_width == 1) {  // the common case: memcpy uses the widest vectors the CPU has
-          std::memcpy(destination + copy_begin, source + copy_begin, (copy_end - copy_begin) * sizeof(scalar_t));
-        } else {
-          for (int64_t out_x = copy_begin; out_x < copy_end; ++out_x) {
-            destination[out_x] = source[out_x * shape.stride_width];
-          }
-        }
-        std::fill(destination + copy_end, destination + row.x_end, scalar_t(0));
-      }
+      im2col_rows(plane, image_columns, copies.data() + tap_index * copies_per_tap, copies_per_tap, stride_width);
     }
   });
 }
@@ -199,20 +264,22 @@ template <typename scalar_t>
 void col2im_kernel(scalar_t* columns, const ConvShape& shape, const ColumnChunk& chunk, scalar_t* grad_input) {
   const int64_t columns_count = chunk.images * chunk.pixels_per_image;
   const int64_t plane_size = shape.in_height * shape.in_width;
+  const int64_t stride_width = shape.stride_width;
   const bool shifted = shifted_planes(shape);
   const std::vector<Tap> taps = kernel_taps(shape);
-  const std::vector<RowPiece> rows = chunk_rows(chunk, shape.out_width);
+  const std::vector<RowCopy> copies = row_copies(shape, chunk, taps);
+  const int64_t copies_per_tap = static_cast<int64_t>(copies.size() / taps.size());
   for_each_plane(chunk, shape, [&](int64_t image_in_chunk, int64_t channel) {
     scalar_t* plane = grad_input + ((chunk.first_image + image_in_chunk) * shape.in_channels + channel) * plane_size;
     if (chunk.first_pixel == 0) {  // the image's first chunk: no earlier contributions to keep
       std::fill(plane, plane + plane_size, scalar_t(0));
     }
     for (size_t tap_index = 0; tap_index < taps.size(); ++tap_index) {
-      const Tap& tap = taps[tap_index];
       const int64_t column_row = channel * static_cast<int64_t>(taps.size()) + static_cast<int64_t>(tap_index);
       scalar_t* image_columns = columns + column_row * columns_count + image_in_chunk * chunk.pixels_per_image;
       if (shifted) {
         // Zero the entries that wrapped (they read padding, nothing flows back), then add in one piece.
+        const Tap& tap = taps[tap_index];
         const ShiftedRange range = shifted_range(tap, shape, chunk);
         scalar_t* source = image_columns - chunk.first_pixel;  // source[l]: output pixel l
         for_each_wrapped_pixel(tap, shape.in_width, range.first, range.last,
@@ -220,24 +287,7 @@ void col2im_kernel(scalar_t* columns, const ConvShape& shape, const ColumnChunk&
         add_row(plane + range.first + range.shift, source + range.first, range.last - range.first);
         continue;
       }
-      for (const RowPiece& row : rows) {
-        const int64_t in_y =
-            input_coordinate(row.out_y, tap.tap_y, shape.stride_height, shape.padding_height, shape.dilation_height);
-        if (in_y < 0 || in_y >= shape.in_height) {
-          continue;  // this tap read padding: nothing flows back
-        }
-        const scalar_t* source = image_columns + row.offset - row.x_begin;  // source[x]: pixel (out_y, x)
-        scalar_t* destination = plane + in_y * shape.in_width + tap.input_x_offset;  // destination[x*sW]: pixel x
-        const int64_t add_begin = std::clamp(tap.inside_begin, row.x_begin, row.x_end);
-        const int64_t add_end = std::clamp(tap.inside_end, add_begin, row.x_end);
-        if (shape.stride_width == 1) {  // the common case, vectorised
-          add_row(destination + add_begin, source + add_begin, add_end - add_begin);
-        } else {
-          for (int64_t out_x = add_begin; out_x < add_end; ++out_x) {
-            destination[out_x * shape.stride_width] += source[out_x];
-          }
-        }
-      }
+      col2im_rows(plane, image_columns, copies.data() + tap_index * copies_per_tap, copies_per_tap, stride_width);
     }
   });
 }
