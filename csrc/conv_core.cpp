@@ -298,8 +298,9 @@ at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& in
   // Sums of several chunks in float16/bfloat16 would round at every chunk: accumulate them in float32.
   const bool accumulate_in_float = plan.chunks.size() > 1 && at::isReducedFloatingType(input.scalar_type());
   const at::TensorOptions sum_options = input.options().dtype(accumulate_in_float ? at::kFloat : input.scalar_type());
-  // MKL multiplies these thin products several times faster with the smaller side as the rows of the result
-  // (a first layer's 9 column rows against 32 output channels: 3x), so such convolutions sum grad_weight^T.
+  // MKL multiplies these thin products faster with the smaller side as the rows of the result
+  // (a first layer's 9 column rows against 32 output channels: 2.5x fewer GEMM cycles), so such convolutions
+  // sum grad_weight^T.
   const bool sum_transposed = rows < shape.out_channels;
   const std::vector<int64_t> sum_size = sum_transposed
       ? std::vector<int64_t>{groups, rows / groups, shape.out_channels / groups}
