@@ -223,20 +223,32 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
     return output;
   }
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
-  const at::Tensor weight_matrices = weight.view({groups, shape.out_channels / groups, rows / groups});
+  // Without groups the bias rides in the GEMM: a last column row of ones, and the bias as the weight's last
+  // column, give out = [w b] @ [columns; 1] in one pass. Adding it around the GEMM instead (a bias copy before
+  // a beta = 1 GEMM, or an add after) measured +0.4 ms on the MNIST net's conv1 and +1 ms on its conv2, against
+  // +0.2 and +0.3 ms this way.
+  const bool bias_in_gemm = has_bias && groups == 1;
+  const int64_t gemm_rows = rows + (bias_in_gemm ? 1 : 0);
+  const at::Tensor weight_matrices = bias_in_gemm
+      ? at::cat({weight.view({1, shape.out_channels, rows}), bias->view({1, shape.out_channels, 1})}, 2)
+      : weight.view({groups, shape.out_channels / groups, rows / groups});
   const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels);
   kernels.for_each_block(static_cast<int64_t>(plan.chunks.size()), [&](int64_t begin, int64_t end) {
-    BlockBuffers buffers(plan, rows, shape.out_channels, input.options());
+    BlockBuffers buffers(plan, gemm_rows, shape.out_channels, input.options());
     for (int64_t index = begin; index < end; ++index) {
       const ColumnChunk& chunk = plan.chunks[index];
-      at::Tensor columns = group_matrices(buffers.columns, groups, rows, chunk_columns(chunk));
+      const at::Tensor gemm_columns = group_matrices(buffers.columns, groups, gemm_rows, chunk_columns(chunk));
+      at::Tensor columns = gemm_columns.narrow(1, 0, rows / groups);
       kernels.im2col(input, shape, chunk, columns);
+      if (bias_in_gemm) {
+        gemm_columns.select(1, rows).fill_(1);
+      }
       at::Tensor result = pixel_matrices(output, chunk, groups, buffers.gathered);
-      if (has_bias) {
+      if (has_bias && !bias_in_gemm) {
         at::baddbmm_out(result, bias->view({groups, shape.out_channels / groups, 1}).expand_as(result),
                         weight_matrices, columns);
       } else {
-        at::bmm_out(result, weight_matrices, columns);
+        at::bmm_out(result, weight_matrices, gemm_columns);
       }
       if (!chunk_in_place(chunk)) {
         chunk_pixels(output, chunk).copy_(images_side_by_side(result, chunk));
