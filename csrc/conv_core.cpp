@@ -223,11 +223,13 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
     return output;
   }
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
-  // Without groups the bias rides in the GEMM: a last column row of ones, and the bias as the weight's last
+  // Without groups the bias can ride in the GEMM: a last column row of ones, and the bias as the weight's last
   // column, give out = [w b] @ [columns; 1] in one pass. Adding it around the GEMM instead (a bias copy before
   // a beta = 1 GEMM, or an add after) measured +0.4 ms on the MNIST net's conv1 and +1 ms on its conv2, against
-  // +0.2 and +0.3 ms this way.
-  const bool bias_in_gemm = has_bias && groups == 1;
+  // +0.2 and +0.3 ms this way. [w b] is a copy of the weight, so this pays when the weight is the smaller
+  // tensor: fewer column rows than output pixels (not so for ResNet's 512-channel 7x7 layers at batch 8).
+  const bool bias_in_gemm =
+      has_bias && groups == 1 && rows < shape.batch * shape.out_height * shape.out_width;
   const int64_t gemm_rows = rows + (bias_in_gemm ? 1 : 0);
   const at::Tensor weight_matrices = bias_in_gemm
       ? at::cat({weight.view({1, shape.out_channels, rows}), bias->view({1, shape.out_channels, 1})}, 2)

@@ -136,6 +136,22 @@ def test_every_chunking_path(path, dtype):
     assert_matches_reference_and_torch(make_conv(**CHUNK_PATHS[path], dtype=dtype))
 
 
+# With a bias and no groups, conv2d folds the bias into its GEMM (a row of ones) when there are fewer column rows
+# than output pixels, and adds it around the GEMM otherwise (csrc/conv_core.cpp): both sides of that rule.
+BIAS_PATHS = {
+    "bias-in-gemm": dict(batch=4, in_channels=3, out_channels=5, size=(9, 8), kernel=(3, 3)),  # 27 rows, 168 pixels
+    "bias-in-gemm-pieces-of-one-image": dict(batch=3, in_channels=128, out_channels=4, size=(21, 19),
+                                             kernel=(3, 3), padding=(1, 1)),  # 1152 rows, 1197 pixels
+    "bias-beside-gemm": dict(batch=1, in_channels=16, out_channels=5, size=(4, 4), kernel=(3, 3)),  # 144 rows, 4
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("path", BIAS_PATHS)
+def test_bias_in_or_beside_the_gemm(path, dtype):
+    assert_matches_reference_and_torch(make_conv(**BIAS_PATHS[path], dtype=dtype))
+
+
 @pytest.mark.parametrize("path", CHUNK_PATHS)
 def test_thread_count_does_not_change_results(with_threads, path):
     """Chunks are shared among threads; results must not depend on how many there are."""
