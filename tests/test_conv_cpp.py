@@ -5,6 +5,7 @@ a clear RuntimeError for every bad argument; no PyTorch convolution inside. Then
 in the library when built with CUDA) and GPU tests, which skip where there is no GPU.
 
 The API-level tests (test_conv_parity.py, test_conv_gradcheck.py, ...) run on the 'cpp' backend as well."""
+import ctypes
 import os
 import re
 import shutil
@@ -159,6 +160,23 @@ def test_thread_count_does_not_change_results(with_threads, path):
     single, several = (with_threads(count, conv.compiled) for count in (1, 2))
     for one, other in zip(single, several, strict=True):
         assert_close(one, other)
+
+
+def test_mkl_gets_its_thread_count_back_after_a_conv(with_threads):
+    """Inside its parallel blocks the conv core tells MKL that it runs single-threaded (csrc/conv_cpu.cpp); each
+    thread, the caller included, must get MKL's own setting back, or every later torch GEMM would run on one."""
+    mkl = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    if not hasattr(mkl, "MKL_Get_Max_Threads"):
+        pytest.skip("torch built without MKL")
+    conv = make_conv(**CHUNK_PATHS["one-image-per-chunk"])
+
+    def mkl_threads_before_and_after_a_conv():
+        before = mkl.MKL_Get_Max_Threads()
+        conv.compiled()
+        return before, mkl.MKL_Get_Max_Threads()
+
+    before, after = with_threads(2, mkl_threads_before_and_after_a_conv)
+    assert before == after == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
