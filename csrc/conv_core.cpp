@@ -2,7 +2,7 @@
 //
 // With columns = im2col(input) for a chunk of output pixels and G groups (weight viewed as (G, C_out/G, R),
 // R = C_in/G*kH*kW, columns as (G, R, Q), grad_output's chunk as (G, C_out/G, Q)):
-//   forward       out_chunk   = weight @ columns (+ bias)
+//   forward       out_chunk   = weight @ columns (+ bias, folded in as [weight bias] @ [columns; 1] when cheaper)
 //   input grad    columns     = weight^T @ grad_out_chunk,   grad_input = col2im(columns)
 //   weight grad   grad_weight = sum over chunks of grad_out_chunk @ columns^T
 // Each is one batched GEMM over the groups (at::bmm), i.e. MKL on CPU and cuBLAS on CUDA.
