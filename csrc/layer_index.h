@@ -58,6 +58,13 @@ MANUAL_CONV_HOST_DEVICE inline bool is_nan(compute_t value) {
   return value != value;
 }
 
+// Whether a window's scan takes `value` over the best so far: when it is greater or NaN, so ties keep the first
+// maximum and the last NaN wins.
+template <typename compute_t>
+MANUAL_CONV_HOST_DEVICE inline bool max_pool_takes(compute_t value, compute_t best) {
+  return value > best || is_nan(value);
+}
+
 // Max pooling of output pixel (out_y, out_x) of one input plane (contiguous, in_height x in_width):
 // *max_value = the maximum over the window's taps inside the input, *max_index = its position h*W + w.
 // The taps are scanned row by row; a tap is taken when it is greater than the best so far or is NaN, so ties
@@ -82,7 +89,7 @@ MANUAL_CONV_HOST_DEVICE inline void max_pool_window(
     for (int64_t in_x = first_x; in_x < inside_end_x; in_x += shape.dilation_width) {
       const int64_t index = in_y * shape.in_width + in_x;
       const compute_t value = static_cast<compute_t>(plane[index]);
-      if (value > best || is_nan(value)) {
+      if (max_pool_takes(value, best)) {
         best = value;
         best_index = index;
       }

@@ -148,6 +148,26 @@ def test_max_pool2d_constant_windows(case, dtype):
     assert_pool_matches_python_and_torch(pool)
 
 
+# The CPU kernel pools the windows wholly inside the input together (2x2 and 3x3 kernels unrolled, others not)
+# and those reaching into the padding one by one: each path, and the seams between them, on random values and
+# on ties, signed zeros, NaN and infinities.
+MIXED_POOLS = {
+    "2x2": dict(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)),
+    "3x3-padded": dict(kernel_size=(3, 3), stride=(2, 2), padding=(1, 1), dilation=(1, 1)),
+    "2x3-dilated-padded": dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 1), dilation=(2, 1)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("values", [None, POOL_SPECIAL_VALUES], ids=["random", "special"])
+@pytest.mark.parametrize("case", MIXED_POOLS)
+def test_max_pool2d_inside_and_edge_windows(single_thread, case, values, dtype):
+    input = random_tensor((2, 3, 13, 17), dtype, values, torch.Generator().manual_seed(0))
+    arguments = MIXED_POOLS[case]
+    for ceil_mode in (False, True):
+        assert_pool_matches_python_and_torch(Pool(input, *arguments.values(), ceil_mode))
+
+
 def test_max_pool2d_empty_batch():
     pool = Pool(torch.randn(0, 3, 6, 5), (2, 2), (2, 2), (1, 0), (1, 1), True)
     output, indices = pool.compiled()
