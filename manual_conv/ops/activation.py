@@ -14,9 +14,10 @@ import math
 import torch
 
 from ..backend import compiled_layers
+from ._utils import Function
 
 
-class ReLUFunction(torch.autograd.Function):
+class ReLUFunction(Function):
     """y = max(x, 0) (NaN stays NaN). With ``inplace`` x itself is overwritten and returned, as torch.relu_ does.
 
     Backward: ∂y/∂x = 1 where x > 0, 0 where x < 0, and PyTorch's choice 0 at x = 0:
@@ -45,7 +46,7 @@ class ReLUFunction(torch.autograd.Function):
         return torch.where(output <= 0, 0.0, grad_output), None
 
 
-class SigmoidFunction(torch.autograd.Function):
+class SigmoidFunction(Function):
     """y = σ(x) = 1 / (1 + e^{−x}) (for x → −∞, e^{−x} → ∞ and y → 0 without overflow trouble).
 
     Backward: σ'(x) = e^{−x} / (1 + e^{−x})² = σ(x)(1 − σ(x)), so ∂L/∂x = δ ⊙ y ⊙ (1 − y).
@@ -65,7 +66,7 @@ class SigmoidFunction(torch.autograd.Function):
         return grad_output * output * (1 - output)
 
 
-class TanhFunction(torch.autograd.Function):
+class TanhFunction(Function):
     """y = tanh(x) = (1 − e^{−2|x|}) / (1 + e^{−2|x|}) · sign(x), computed as −t / (2 + t) with t = expm1(−2|x|).
 
     Only e^{−2|x|} ≤ 1 is ever formed (no overflow for |x| large), and expm1 keeps the precision near 0 that
@@ -92,7 +93,7 @@ _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _GELU_CUBIC = 0.044715
 
 
-class GELUFunction(torch.autograd.Function):
+class GELUFunction(Function):
     """y = x · Φ(x), Φ the standard normal CDF.
 
     approximate='none': Φ(x) = ½(1 + erf(x/√2)).
@@ -135,7 +136,7 @@ def _gelu_tanh_argument(x):
     return _SQRT_2_OVER_PI * (x + _GELU_CUBIC * x * x * x)
 
 
-class SoftmaxFunction(torch.autograd.Function):
+class SoftmaxFunction(Function):
     """y_i = e^{x_i − m} / Σ_k e^{x_k − m} along ``dim``, m = max_k x_k.
 
     Subtracting m changes nothing (it cancels) but keeps every exponent ≤ 0: no overflow, and the largest term is
@@ -161,7 +162,7 @@ class SoftmaxFunction(torch.autograd.Function):
         return output * (grad_output - (grad_output * output).sum(ctx.dim, keepdim=True)), None
 
 
-class LogSoftmaxFunction(torch.autograd.Function):
+class LogSoftmaxFunction(Function):
     """y_i = log softmax(x)_i = (x_i − m) − log Σ_k e^{x_k − m} along ``dim``, m = max_k x_k (stable as softmax).
 
     Backward: ∂y_i/∂x_j = [i = j] − softmax(x)_j, and softmax(x) = e^y, so

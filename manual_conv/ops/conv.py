@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import conv_kernels, get_backend
+from ._utils import Function
 from .conv_reference import output_size as conv_output_size
 
 
@@ -31,7 +32,7 @@ def _same_memory_format(output, input, weight):
     return output
 
 
-class Conv2dFunction(torch.autograd.Function):
+class Conv2dFunction(Function):
     """y[n, o, y, x] = b[o] + Σ_{c ∈ group(o), i, j} w[o, c, i, j] · x_pad[n, c, y·s + i·d, x·s + j·d].
 
     Backward, with δ = dL/dy:
@@ -67,7 +68,7 @@ class Conv2dFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
-class ConvTranspose2dFunction(torch.autograd.Function):
+class ConvTranspose2dFunction(Function):
     """y = convᵀ(x; w) + b: the adjoint of conv2d(·; w) applied to x, with output shape ``output_size``.
 
     y[n, c, h, w'] = b[c] + Σ_{o, i, j} w[o, c, i, j] · x[n, o, y, x] over y·s + i·d = h + p (and likewise for w').
@@ -106,7 +107,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
-class Conv2dWeightGradFunction(torch.autograd.Function):
+class Conv2dWeightGradFunction(Function):
     """dL/dw[o, c, i, j] = Σ_{n, y, x} δ[n, o, y, x] · x_pad[n, c, y·s + i·d, x·s + j·d].
 
     Bilinear in (x, δ). Backward, with G = the gradient arriving at dL/dw:
@@ -136,7 +137,7 @@ class Conv2dWeightGradFunction(torch.autograd.Function):
         return grad_input, grad_grad_output, None, None, None, None, None
 
 
-class Conv2dBiasGradFunction(torch.autograd.Function):
+class Conv2dBiasGradFunction(Function):
     """dL/db[o] = Σ_{n, y, x} δ[n, o, y, x]. Backward: a sum's gradient is copied to every summand, G[o] → δ[n, o, y, x]."""
 
     @staticmethod

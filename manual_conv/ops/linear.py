@@ -6,8 +6,10 @@ differentiable tensor ops on saved tensors, so double backward works.
 """
 import torch
 
+from ._utils import Function
 
-class LinearFunction(torch.autograd.Function):
+
+class LinearFunction(Function):
     """y = x Wᵀ + b: y[..., o] = Σ_i x[..., i] · W[o, i] + b[o], for any number of leading dims of x.
 
     b is broadcast to y's shape (as torch's addmm does; usually it is (out_features,)).
@@ -44,7 +46,7 @@ class LinearFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias
 
 
-class DropoutFunction(torch.autograd.Function):
+class DropoutFunction(Function):
     """y = x ⊙ m / (1 − p), m ~ Bernoulli(1 − p) element-wise ("inverted" dropout: E[y] = x, so evaluation needs
     no rescaling). Returns (y, m / (1 − p)), like torch's native_dropout returns its mask; the mask is drawn as
     PyTorch draws it on CPU (``bernoulli_(1 − p)`` on an empty tensor like x), so a seed gives torch's very mask.

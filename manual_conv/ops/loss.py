@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._utils import require_floating, scalar_type_name
+from ._utils import Function, require_floating, scalar_type_name
 
 
 def log_softmax(logits, dim):
@@ -83,7 +83,7 @@ def _weighted_sum(target_weights, values):
     return torch.where(target_weights == 0, 0, target_weights * values).sum(1)
 
 
-class CrossEntropyFunction(torch.autograd.Function):
+class CrossEntropyFunction(Function):
     """ℓ_i = −Σ_c q[i, c] · log softmax(z_i)_c, then reduced (see the module docstring); log-softmax by hand.
 
     Backward, with G_i = dL/dℓ_i (g, or g / divisor for 'mean'), p = softmax(z), s_i = Σ_c q[i, c]:
@@ -116,7 +116,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return grad_logits, grad_target_weights, None, None
 
 
-class NLLLossFunction(torch.autograd.Function):
+class NLLLossFunction(Function):
     """ℓ_i = −Σ_c q[i, c] · x[i, c] (x: log-probabilities; for class indices −w[t_i] · x[i, t_i]), then reduced.
 
     Linear in x. Backward, with G_i = dL/dℓ_i:  dL/dx[i, c] = −G_i · q[i, c],  dL/dq[i, c] = −G_i · x[i, c].
@@ -140,7 +140,7 @@ class NLLLossFunction(torch.autograd.Function):
         return grad_input, grad_target_weights, None, None
 
 
-class MSELossFunction(torch.autograd.Function):
+class MSELossFunction(Function):
     """ℓ = w ⊙ (x − y)² elementwise (w = 1 without weight), then 'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / D with
     D = numel (no weight) or D = Σ w (the weighted mean). x, y, w come broadcast to one shape; D (a tensor for
     'mean', else None) is an input so that its own gradient reaches the weight.

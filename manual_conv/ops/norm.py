@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ._utils import require_floating
+from ._utils import Function, require_floating
 
 
 def normalize(input, dims, eps):
@@ -59,7 +59,7 @@ def _channel_view(parameter, ndim):
     return None if parameter is None else parameter.view(1, -1, *[1] * (ndim - 2))
 
 
-class LayerNormFunction(torch.autograd.Function):
+class LayerNormFunction(Function):
     """y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and σ² over the last ``len(normalized_shape)`` dims of each sample;
     γ, β of shape normalized_shape (optional).
 
@@ -96,7 +96,7 @@ class LayerNormFunction(torch.autograd.Function):
         return grad_input, None, grad_weight, grad_bias, None
 
 
-class BatchNormFunction(torch.autograd.Function):
+class BatchNormFunction(Function):
     """Training mode: y = γ_c · (x − μ_c) / √(σ²_c + ε) + β_c, μ_c and the biased σ²_c over (N, d1, ...) for each
     channel c of an (N, C, d1, ...) input. Also returns μ_c and σ²_c (not differentiable) for the running stats.
 
@@ -135,7 +135,7 @@ class BatchNormFunction(torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None
 
 
-class BatchNormEvalFunction(torch.autograd.Function):
+class BatchNormEvalFunction(Function):
     """Evaluation mode: y = a_c · x + b_c, an affine map per channel with the running statistics as constants:
     a_c = γ_c / √(v_c + ε), b_c = β_c − a_c · m_c (m, v the running mean and variance).
 

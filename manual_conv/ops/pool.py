@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import compiled_layers
-from ._utils import _pair, not_implemented_for
+from ._utils import Function, _pair, not_implemented_for
 from .conv_reference import im2col
 
 
@@ -86,7 +86,7 @@ def _scan_taps(cols, lowest):
     return best, winner
 
 
-class MaxPool2dFunction(torch.autograd.Function):
+class MaxPool2dFunction(Function):
     """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞.
 
     Returns (y, indices): indices[n, c, y, x] = h·W + w, the position in the input plane of the arg-max. It is
@@ -173,7 +173,7 @@ def _avg_pool_divisor(input_size, output_size, kernel_size, stride, padding, cou
     return counts_h[:, None] * counts_w[None, :]
 
 
-class AvgPool2dFunction(torch.autograd.Function):
+class AvgPool2dFunction(Function):
     """y[n, c, y, x] = (1 / D[y, x]) · Σ_{i, j} x_pad[n, c, y·s + i, x·s + j], with x_pad padded by zeros.
 
     D is divisor_override when given, else the window's size counted as ``_window_counts`` does (D = D_H[y]·D_W[x]).
@@ -237,7 +237,7 @@ def adaptive_average_matrix(size, output_size, dtype, device):
     return inside.to(dtype) / (end - start).to(dtype)[:, None]
 
 
-class AdaptiveAvgPool2dFunction(torch.autograd.Function):
+class AdaptiveAvgPool2dFunction(Function):
     """y[n, c] = A_H · x[n, c] · A_Wᵀ, with A the averaging matrices of ``adaptive_average_matrix``.
 
     The mean over a rectangle is the mean over its rows of the means over its columns, so the 2-D windows

@@ -1,0 +1,46 @@
+"""What every autograd Function of manual_conv.ops shares: the base class that stores forward's signature once,
+and the setup_context style, which lets torch.func's transforms run through the Functions."""
+import inspect
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import manual_conv.functional as mF
+from manual_conv.ops import _utils, activation, conv, linear, loss, norm, pool
+
+FUNCTIONS = [value for module in (activation, conv, linear, loss, norm, pool) for value in vars(module).values()
+             if isinstance(value, type) and issubclass(value, torch.autograd.Function)
+             and value.__module__ == module.__name__]
+
+
+def test_every_function_stores_its_forward_signature():
+    assert len(FUNCTIONS) == 21
+    for function in FUNCTIONS:
+        assert issubclass(function, _utils.Function)
+        code = function.forward.__code__
+        stored = vars(function.forward)["__signature__"]
+        assert list(stored.parameters) == list(code.co_varnames[:code.co_argcount])
+
+
+def test_torch_func_grad_runs_through_conv_and_linear(backend, request):
+    """torch.func.grad of a conv → flatten → linear → cross-entropy loss equals torch's. Not yet on 'cpp': the
+    compiled ops' autograd, registered with torch.library, is a Function without setup_context, which torch.func
+    refuses."""
+    if backend == "cpp":
+        request.applymarker(pytest.mark.xfail(raises=RuntimeError, strict=True,
+                                              reason="torch.library autograd of the compiled ops lacks setup_context"))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=generator)
+    labels = torch.tensor([1, 4])
+    weights = (torch.randn(4, 3, 3, 3, dtype=torch.float64, generator=generator),
+               torch.randn(5, 64, dtype=torch.float64, generator=generator))
+
+    def loss_of(library):
+        return lambda conv_weight, fc_weight: library.cross_entropy(
+            library.linear(library.conv2d(images, conv_weight).flatten(1), fc_weight), labels)
+
+    ours = torch.func.grad(loss_of(mF), argnums=(0, 1))(*weights)
+    expected = torch.func.grad(loss_of(F), argnums=(0, 1))(*weights)
+    for actual, wanted in zip(ours, expected, strict=True):
+        torch.testing.assert_close(actual, wanted)
