@@ -1,7 +1,5 @@
 """What every autograd Function of manual_conv.ops shares: the base class that stores forward's signature once,
-and the setup_context style, which lets torch.func's transforms run through the Functions."""
-import inspect
-
+and the setup_context style, which lets torch.func's transforms run through the Functions (on 'python')."""
 import pytest
 import torch
 import torch.nn.functional as F

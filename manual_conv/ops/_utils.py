@@ -50,8 +50,9 @@ class Function(torch.autograd.Function):
 
     For a Function with a setup_context, torch 2.14's ``apply`` binds the call's arguments to forward's
     signature on every call (``torch.autograd.function._bind_default_args``), and ``inspect.signature`` rebuilds
-    that signature from the function each time: about 35 µs of every apply. ``inspect.signature`` returns a
-    function's ``__signature__`` when it has one, so storing it there leaves only the binding itself.
+    that signature from the function each time: about 30 µs of every apply (a batch-1 ReLU: 80 → 51 µs).
+    ``inspect.signature`` returns a function's ``__signature__`` when it has one, so storing it there leaves
+    only the binding itself.
     """
 
     def __init_subclass__(cls, **kwargs):
