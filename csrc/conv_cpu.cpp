@@ -306,9 +306,9 @@ void col2im_cpu(const at::Tensor& columns, const ConvShape& shape, const ColumnC
 
 // A block's GEMMs run on its own thread. Told so, MKL takes its single-threaded kernels, which for thin
 // products are about twice as fast as the kernels it picks when it believes it has torch's threads to share
-// out (a first layer's weight gradient, 9 x 676 x 32 per image: 3.3 -> 1.5 ms at 2 threads). MKL's C entry point (mkl_service.h maps mkl_set_num_threads_local to
-// it; the lower-case symbol is the Fortran one, taking a pointer), declared weak: a torch built without MKL
-// has no such function.
+// out (a first layer's weight gradient, 9 x 676 x 32 per image: 3.3 -> 1.5 ms at 2 threads). Below, MKL's C
+// entry point (mkl_service.h maps mkl_set_num_threads_local to it; the lower-case symbol is the Fortran one,
+// taking a pointer), declared weak: a torch built without MKL has no such function.
 extern "C" int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 
 struct SingleThreadedBlas {
