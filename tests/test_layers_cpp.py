@@ -1,10 +1,13 @@
-"""The compiled layers (csrc/layers_*, torch.ops.manual_conv.max_pool2d and relu_backward) on their own: bit-exact
-parity with the Python reference and with PyTorch on randomized configurations and special values (ties, ±0, NaN,
-±∞, all −∞ windows) in every dtype and layout; torch.library.opcheck; relu_backward's registered derivative and
-ReLU's double backward on 'cpp'; no PyTorch max pooling, threshold_backward or where inside; torch.compile of a
-training step with no graph break; PyTorch's errors for bad arguments. GPU tests skip where there is no GPU.
+"""The compiled layers (csrc/layers_*, csrc/dropout_cpu.cpp: torch.ops.manual_conv.max_pool2d, relu_backward and
+dropout_mask) on their own: bit-exact parity with the Python reference and with PyTorch on randomized
+configurations and special values (ties, ±0, NaN, ±∞, all −∞ windows) in every dtype and layout; dropout's mask
+and the generator state it leaves, bit for bit torch's bernoulli_'s; torch.library.opcheck; relu_backward's
+registered derivative and ReLU's double backward on 'cpp'; no PyTorch max pooling, threshold_backward, where or
+bernoulli_ inside; torch.compile of a training step with no graph break; PyTorch's errors for bad arguments. GPU
+tests skip where there is no GPU.
 
-The API-level tests of max pooling and ReLU (test_pool.py, test_activation.py) run on the 'cpp' backend as well."""
+The API-level tests of max pooling, ReLU and dropout (test_pool.py, test_activation.py, test_linear.py) run on the
+'cpp' backend as well."""
 import math
 import re
 
@@ -267,6 +270,52 @@ def test_opcheck(single_thread, dtype):
     for grad_layout, output_layout in (("contiguous",) * 2, ("channels_last",) * 2, ("contiguous", "transposed")):
         torch.library.opcheck(ops.relu_backward, (laid_out(grad_output, grad_layout).requires_grad_(),
                                                   laid_out(output, output_layout).requires_grad_()))
+    # dropout_mask draws random numbers, so the checks that compare two calls' outputs do not apply
+    for layout in ("contiguous", "channels_last", "transposed"):
+        torch.library.opcheck(ops.dropout_mask, (laid_out(input, layout), 0.5),
+                              test_utils=("test_schema", "test_faketensor"))
+
+
+@settings(max_examples=100)
+@given(shape=st.lists(st.integers(0, 12), min_size=1, max_size=4), dtype=st.sampled_from(DTYPES),
+       layout=st.sampled_from(["contiguous", "channels_last", "transposed"]),
+       keep_probability=st.one_of(st.sampled_from([1.0, 0.75, 0.5, 0.1]), st.floats(1e-6, 1.0)),
+       words_drawn_before=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_dropout_mask_is_bernoullis_bitwise(shape, dtype, layout, keep_probability, words_drawn_before, seed):
+    """The mask, its layout and the default generator's state afterwards are those of torch's
+    empty_like(x).bernoulli_(q).div_(q), whatever the generator's position (float32 draws take one 32-bit word,
+    so it may sit between the two words of a 64-bit draw) and across the engine's 624-word state refills."""
+    input = laid_out(torch.zeros(shape, dtype=dtype), layout) if len(shape) == 4 else torch.zeros(shape, dtype=dtype)
+    results = []
+    for draw in (lambda: ops.dropout_mask(input, keep_probability),
+                 lambda: torch.empty_like(input).bernoulli_(keep_probability).div_(keep_probability)):
+        torch.manual_seed(seed)
+        torch.rand(words_drawn_before)
+        mask = draw()
+        results.append((mask, mask.stride(), torch.get_rng_state()))
+    (ours, our_strides, our_state), (torchs, torch_strides, torch_state) = results
+    assert torch.equal(ours, torchs) and our_strides == torch_strides
+    assert torch.equal(our_state, torch_state)
+
+
+def test_dropout_mask_of_the_mnist_net_is_bernoullis_bitwise():
+    """The size train_mnist.py draws (64×64×12×12: 1890 state refills), and the fraction kept."""
+    input = torch.empty(64, 64, 12, 12)
+    torch.manual_seed(0)
+    ours = ops.dropout_mask(input, 0.75)
+    after_ours = torch.rand(4)
+    torch.manual_seed(0)
+    torchs = torch.empty_like(input).bernoulli_(0.75).div_(0.75)
+    assert torch.equal(ours, torchs) and torch.equal(after_ours, torch.rand(4))
+    assert abs((ours != 0).double().mean().item() - 0.75) < 0.01
+
+
+def test_dropout_on_cpp_draws_its_mask_with_the_compiled_kernel(single_thread):
+    with manual_conv.use_backend("cpp"):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as recording:
+            mF.dropout(torch.ones(4, 5, requires_grad=True), 0.3).sum().backward()
+    names = {event.name for event in recording.events()}
+    assert "manual_conv::dropout_mask" in names and not any("bernoulli" in name for name in names)
 
 
 def test_max_pool2d_op_called_directly_is_differentiable(single_thread):
@@ -337,6 +386,26 @@ def test_torch_compile_training_step(single_thread, compiler):
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
 
 
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_keeps_dropouts_masks(single_thread, compiler):
+    """Two dropouts of one tensor, compiled: the op's nondeterministic_seeded tag keeps the compiler from merging
+    them (or recomputing one in the backward), so a seed gives eager's masks, outputs and gradients."""
+
+    def two_dropouts(input):
+        return mF.dropout(input, 0.5) + 2 * mF.dropout(input, 0.5)
+
+    input = torch.randn(8, 9, requires_grad=True)
+    results = []
+    with manual_conv.use_backend("cpp"):
+        torch._dynamo.reset()
+        for function in (two_dropouts, torch.compile(two_dropouts, backend=compiler, fullgraph=True)):
+            torch.manual_seed(0)
+            output = function(input)
+            results.append((output, *torch.autograd.grad(output.sum(), input)))
+    (expected, expected_grad), (actual, actual_grad) = results
+    assert torch.equal(actual, expected) and torch.equal(actual_grad, expected_grad)
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 
 X = torch.ones(2, 3, 6, 6)
@@ -368,6 +437,10 @@ BAD_CALLS = [
     ("relu_backward", (X, torch.ones(2, 3, 6, 5)), RuntimeError, r"same size"),
     ("relu_backward", (X, X.double()), RuntimeError, r"same dtype"),
     ("relu_backward", (X.int(), X.int()), NotImplementedError, r"not implemented for 'Int'"),
+    ("dropout_mask", (X, 0.0), RuntimeError, r"keep probability in \(0, 1\], but got 0"),
+    ("dropout_mask", (X, 1.5), RuntimeError, r"keep probability in \(0, 1\], but got 1.5"),
+    ("dropout_mask", (X, math.nan), RuntimeError, r"keep probability in \(0, 1\], but got nan"),
+    ("dropout_mask", (X.int(), 0.5), NotImplementedError, r"not implemented for 'Int'"),
 ]
 
 

@@ -86,8 +86,9 @@ def test_linear_matches_torch(leading, in_features, out_features, bias, dtype, s
 
 
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), p=st.sampled_from([0.1, 0.25, 0.5, 0.9]),
-       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
-def test_dropout_draws_torchs_mask(shape, p, dtype, seed):
+       dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+       seed=st.integers(0, 2**16))
+def test_dropout_draws_torchs_mask(backend, shape, p, dtype, seed):
     """The same seed gives PyTorch's very mask: identical outputs and gradients, bit for bit."""
     input = torch.randn(shape, dtype=dtype)
     mine, reference = input.clone().requires_grad_(), input.clone().requires_grad_()

@@ -1,5 +1,5 @@
 """Fake kernels and autograd formulas of the compiled ops ``torch.ops.manual_conv.*`` (built from csrc/): the conv
-core and the compiled layers (max pooling's forward, ReLU's backward).
+core and the compiled layers (max pooling's forward, ReLU's backward, dropout's mask).
 
 The fake kernels give the output's shape and dtype without computing it, so FakeTensor, ``torch.compile`` and
 ``torch.export`` trace through the ops (with symbolic sizes too). The autograd formulas make the three core
@@ -85,6 +85,11 @@ def _relu_backward_fake(grad_output, output):
     if grad_input.stride() == grad_output.stride() == output.stride():
         return grad_input
     return grad_output.new_empty(grad_output.shape)
+
+
+@torch.library.register_fake("manual_conv::dropout_mask")
+def _dropout_mask_fake(input, keep_probability):
+    return torch.empty_like(input)
 
 
 def _save_two_tensors_and_conv_args(ctx, inputs, output):
