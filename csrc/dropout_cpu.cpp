@@ -9,8 +9,8 @@
 // tenth of a training step. This file runs the same engine a block at a time: the state transition of all 624
 // words ("twist") and the output tempering as vector loops, then the comparisons as another: 0.6-0.9 ms.
 #include <algorithm>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <mutex>
 
 #include <ATen/CPUGeneratorImpl.h>
