@@ -82,9 +82,11 @@ class DropoutFunction(Function):
         if inplace:
             ctx.mark_dirty(input)
         ctx.mark_non_differentiable(scaled_mask)
+        ctx.set_materialize_grads(False)  # see MaxPool2dFunction.setup_context
         ctx.save_for_backward(scaled_mask)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_mask):
         (scaled_mask,) = ctx.saved_tensors
-        return grad_output * scaled_mask, None, None
+        grad_input = None if grad_output is None else grad_output * scaled_mask
+        return grad_input, None, None
