@@ -1,8 +1,8 @@
-// The manual_conv operator library: schemas of the four ops of the conv kernel contract and of the three
-// compiled layers (max pooling's forward, ReLU's backward, dropout's mask), and the Python module manual_conv._C
-// whose import loads this library (the kernels register themselves per device in conv_cpu.cpp, conv_cuda.cu,
-// layers_cpu.cpp, layers_cuda.cu and, CPU only, dropout_cpu.cpp; fake kernels and autograd are in
-// manual_conv/ops/library.py).
+// The manual_conv operator library: schemas of the four ops of the conv kernel contract and of the compiled
+// layers (max pooling's forward and backward, ReLU's backward, dropout's mask), and the Python module
+// manual_conv._C whose import loads this library (the kernels register themselves per device in conv_cpu.cpp,
+// conv_cuda.cu, layers_cpu.cpp and layers_cuda.cu; max pooling's backward and dropout's mask only for the CPU,
+// in layers_cpu.cpp and dropout_cpu.cpp; fake kernels and autograd are in manual_conv/ops/library.py).
 #include <Python.h>
 
 #include <torch/library.h>
@@ -32,6 +32,7 @@ TORCH_LIBRARY(manual_conv, library) {
   library.def(
       "max_pool2d(Tensor input, SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, "
       "bool ceil_mode) -> (Tensor, Tensor)");
+  library.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
   library.def("relu_backward(Tensor grad_output, Tensor output) -> Tensor");
   // Tagged as drawing from the global generator, as bernoulli_ is: torch.compile must then neither merge two
   // calls with the same arguments nor recompute one in the backward, either of which would change the masks.

@@ -14,13 +14,13 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import manual_conv
 import manual_conv.functional as mF
 import manual_conv.nn as mnn
-from manual_conv.ops.pool import MaxPool2dFunction
+from manual_conv.ops.pool import MaxPool2dFunction, max_pool2d_input_grad
 
 pytestmark = pytest.mark.skipif(not manual_conv.extension_available(),
                                 reason="the compiled extension manual_conv._C is not built")
@@ -270,6 +270,11 @@ def test_opcheck(single_thread, dtype):
     for grad_layout, output_layout in (("contiguous",) * 2, ("channels_last",) * 2, ("contiguous", "transposed")):
         torch.library.opcheck(ops.relu_backward, (laid_out(grad_output, grad_layout).requires_grad_(),
                                                   laid_out(output, output_layout).requires_grad_()))
+    _, indices = ops.max_pool2d(input, [3, 2], [1, 1], [1, 1], [1, 1], False)
+    for layout in ("contiguous", "channels_last"):
+        torch.library.opcheck(ops.max_pool2d_backward,
+                              (laid_out(torch.randn(indices.shape, generator=generator).to(dtype), layout)
+                               .requires_grad_(), indices, list(input.shape)))
     # dropout_mask draws random numbers, so the checks that compare two calls' outputs do not apply
     for layout in ("contiguous", "channels_last", "transposed"):
         torch.library.opcheck(ops.dropout_mask, (laid_out(input, layout), 0.5),
@@ -318,6 +323,43 @@ def test_dropout_on_cpp_draws_its_mask_with_the_compiled_kernel(single_thread):
     assert "manual_conv::dropout_mask" in names and not any("bernoulli" in name for name in names)
 
 
+@settings(max_examples=100)
+@given(pool=pools(), grad_layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16))
+def test_max_pool2d_backward_matches_torch_bitwise(single_thread, pool, grad_layout, seed):
+    """The compiled backward against torch's max-pool backward: the same sums, rounded the same way where windows
+    overlap (every dtype; overlapping, dilated, padded and ceil-mode windows; any grad layout). Against the Python
+    path's scatter_add_ too for float32/float64; float16/bfloat16 sums differ there, rounded once in float32
+    instead of after every add as torch's kernel and ours round them.
+
+    A window wholly in the padding (e.g. width 1, padding 1, dilation 2) gets an index outside its plane, as in
+    torch, whose backward then writes outside the plane; ours raises (see BAD_CALLS), so such pools are left out."""
+    _, indices = pool.compiled()
+    assume(bool(((indices >= 0) & (indices < pool.input.shape[2] * pool.input.shape[3])).all()))
+    grad_output = laid_out(torch.randn(indices.shape, generator=torch.Generator().manual_seed(seed)).to(
+        pool.input.dtype), grad_layout)
+    actual = ops.max_pool2d_backward(grad_output, indices, pool.input.shape)
+    assert actual.is_contiguous()
+    assert_bitwise_equal(actual, torch.ops.aten.max_pool2d_with_indices_backward(grad_output, pool.input,
+                                                                                  *pool.args, indices))
+    if pool.input.dtype in (torch.float32, torch.float64):
+        with manual_conv.use_backend("python"):
+            assert_bitwise_equal(actual, max_pool2d_input_grad(grad_output, indices, pool.input.shape))
+
+
+def test_max_pool2d_backward_gradcheck_and_gradgradcheck(single_thread):
+    """Overlapping windows (3×3, stride 1), so some inputs collect several windows' gradients; the op's
+    registered derivative (a gather) gives the double backward."""
+    input = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    _, indices = ops.max_pool2d(input, [3, 3], [1, 1], [1, 1], [1, 1], False)
+    grad_output = torch.randn(indices.shape, dtype=torch.float64, requires_grad=True)
+
+    def backward(grad_output):
+        return ops.max_pool2d_backward(grad_output, indices, input.shape)
+
+    assert torch.autograd.gradcheck(backward, (grad_output,))
+    assert torch.autograd.gradgradcheck(backward, (grad_output,))
+
+
 def test_max_pool2d_op_called_directly_is_differentiable(single_thread):
     """The op's registered autograd routes the gradient to the arg-maxes, as F.max_pool2d's does."""
     input = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
@@ -332,16 +374,16 @@ def test_max_pool2d_op_called_directly_is_differentiable(single_thread):
 @pytest.mark.parametrize("backend", ["python", "cpp"])
 def test_no_pytorch_max_pool_or_relu_backward_runs(single_thread, backend):
     """Every ATen op the layers dispatch (recorded by the profiler): on 'cpp' the compiled ops and no max pooling,
-    threshold_backward or where; on 'python' the reference's torch.where shows that the check sees them."""
+    scatter, threshold_backward or where; on 'python' the reference's torch.where shows that the check sees them."""
     input = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
     with manual_conv.use_backend(backend):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as recording:
             mF.max_pool2d(mF.relu(input * 1), 2).sum().backward()
     names = {event.name for event in recording.events()}
     pytorchs = {name for name in names
-                if not name.startswith("manual_conv::") and re.search(r"max_pool|threshold|where", name)}
+                if not name.startswith("manual_conv::") and re.search(r"max_pool|scatter|threshold|where", name)}
     if backend == "cpp":
-        assert {"manual_conv::max_pool2d", "manual_conv::relu_backward"} <= names
+        assert {"manual_conv::max_pool2d", "manual_conv::max_pool2d_backward", "manual_conv::relu_backward"} <= names
         assert pytorchs == set(), pytorchs
     else:
         assert "aten::where" in pytorchs and not any(name.startswith("manual_conv::") for name in names)
@@ -410,6 +452,8 @@ def test_torch_compile_keeps_dropouts_masks(single_thread, compiler):
 
 X = torch.ones(2, 3, 6, 6)
 POOL = ([2, 2], [2, 2], [0, 0], [1, 1], False)
+# grad_output and indices of POOL over X, whose windows' arg-maxes are their first taps (y·12 + x·2)
+G, I = torch.ones(2, 3, 3, 3), ((torch.arange(3) * 12)[:, None] + torch.arange(3) * 2).expand(2, 3, 3, 3)
 
 
 def pool_args(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1), ceil_mode=False):
@@ -434,6 +478,15 @@ BAD_CALLS = [
     ("max_pool2d", (X, [2, 2, 2], *POOL[1:]), RuntimeError, r"expected kernel_size to be a list of 2 ints"),
     ("max_pool2d", (X, *POOL[:2], [0], *POOL[3:]), RuntimeError, r"expected padding to be a list of 2 ints"),
     ("max_pool2d", (X.long(), *POOL), NotImplementedError, r"\"manual_conv::max_pool2d\" not implemented for 'Long'"),
+    ("max_pool2d_backward", (G, I, [2, 3, 6]), RuntimeError, r"input_size to be a list of 4 ints"),
+    ("max_pool2d_backward", (G, I, [2, 4, 6, 6]), RuntimeError, r"4-D grad_output with the batch and channels"),
+    ("max_pool2d_backward", (G[0], I[0], [2, 3, 6, 6]), RuntimeError, r"4-D grad_output"),
+    ("max_pool2d_backward", (G, I.int(), [2, 3, 6, 6]), RuntimeError, r"expected int64 indices"),
+    ("max_pool2d_backward", (G, I[..., :2], [2, 3, 6, 6]), RuntimeError, r"indices of grad_output's size"),
+    ("max_pool2d_backward", (G, I + 36, [2, 3, 6, 6]), RuntimeError,
+     r"index 36 is out of bounds for an input plane of 36 positions"),
+    ("max_pool2d_backward", (G, I - 1, [2, 3, 6, 6]), RuntimeError, r"index -1 is out of bounds"),
+    ("max_pool2d_backward", (G.int(), I, [2, 3, 6, 6]), NotImplementedError, r"not implemented for 'Int'"),
     ("relu_backward", (X, torch.ones(2, 3, 6, 5)), RuntimeError, r"same size"),
     ("relu_backward", (X, X.double()), RuntimeError, r"same dtype"),
     ("relu_backward", (X.int(), X.int()), NotImplementedError, r"not implemented for 'Int'"),

@@ -226,10 +226,14 @@ def test_output_size_formula_matches_torch_with_ceil_mode():
 
 
 def test_zero_batch(backend):
+    """Forward and backward of an empty batch: empty outputs and gradients of the input's shape."""
     input = torch.randn(0, 2, 4, 4, requires_grad=True)
-    assert mF.max_pool2d(input, 2).shape == F.max_pool2d(input, 2).shape
-    assert mF.avg_pool2d(input, 2).shape == F.avg_pool2d(input, 2).shape
-    assert mF.adaptive_avg_pool2d(input, 3).shape == F.adaptive_avg_pool2d(input, 3).shape
+    for ours, torchs in ((mF.max_pool2d, F.max_pool2d), (mF.avg_pool2d, F.avg_pool2d),
+                         (mF.adaptive_avg_pool2d, F.adaptive_avg_pool2d)):
+        output = ours(input, 2)
+        assert output.shape == torchs(input, 2).shape
+        (grad,) = torch.autograd.grad(output.sum(), input)
+        assert grad.shape == input.shape
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

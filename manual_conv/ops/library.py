@@ -1,5 +1,5 @@
 """Fake kernels and autograd formulas of the compiled ops ``torch.ops.manual_conv.*`` (built from csrc/): the conv
-core and the compiled layers (max pooling's forward, ReLU's backward, dropout's mask).
+core and the compiled layers (max pooling's forward and backward, ReLU's backward, dropout's mask).
 
 The fake kernels give the output's shape and dtype without computing it, so FakeTensor, ``torch.compile`` and
 ``torch.export`` trace through the ops (with symbolic sizes too). The autograd formulas make the three core
@@ -12,8 +12,10 @@ three ops are bilinear maps and each backward is the adjoint of one of their arg
     gb = conv2d_bias_grad(δ)              dδ = G broadcast over (N, H, W)
 where G is the gradient arriving at the op's output. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
 else δ) is linear in δ, so dδ = relu_backward(G, y); its derivative with respect to y is 0 almost everywhere (as
-PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is MaxPool2dFunction's scatter-add
-(ops/pool.py), registered here for direct calls of the op (the Function itself calls the op only in its forward).
+PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is the scatter-add of G to the arg-maxes
+(``max_pool2d_input_grad`` in ops/pool.py, which runs the op max_pool2d_backward on CPU), registered here for
+direct calls of the op (MaxPool2dFunction calls the op only in its forward). max_pool2d_backward's
+gx = scatter-add of δ to the indices is linear in δ, so dδ = the gather of G at the indices.
 """
 import torch
 
@@ -73,6 +75,12 @@ def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     )
     output_size = (input.shape[0], input.shape[1], output_height, output_width)
     return input.new_empty(output_size), input.new_empty(output_size, dtype=torch.int64)
+
+
+@torch.library.register_fake("manual_conv::max_pool2d_backward")
+def _max_pool2d_backward_fake(grad_output, indices, input_size):
+    _check_4d("grad_output", grad_output)
+    return grad_output.new_empty(input_size)
 
 
 @torch.library.register_fake("manual_conv::relu_backward")
@@ -167,6 +175,22 @@ def _max_pool2d_backward(ctx, grad, _grad_indices):
 
 torch.library.register_autograd(
     "manual_conv::max_pool2d", _max_pool2d_backward, setup_context=_max_pool2d_setup_context
+)
+
+
+def _max_pool2d_backward_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _max_pool2d_backward_backward(ctx, grad):
+    """gx[n, c, p] = Σ_{w: indices[n, c, w] = p} δ[n, c, w]:  dδ[n, c, w] = G[n, c, indices[n, c, w]] (a gather)."""
+    (indices,) = ctx.saved_tensors
+    return grad.flatten(2).gather(2, indices.flatten(2)).view(indices.shape), None, None
+
+
+torch.library.register_autograd(
+    "manual_conv::max_pool2d_backward", _max_pool2d_backward_backward,
+    setup_context=_max_pool2d_backward_setup_context,
 )
 
 

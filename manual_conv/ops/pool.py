@@ -147,11 +147,14 @@ class MaxPool2dFunction(Function):
 
 def max_pool2d_input_grad(grad_output, indices, input_shape):
     """∂L/∂x[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w]: a scatter-add into the input planes, for
-    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py)."""
+    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py). On 'cpp' a CPU tensor
+    takes the compiled ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order, one plane
+    at a time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as
+    in torch's kernel, and once here; differentiable too: ops/library.py registers its derivative, a gather)."""
+    if compiled_layers(grad_output) and grad_output.device.type == "cpu":
+        return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape)
     n, c, h, w = input_shape
-    grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(
-        2, indices.reshape(n, c, -1), grad_output.reshape(n, c, -1)
-    )
+    grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
     return grad_input.view(n, c, h, w)
 
 
