@@ -1,9 +1,10 @@
-"""The compiled layers (csrc/layers_*, csrc/dropout_cpu.cpp: torch.ops.manual_conv.max_pool2d, relu_backward and
-dropout_mask) on their own: bit-exact parity with the Python reference and with PyTorch on randomized
-configurations and special values (ties, ±0, NaN, ±∞, all −∞ windows) in every dtype and layout; dropout's mask
-and the generator state it leaves, bit for bit torch's bernoulli_'s; torch.library.opcheck; relu_backward's
-registered derivative and ReLU's double backward on 'cpp'; no PyTorch max pooling, threshold_backward, where or
-bernoulli_ inside; torch.compile of a training step with no graph break; PyTorch's errors for bad arguments. GPU
+"""The compiled layers (csrc/layers_*, csrc/dropout_cpu.cpp: torch.ops.manual_conv.max_pool2d,
+max_pool2d_backward, relu_backward and dropout_mask) on their own: bit-exact parity with the Python reference and
+with PyTorch on randomized configurations and special values (ties, ±0, NaN, ±∞, all −∞ windows) in every dtype
+and layout; dropout's mask and the generator state it leaves, bit for bit torch's bernoulli_'s;
+torch.library.opcheck; the registered derivatives of relu_backward and max_pool2d_backward, double backward on
+'cpp'; no PyTorch max pooling, scatter, threshold_backward, where or bernoulli_ inside; torch.compile of a
+training step with no graph break, and of dropouts keeping their masks; PyTorch's errors for bad arguments. GPU
 tests skip where there is no GPU.
 
 The API-level tests of max pooling, ReLU and dropout (test_pool.py, test_activation.py, test_linear.py) run on the
