@@ -1,10 +1,10 @@
 """Which kernels the autograd Functions run: the Python reference ('python') or the compiled ones ('cpp').
 
 The backend selects the conv core (``conv_kernels``) and the compiled layers: max pooling's forward, ReLU's
-backward, and on CPU max pooling's backward and dropout's mask (``compiled_layers``). The compiled kernels are
-the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops ``torch.ops.manual_conv.*``,
-and ``manual_conv.ops.library`` adds their fake kernels and autograd formulas. When it is present 'cpp' is the
-default; when it is missing manual_conv still works on 'python' and warns once.
+backward (``compiled_layers``), and on CPU max pooling's backward and dropout's mask (``compiled_cpu_layers``).
+The compiled kernels are the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops
+``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` adds their fake kernels and autograd formulas. When
+it is present 'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
 """
 import contextlib
 import importlib
@@ -79,7 +79,12 @@ _COMPILED_LAYER_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfl
 
 
 def compiled_layers(tensor):
-    """Whether the layers with a compiled kernel (max pooling's forward, ReLU's backward, and on CPU max pooling's
-    backward and dropout's mask) run it on ``tensor``: on the 'cpp' backend, for a floating-point tensor.
-    Otherwise they run their Python reference code."""
+    """Whether the layers with a compiled kernel (max pooling's forward, ReLU's backward) run it on ``tensor``:
+    on the 'cpp' backend, for a floating-point tensor. Otherwise they run their Python reference code."""
     return _backend == "cpp" and tensor.dtype in _COMPILED_LAYER_DTYPES
+
+
+def compiled_cpu_layers(tensor):
+    """Whether the layers with a kernel compiled for the CPU only (max pooling's backward, dropout's mask) run it
+    on ``tensor``: as ``compiled_layers``, and for a CPU tensor. Otherwise they run their Python code."""
+    return compiled_layers(tensor) and tensor.device.type == "cpu"

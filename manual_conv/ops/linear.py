@@ -6,7 +6,7 @@ differentiable tensor ops on saved tensors, so double backward works.
 """
 import torch
 
-from ..backend import compiled_layers
+from ..backend import compiled_cpu_layers
 from ._utils import Function
 
 
@@ -52,7 +52,7 @@ def scaled_bernoulli_mask(input, keep_probability):
     ``empty_like(input).bernoulli_(q).div_(q)``, the way PyTorch's dropout draws its mask, so that a seed gives
     torch's very mask. The compiled CPU kernel (csrc/dropout_cpu.cpp) draws the very same numbers from the same
     generator, a block at a time: over ten times faster than bernoulli_, which draws them one by one."""
-    if compiled_layers(input) and input.device.type == "cpu":
+    if compiled_cpu_layers(input):
         return torch.ops.manual_conv.dropout_mask(input, keep_probability)
     return torch.empty_like(input).bernoulli_(keep_probability).div_(keep_probability)
 

@@ -12,7 +12,7 @@ double backward works: the second derivative routes the incoming gradient the wa
 import torch
 import torch.nn.functional as F
 
-from ..backend import compiled_layers
+from ..backend import compiled_cpu_layers, compiled_layers
 from ._utils import Function, _pair, not_implemented_for
 from .conv_reference import im2col
 
@@ -151,7 +151,7 @@ def max_pool2d_input_grad(grad_output, indices, input_shape):
     takes the compiled ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order, one plane
     at a time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as
     in torch's kernel, and once here; differentiable too: ops/library.py registers its derivative, a gather)."""
-    if compiled_layers(grad_output) and grad_output.device.type == "cpu":
+    if compiled_cpu_layers(grad_output):
         return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape)
     n, c, h, w = input_shape
     grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
