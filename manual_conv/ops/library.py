@@ -178,7 +178,8 @@ torch.library.register_autograd(
 )
 
 
-def _max_pool2d_backward_setup_context(ctx, inputs, output):
+def _save_second_input(ctx, inputs, output):
+    """max_pool2d_backward's indices, relu_backward's output: what their derivatives gather or select by."""
     ctx.save_for_backward(inputs[1])
 
 
@@ -189,13 +190,8 @@ def _max_pool2d_backward_backward(ctx, grad):
 
 
 torch.library.register_autograd(
-    "manual_conv::max_pool2d_backward", _max_pool2d_backward_backward,
-    setup_context=_max_pool2d_backward_setup_context,
+    "manual_conv::max_pool2d_backward", _max_pool2d_backward_backward, setup_context=_save_second_input
 )
-
-
-def _relu_backward_setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1])
 
 
 def _relu_backward_backward(ctx, grad):
@@ -206,5 +202,5 @@ def _relu_backward_backward(ctx, grad):
 
 
 torch.library.register_autograd(
-    "manual_conv::relu_backward", _relu_backward_backward, setup_context=_relu_backward_setup_context
+    "manual_conv::relu_backward", _relu_backward_backward, setup_context=_save_second_input
 )
