@@ -45,6 +45,33 @@ def require_floating(dtype, kernel):
         raise not_implemented_for(kernel, dtype)
 
 
+def opmath_dtype(dtype):
+    """The dtype torch's kernels compute in for ``dtype`` (ATen's ``at::opmath_type``): float32 for float16 and
+    bfloat16, the dtype itself otherwise. Layers computing in it and rounding once at the end are as exact as
+    torch's; rounding after every step of a composite formula is not (bfloat16 has 8 significant bits)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def suggests_channels_last(tensor):
+    """Whether ``tensor.suggest_memory_format()`` is channels_last: c10's rule (``is_channels_last_strides_2d_s4``
+    in c10/core/MemoryFormat.h), by which torch's layers choose the layout of their outputs and gradients.
+
+    A 4-D tensor is channels_last when its strides grow in the order C, W, H, N. Size-1 dims are ambiguous, and
+    c10 settles them by the strides themselves: an N×1×H×W tensor is channels_last only when its C stride is not
+    the N stride (so 1-channel tensors, which ``is_contiguous(memory_format=...)`` calls both contiguous and
+    channels_last, follow the layout they were made in). An empty tensor is never channels_last.
+    """
+    if tensor.dim() != 4 or tensor.stride(1) == 0:
+        return False
+    smallest = 0
+    for dim in (1, 3, 2, 0):
+        size, stride = tensor.shape[dim], tensor.stride(dim)
+        if size == 0 or stride < smallest or (dim == 0 and smallest == tensor.stride(1)):
+            return False
+        smallest = stride * size
+    return True
+
+
 class Function(torch.autograd.Function):
     """torch.autograd.Function whose subclasses' forward signature is worked out once, when the class is made.
 

@@ -1,0 +1,658 @@
+"""Differential testing: every public function of manual_conv.functional against torch.nn.functional.
+
+Hypothesis draws calls: shapes (zero-sized dims too), argument combinations (valid and invalid), the dtype, each
+tensor's layout (contiguous, channels_last, a strided slice, a transpose), whether it is passed as a leaf or as a
+view of an intermediate result, ±inf and NaN at random positions of the inputs and of the gradient arriving from
+above, and an in-place op applied to the output. Each call runs through torch and through manual_conv (on each
+backend) from identical inputs, and the two must agree on:
+
+- the exception type, when either raises (in the forward or in the backward);
+- the output's values (NaN positions and infinities exactly), dtype, shape and strides (hence memory format);
+- every input's gradient (values, dtype, strides) and every input's value after the call (running statistics,
+  in-place ops);
+- in float16/bfloat16, the error against a float64 reference (torch's own op on the same values in float64): ours
+  may be no larger than torch's, in units in the last place.
+
+The examples are derandomized (tests/conftest.py's profile), so a failure reproduces.
+"""
+import contextlib
+import dataclasses
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import manual_conv
+import manual_conv.functional as mF
+from torch._prims_common import suggest_memory_format
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Weighted towards float32, the dtype models train in; every other dtype torch computes (or refuses) comes too.
+DTYPES = (torch.float32,) * 4 + (torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.uint8,
+                                   torch.bool, torch.complex64)
+LAYOUTS = ("contiguous", "channels_last", "sliced", "transposed")
+
+
+# --------------------------------------------------------------------------------------------- drawn tensors
+
+
+@dataclasses.dataclass
+class TensorArg:
+    """A tensor argument: its values (dense), how it is laid out and how it is passed.
+
+    ``layout``: 'contiguous'; 'channels_last' (4-D); 'sliced', every other element of a last dim twice as long;
+    'transposed', the transpose of a tensor whose last two dims are swapped. ``intermediate``: the argument is
+    (a view of) a copy of the leaf, a non-leaf as inside a model, rather than the leaf itself.
+    """
+
+    values: torch.Tensor
+    layout: str = "contiguous"
+    requires_grad: bool = False
+    intermediate: bool = False
+
+    def materialize(self, dtype=None):
+        """(leaf, argument): a fresh leaf holding these values (cast to ``dtype``) and what the call receives."""
+        values = self.values if dtype is None else self.values.to(dtype)
+        base = values.clone()
+        if self.intermediate:
+            leaf = base.requires_grad_(self.requires_grad)
+            return leaf, _view(leaf.clone(), self.layout)
+        leaf = _view(base, self.layout).detach().requires_grad_(self.requires_grad)
+        return leaf, leaf
+
+
+def _view(tensor, layout):
+    if layout == "sliced":
+        return tensor[..., ::2]
+    if layout == "transposed":
+        return tensor.transpose(-1, -2)
+    return tensor
+
+
+def _dense_values(shape, layout, make):
+    """Values for a tensor that will be viewed in ``layout``: the shape before the view, in its memory format."""
+    shape = list(shape)
+    if layout == "sliced":
+        shape[-1] *= 2
+    elif layout == "transposed":
+        shape[-1], shape[-2] = shape[-2], shape[-1]
+    values = make(shape)
+    return values.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else values
+
+
+def random_values(shape, dtype, generator, low=-3, high=4):
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    if not dtype.is_floating_point and not dtype.is_complex:
+        return torch.randint(0 if dtype == torch.uint8 else low, high, shape, generator=generator).to(dtype)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype) if not dtype.is_complex else (
+        torch.randn(shape, generator=generator, dtype=dtype))
+
+
+def inject_non_finite(values, generator, count):
+    """±inf and NaN at ``count`` random positions (floating point only)."""
+    if count == 0 or values.numel() == 0 or not (values.is_floating_point() or values.is_complex()):
+        return values
+    flat = values.reshape(-1).clone()
+    positions = torch.randint(0, flat.numel(), (count,), generator=generator)
+    choices = torch.tensor([math.inf, -math.inf, math.nan], dtype=torch.float64)
+    picks = choices[torch.randint(0, 3, (count,), generator=generator)]
+    flat[positions] = picks.to(flat.dtype)
+    return flat.view(values.shape)
+
+
+@st.composite
+def tensors(draw, shape, dtype, differentiable=True, layouts=LAYOUTS, non_finite=True, make=None):
+    """A TensorArg of ``shape`` and ``dtype``: random values (or ``make(shape, generator)``), a layout, ±inf/NaN
+    at a few positions, passed as a leaf or as a view of an intermediate."""
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    usable = [layout for layout in layouts if _layout_fits(layout, shape)]
+    layout = draw(st.sampled_from(usable))
+
+    def build(dense_shape):
+        values = make(dense_shape, generator) if make else random_values(dense_shape, dtype, generator)
+        count = draw(st.sampled_from((0, 0, 1, 3))) if non_finite else 0
+        return inject_non_finite(values, generator, count)
+
+    values = _dense_values(shape, layout, build)
+    floating = values.is_floating_point() or values.is_complex()
+    requires_grad = differentiable and floating and draw(st.sampled_from((True, True, True, False)))
+    intermediate = requires_grad and draw(st.booleans())
+    return TensorArg(values, layout, requires_grad, intermediate)
+
+
+def _layout_fits(layout, shape):
+    if layout == "channels_last":
+        return len(shape) == 4
+    if layout == "transposed":
+        return len(shape) >= 2
+    return layout == "contiguous" or len(shape) >= 1
+
+
+def dtypes(allowed=DTYPES):
+    return st.sampled_from(allowed)
+
+
+def pair_forms(pair):
+    """The forms torch accepts for a pair: a tuple, a list, and an int or a 1-list when both are equal."""
+    forms = [tuple(pair), list(pair)]
+    if pair[0] == pair[1]:
+        forms += [pair[0], [pair[0]]]
+    return st.sampled_from(forms)
+
+
+def pairs(low, high):
+    return st.tuples(st.integers(low, high), st.integers(low, high)).flatmap(pair_forms)
+
+
+# ------------------------------------------------------------------------------------------- running a call
+
+
+@dataclasses.dataclass
+class Call:
+    """F.<function>(*args, **kwargs), TensorArgs among them; ``grad_seed`` draws the gradients arriving from
+    above (with ±inf/NaN when ``grad_non_finite``); ``inplace`` is applied to the output before the backward."""
+
+    function: str
+    args: tuple
+    kwargs: dict
+    grad_seed: int = 0
+    grad_non_finite: bool = False
+    grad_layout: str = "contiguous"
+    inplace: str = "none"  # 'none', 'whole' (output.mul_(2)) or 'view' (output[..., :1].mul_(2))
+    rng_seed: int = 0
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What one library did with a Call: the error type and where it was raised, or the outputs, the inputs'
+    values after the call and their gradients."""
+
+    error: type = None
+    stage: str = None
+    outputs: tuple = ()
+    inputs_after: tuple = ()
+    grads: tuple = ()
+
+
+def _tensor_args(call):
+    return [value for value in (*call.args, *call.kwargs.values()) if isinstance(value, TensorArg)]
+
+
+def run(library, call, dtype_override=None):
+    """Run ``call`` through ``library`` (torch.nn.functional or manual_conv.functional)."""
+    leaves, arguments = {}, {}
+    for arg in _tensor_args(call):
+        dtype = None
+        if dtype_override is not None and (arg.values.is_floating_point() or arg.values.is_complex()):
+            dtype = dtype_override[arg.values.is_complex()]
+        leaves[id(arg)], arguments[id(arg)] = arg.materialize(dtype)
+    args = [arguments.get(id(value), value) for value in call.args]
+    kwargs = {key: arguments.get(id(value), value) for key, value in call.kwargs.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(call.rng_seed)
+        try:
+            output = getattr(library, call.function)(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - the type is the result
+            return Outcome(type(error), "forward")
+        outputs = output if isinstance(output, tuple) else (output,)
+        try:
+            _apply_inplace(outputs[0], call.inplace)
+            grads = _gradients(outputs, list(leaves.values()), call)
+        except Exception as error:  # noqa: BLE001
+            return Outcome(type(error), "backward")
+    return Outcome(outputs=tuple(o.detach() for o in outputs), inputs_after=tuple(t.detach() for t in leaves.values()),
+                   grads=grads)
+
+
+def _apply_inplace(output, inplace):
+    if inplace == "none" or output.dtype == torch.bool:
+        return
+    target = output if inplace == "whole" or output.dim() == 0 else output[..., :1]
+    target.mul_(2)
+
+
+def _gradients(outputs, leaves, call):
+    differentiable = [o for o in outputs if o.requires_grad]
+    wanting = [leaf for leaf in leaves if leaf.requires_grad]
+    if not differentiable or not wanting:
+        return ()
+    generator = torch.Generator().manual_seed(call.grad_seed)
+    grad_outputs = []
+    for output in differentiable:
+        layout = call.grad_layout if _layout_fits(call.grad_layout, output.shape) else "contiguous"
+        make = lambda shape: random_values(shape, output.dtype, generator)  # noqa: E731
+        values = _dense_values(output.shape, layout, make)
+        values = inject_non_finite(values, generator, 2 if call.grad_non_finite else 0)
+        grad_outputs.append(_view(values, layout))
+    grads = torch.autograd.grad(differentiable, wanting, grad_outputs, allow_unused=True, materialize_grads=True)
+    return tuple(g.detach() for g in grads)
+
+
+# ----------------------------------------------------------------------------------------------- comparison
+
+
+def assert_same_outcome(ours, theirs, reference=None):
+    """Same error type and stage, or equal outputs, inputs after the call and gradients."""
+    assert (ours.error, ours.stage) == (theirs.error, theirs.stage), (
+        f"manual_conv: {ours.error} in {ours.stage}; torch: {theirs.error} in {theirs.stage}")
+    if theirs.error is not None:
+        return
+    for kind in ("outputs", "inputs_after", "grads"):
+        mine, wanted = getattr(ours, kind), getattr(theirs, kind)
+        assert len(mine) == len(wanted), kind
+        references = getattr(reference, kind) if reference is not None else [None] * len(wanted)
+        for index, (actual, expected, exact) in enumerate(zip(mine, wanted, references)):
+            assert_same_tensor(actual, expected, exact, f"{kind}[{index}]")
+
+
+def assert_same_tensor(actual, expected, reference, what):
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, torch {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)}, torch {tuple(expected.shape)}"
+    if expected.numel() > 0:
+        assert suggest_memory_format(actual) == suggest_memory_format(expected), (
+            f"{what}: memory format {suggest_memory_format(actual)}, torch {suggest_memory_format(expected)}")
+        # An output's strides decide what a user may do with it (.view, in-place ops on views); a gradient's
+        # exact strides are autograd's business, its memory format is not.
+        assert not what.startswith("outputs") or strides_that_matter(actual) == strides_that_matter(expected), (
+            f"{what}: strides {actual.stride()}, torch {expected.stride()}")
+    if not (expected.is_floating_point() or expected.is_complex()):
+        assert torch.equal(actual, expected), f"{what}: values differ"
+        return
+    assert_same_non_finite(actual, expected, what)
+    if expected.dtype in HALF_DTYPES and reference is not None:
+        assert_no_less_precise(actual, expected, reference, what)
+        return
+    tolerance = {torch.float32: 2e-5, torch.complex64: 2e-5}.get(expected.dtype, 1e-10)
+    finite = expected.isfinite()
+    scale = max(1.0, expected[finite].abs().max().item()) if finite.any() else 1.0
+    torch.testing.assert_close(actual[finite], expected[finite], rtol=tolerance, atol=tolerance * scale,
+                               msg=lambda message: f"{what}: {message}")
+
+
+def strides_that_matter(tensor):
+    """The strides of the dims with more than one element: the layout, whatever size-1 dims are given."""
+    return tuple(stride for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+
+
+def assert_same_non_finite(actual, expected, what):
+    for part in ((actual.real, expected.real), (actual.imag, expected.imag)) if expected.is_complex() else (
+            (actual, expected),):
+        mine, wanted = part
+        assert torch.equal(mine.isnan(), wanted.isnan()), f"{what}: NaN positions differ"
+        infinite = wanted.isinf()
+        assert torch.equal(mine.isinf(), infinite), f"{what}: infinite positions differ"
+        assert torch.equal(mine[infinite], wanted[infinite]), f"{what}: infinities of another sign"
+
+
+def ulps(values, reference, dtype):
+    """|values − reference| in units in the last place of ``dtype`` at the reference's magnitude."""
+    info = torch.finfo(dtype)
+    magnitude = reference.abs().clamp(min=info.tiny)
+    ulp = info.eps * torch.exp2(torch.floor(torch.log2(magnitude)))
+    return (values.double() - reference) / ulp
+
+
+def assert_no_less_precise(actual, expected, reference, what):
+    """float16/bfloat16: our largest error against float64 is no larger than torch's (or half an ulp, a correctly
+    rounded result), in ulps, where torch's result is finite."""
+    finite = expected.isfinite() & reference.isfinite()
+    if not finite.any():
+        return
+    reference = reference.double()[finite]
+    ours = ulps(actual[finite], reference, expected.dtype).abs().max().item()
+    theirs = ulps(expected[finite], reference, expected.dtype).abs().max().item()
+    assert ours <= max(theirs, 0.5) + 0.05, f"{what}: error {ours:.2f} ulp, torch's {theirs:.2f} ulp"
+
+
+def check(call, backend):
+    """Run ``call`` through torch and through manual_conv on ``backend``, and compare."""
+    theirs = run(F, call)
+    with manual_conv.use_backend(backend):
+        ours = run(mF, call)
+    reference = None
+    if theirs.error is None and any(arg.values.dtype in HALF_DTYPES for arg in _tensor_args(call)):
+        reference = run(F, call, dtype_override={False: torch.float64, True: torch.complex128})
+        reference = None if reference.error is not None else reference
+    assert_same_outcome(ours, theirs, reference)
+
+
+@st.composite
+def call_options(draw):
+    """The parts of a Call that every function shares: gradients from above, the in-place op, the RNG seed."""
+    return {"grad_seed": draw(st.integers(0, 2**31)), "grad_non_finite": draw(st.sampled_from((False, False, True))),
+            "grad_layout": draw(st.sampled_from(("contiguous", "contiguous", "sliced", "channels_last"))),
+            "inplace": draw(st.sampled_from(("none", "none", "whole", "view"))),
+            "rng_seed": draw(st.integers(0, 2**31))}
+
+
+def image_shape(draw, batch=(0, 2), channels=(0, 3), size=(0, 6), unbatched=True):
+    shape = [draw(st.integers(*channels)), draw(st.integers(*size)), draw(st.integers(*size))]
+    if not unbatched or draw(st.sampled_from((True, True, True, False))):
+        shape.insert(0, draw(st.integers(*batch)))
+    return shape
+
+
+# ------------------------------------------------------------------------------------------- convolution
+
+
+@st.composite
+def conv2d_calls(draw):
+    dtype = draw(dtypes())
+    groups = draw(st.sampled_from((1, 1, 2, 0)))
+    per_group_in, per_group_out = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    shape = image_shape(draw, channels=(1, 1), size=(0, 7))
+    shape[-3] = max(groups, 1) * per_group_in
+    kernel = (draw(st.integers(0, 3)), draw(st.integers(1, 3)))
+    weight_shape = (max(groups, 1) * per_group_out, per_group_in, *kernel)
+    kwargs = {"groups": groups, "stride": draw(st.one_of(pairs(1, 3), st.just(0))),
+              "padding": draw(st.one_of(pairs(0, 2), st.sampled_from(("same", "valid")))),
+              "dilation": draw(pairs(1, 2))}
+    args = (draw(tensors(shape, dtype)), draw(tensors(weight_shape, dtype)))
+    if draw(st.booleans()):
+        kwargs["bias"] = draw(tensors((weight_shape[0],), dtype))
+    return Call("conv2d", args, kwargs, **draw(call_options()))
+
+
+@st.composite
+def conv_transpose2d_calls(draw):
+    dtype = draw(dtypes())
+    groups = draw(st.sampled_from((1, 1, 2)))
+    per_group_in, per_group_out = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    shape = image_shape(draw, channels=(1, 1), size=(0, 5))
+    shape[-3] = groups * per_group_in
+    weight_shape = (groups * per_group_in, per_group_out, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    kwargs = {"groups": groups, "stride": draw(pairs(1, 3)), "padding": draw(pairs(0, 2)),
+              "output_padding": draw(pairs(0, 2)), "dilation": draw(pairs(1, 2))}
+    args = (draw(tensors(shape, dtype)), draw(tensors(weight_shape, dtype)))
+    if draw(st.booleans()):
+        kwargs["bias"] = draw(tensors((groups * per_group_out,), dtype))
+    return Call("conv_transpose2d", args, kwargs, **draw(call_options()))
+
+
+# ---------------------------------------------------------------------------------------------- pooling
+
+
+def _windows_inside(size, kernel, stride, padding, dilation, ceil_mode):
+    """Whether every pooling window along one dim reads at least one input element (torch's max pooling returns
+    indices outside the plane for windows wholly in the padding, and its backward then writes out of bounds)."""
+    from manual_conv.ops.pool import pooling_output_size
+
+    out = pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode)
+    return all(any(0 <= y * stride - padding + i * dilation < size for i in range(kernel)) for y in range(out))
+
+
+@st.composite
+def max_pool2d_calls(draw):
+    dtype = draw(dtypes())
+    shape = image_shape(draw)
+    kernel, padding, dilation = draw(pairs(1, 3)), draw(pairs(0, 1)), draw(pairs(1, 2))
+    stride = draw(st.one_of(st.none(), pairs(1, 3)))
+    ceil_mode = draw(st.booleans())
+    as_pairs = [(v, v) if isinstance(v, int) else tuple(v) * (2 // len(v)) for v in (kernel, padding, dilation)]
+    strides = as_pairs[0] if stride is None else ((stride, stride) if isinstance(stride, int) else
+                                                  tuple(stride) * (2 // len(stride)))
+    for axis in range(2):
+        k, p, d = (pair[axis] for pair in as_pairs)
+        if shape[-2 + axis] > 0 and 2 * p <= d * (k - 1) + 1:
+            assume(_windows_inside(shape[-2 + axis], k, strides[axis], p, d, ceil_mode))
+    kwargs = {"kernel_size": kernel, "stride": stride, "padding": padding, "dilation": dilation,
+              "ceil_mode": ceil_mode, "return_indices": draw(st.booleans())}
+    return Call("max_pool2d", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
+
+
+@st.composite
+def avg_pool2d_calls(draw):
+    dtype = draw(dtypes())
+    kwargs = {"kernel_size": draw(pairs(1, 3)), "stride": draw(st.one_of(st.none(), pairs(1, 3))),
+              "padding": draw(pairs(0, 1)), "ceil_mode": draw(st.booleans()),
+              "count_include_pad": draw(st.booleans()), "divisor_override": draw(st.sampled_from((None, None, 1, 3)))}
+    return Call("avg_pool2d", (draw(tensors(image_shape(draw), dtype)),), kwargs, **draw(call_options()))
+
+
+@st.composite
+def adaptive_avg_pool2d_calls(draw):
+    dtype = draw(dtypes())
+    output_size = draw(st.one_of(st.integers(0, 4), st.tuples(st.one_of(st.none(), st.integers(1, 4)),
+                                                              st.one_of(st.none(), st.integers(1, 4)))))
+    return Call("adaptive_avg_pool2d", (draw(tensors(image_shape(draw, size=(0, 7)), dtype)), output_size), {},
+                **draw(call_options()))
+
+
+# ------------------------------------------------------------------------------------------- activations
+
+
+def any_shape(draw, dims=(0, 4), size=(0, 4)):
+    return [draw(st.integers(*size)) for _ in range(draw(st.integers(*dims)))]
+
+
+@st.composite
+def relu_calls(draw):
+    return Call("relu", (draw(tensors(any_shape(draw), draw(dtypes()))),), {"inplace": draw(st.booleans())},
+                **draw(call_options()))
+
+
+@st.composite
+def elementwise_calls(draw, function):
+    return Call(function, (draw(tensors(any_shape(draw), draw(dtypes()))),), {}, **draw(call_options()))
+
+
+@st.composite
+def gelu_calls(draw):
+    return Call("gelu", (draw(tensors(any_shape(draw), draw(dtypes()))),),
+                {"approximate": draw(st.sampled_from(("none", "tanh", "tanh", "exact")))}, **draw(call_options()))
+
+
+@st.composite
+def softmax_calls(draw, function):
+    shape = any_shape(draw)
+    kwargs = {"dim": draw(st.integers(-len(shape) - 1, len(shape)))}
+    if draw(st.booleans()):
+        kwargs["dtype"] = draw(st.sampled_from((torch.float32, torch.float64)))
+    return Call(function, (draw(tensors(shape, draw(dtypes()))),), kwargs, **draw(call_options()))
+
+
+# ------------------------------------------------------------------------------------------ linear, dropout
+
+
+@st.composite
+def linear_calls(draw):
+    dtype = draw(dtypes())
+    in_features, out_features = draw(st.integers(0, 4)), draw(st.integers(0, 3))
+    shape = any_shape(draw, dims=(0, 3)) + [in_features]
+    weight_shape = draw(st.sampled_from(((out_features, in_features),) * 4 + ((in_features,), (out_features, 2))))
+    args = [draw(tensors(shape, dtype)), draw(tensors(weight_shape, dtype))]
+    if draw(st.booleans()):
+        args.append(draw(tensors((out_features,), dtype)))
+    return Call("linear", tuple(args), {}, **draw(call_options()))
+
+
+@st.composite
+def dropout_calls(draw):
+    kwargs = {"p": draw(st.sampled_from((0.0, 0.2, 0.5, 0.5, 1.0, 1.5))), "training": draw(st.booleans()),
+              "inplace": draw(st.booleans())}
+    return Call("dropout", (draw(tensors(any_shape(draw), draw(dtypes()))),), kwargs, **draw(call_options()))
+
+
+# ----------------------------------------------------------------------------------------------- losses
+
+FLOATING = (torch.float32,) * 3 + (torch.float64, torch.float16, torch.bfloat16)
+TARGET_DTYPES = (torch.int64,) * 4 + (torch.uint8, torch.int32, torch.float32)
+
+
+@st.composite
+def class_index_target(draw, input_shape, ignore_index):
+    """Class indices for an input of ``input_shape`` (class dim 1, or 0 when 1-D): mostly in range, some equal to
+    ignore_index, now and then one out of range."""
+    classes = input_shape[0 if len(input_shape) == 1 else 1]
+    shape = [] if len(input_shape) == 1 else [input_shape[0], *input_shape[2:]]
+    dtype = draw(st.sampled_from(TARGET_DTYPES))
+
+    def make(dense_shape, generator):
+        target = torch.randint(0, max(classes, 1), dense_shape, generator=generator)
+        special = torch.rand(dense_shape, generator=generator)
+        target[special < 0.15] = ignore_index
+        if draw(st.sampled_from((False, False, False, True))):
+            target[special > 0.95] = classes + 150
+        return target.to(dtype) if dtype.is_floating_point else target.clamp(
+            torch.iinfo(dtype).min, torch.iinfo(dtype).max).to(dtype)
+
+    return draw(tensors(shape, dtype, differentiable=False, make=make, non_finite=False))
+
+
+@st.composite
+def class_probability_target(draw, input_shape, dtype):
+    def make(dense_shape, generator):
+        logits = torch.randn(dense_shape, generator=generator, dtype=torch.float64)
+        logits[torch.rand(dense_shape, generator=generator) < 0.2] = -math.inf  # classes of probability 0
+        class_dim = 0 if len(input_shape) == 1 else 1
+        return logits.softmax(class_dim).nan_to_num(0.0).to(dtype) if dense_shape[class_dim] else logits.to(dtype)
+
+    return draw(tensors(input_shape, dtype, make=make))
+
+
+def loss_input_shape(draw):
+    classes = draw(st.integers(1, 4))
+    dims = draw(st.sampled_from((1, 2, 2, 2, 3, 4)))
+    if dims == 1:
+        return [classes]
+    return [draw(st.integers(0, 3)), classes] + [draw(st.integers(0, 3)) for _ in range(dims - 2)]
+
+
+def reduction_kwargs(draw):
+    return {"reduction": draw(st.sampled_from(("mean", "mean", "sum", "none")))}
+
+
+@st.composite
+def cross_entropy_calls(draw):
+    dtype = draw(dtypes(FLOATING + (torch.int64,)))
+    shape = loss_input_shape(draw)
+    kwargs = reduction_kwargs(draw)
+    kwargs["label_smoothing"] = draw(st.sampled_from((0.0, 0.0, 0.1, 1.0, 1.5)))
+    if draw(st.booleans()):
+        kwargs["target"] = draw(class_probability_target(shape, draw(dtypes(FLOATING))))
+    else:
+        kwargs["ignore_index"] = draw(st.sampled_from((-100, -100, 0, 1)))
+        kwargs["target"] = draw(class_index_target(shape, kwargs["ignore_index"]))
+    if draw(st.booleans()):
+        classes = shape[0 if len(shape) == 1 else 1]
+        kwargs["weight"] = draw(tensors((classes,), dtype, layouts=("contiguous",),
+                                        make=lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).to(dtype)))
+    return Call("cross_entropy", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
+
+
+@st.composite
+def nll_loss_calls(draw):
+    dtype = draw(dtypes(FLOATING + (torch.int64,)))
+    shape = loss_input_shape(draw)
+    kwargs = reduction_kwargs(draw)
+    kwargs["ignore_index"] = draw(st.sampled_from((-100, -100, 0, 1)))
+    kwargs["target"] = draw(class_index_target(shape, kwargs["ignore_index"]))
+    if draw(st.booleans()):
+        classes = shape[0 if len(shape) == 1 else 1]
+        kwargs["weight"] = draw(tensors((classes,), dtype, differentiable=draw(st.booleans()), layouts=("contiguous",),
+                                        make=lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).to(dtype)))
+    return Call("nll_loss", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
+
+
+@st.composite
+def mse_loss_calls(draw):
+    dtype = draw(dtypes())
+    shape = any_shape(draw)
+    target_shape = draw(st.sampled_from((shape, shape, shape[1:], [1] * len(shape))))
+    kwargs = reduction_kwargs(draw)
+    if draw(st.sampled_from((False, False, True))):
+        kwargs["weight"] = draw(tensors(shape, dtype))
+    target_dtype = draw(dtypes((dtype,) * 3 + (torch.float64,)))
+    args = (draw(tensors(shape, dtype)), draw(tensors(target_shape, target_dtype)))
+    return Call("mse_loss", args, kwargs, **draw(call_options()))
+
+
+# -------------------------------------------------------------------------------------------- normalization
+
+
+@st.composite
+def layer_norm_calls(draw):
+    dtype = draw(dtypes())
+    shape = any_shape(draw, dims=(1, 4))
+    normalized = shape[len(shape) - draw(st.integers(1, len(shape))):]
+    if draw(st.sampled_from((False,) * 5 + (True,))):
+        normalized = [size + 1 for size in normalized]
+    kwargs = {"eps": draw(st.sampled_from((1e-5, 1e-5, 0.1)))}
+    parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
+    for name in ("weight", "bias"):
+        if draw(st.booleans()):
+            kwargs[name] = draw(tensors(normalized, parameter_dtype))
+    return Call("layer_norm", (draw(tensors(shape, dtype)), normalized), kwargs, **draw(call_options()))
+
+
+@st.composite
+def batch_norm_calls(draw):
+    dtype = draw(dtypes())
+    channels = draw(st.integers(0, 3))
+    shape = [draw(st.integers(0, 3)), channels] + [draw(st.integers(0, 3)) for _ in range(draw(st.integers(0, 2)))]
+    training = draw(st.booleans())
+    parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
+    positive = lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).add(0.5).to(parameter_dtype)  # noqa: E731
+    running = draw(st.sampled_from((True, True, not training)))
+    args = [draw(tensors(shape, dtype))]
+    for make in (None, positive):
+        args.append(draw(tensors((channels,), parameter_dtype, differentiable=False, layouts=("contiguous",),
+                                 make=make, non_finite=False)) if running else None)
+    kwargs = {"training": training, "momentum": draw(st.sampled_from((0.1, 0.5, 1.0))),
+              "eps": draw(st.sampled_from((1e-5, 1e-5, 0.1)))}
+    for name in ("weight", "bias"):
+        if draw(st.booleans()):
+            kwargs[name] = draw(tensors((channels,), parameter_dtype, layouts=("contiguous",)))
+    return Call("batch_norm", tuple(args), kwargs, **draw(call_options()))
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+
+CALLS = {
+    "conv2d": conv2d_calls(),
+    "conv_transpose2d": conv_transpose2d_calls(),
+    "max_pool2d": max_pool2d_calls(),
+    "avg_pool2d": avg_pool2d_calls(),
+    "adaptive_avg_pool2d": adaptive_avg_pool2d_calls(),
+    "relu": relu_calls(),
+    "sigmoid": elementwise_calls("sigmoid"),
+    "tanh": elementwise_calls("tanh"),
+    "gelu": gelu_calls(),
+    "softmax": softmax_calls("softmax"),
+    "log_softmax": softmax_calls("log_softmax"),
+    "linear": linear_calls(),
+    "dropout": dropout_calls(),
+    "cross_entropy": cross_entropy_calls(),
+    "nll_loss": nll_loss_calls(),
+    "mse_loss": mse_loss_calls(),
+    "layer_norm": layer_norm_calls(),
+    "batch_norm": batch_norm_calls(),
+}
+
+
+def test_every_public_function_is_drawn():
+    """A function added to manual_conv.functional without a strategy here fails this test."""
+    ours = {name for name, value in vars(mF).items() if callable(value) and not name.startswith("_")
+            and getattr(value, "__module__", None) == mF.__name__}
+    assert ours == set(CALLS)
+
+
+# Families whose fixes have not landed yet (issue 12); each fix removes its functions from this set.
+NOT_YET_MATCHING = set(CALLS) - {"dropout"}
+
+
+@pytest.mark.parametrize("function", [
+    pytest.param(name, marks=pytest.mark.xfail(reason="being fixed", strict=False)) if name in NOT_YET_MATCHING
+    else name for name in CALLS])
+@settings(max_examples=60)
+@given(data=st.data())
+def test_matches_torch(backend, function, data):
+    check(data.draw(CALLS[function], label=function), backend)
