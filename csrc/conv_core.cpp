@@ -38,10 +38,14 @@ void check_4d(const char* op, const char* name, at::IntArrayRef sizes) {
   }
 }
 
-void check_floating(const char* op, const char* name, const at::Tensor& tensor) {
-  TORCH_CHECK(at::isFloatingType(tensor.scalar_type()), op, ": expected ", name,
-              " to be a floating point tensor, but got ", tensor.scalar_type());
+// The dtypes torch's convolutions compute: floating, complex and integer (a device's im2col/col2im may support
+// fewer: CUDA's are floating-point only, and say so).
+void check_numeric(const char* op, const char* name, const at::Tensor& tensor) {
+  TORCH_CHECK(tensor.scalar_type() != at::kBool, op, ": expected ", name, " to be a numeric tensor, but got Bool");
 }
+
+// The tensor as the kernels read it: dense NCHW, a lazy conjugate resolved (they read memory, not the conj bit).
+at::Tensor dense(const at::Tensor& tensor) { return tensor.resolve_conj().contiguous(); }
 
 // Two tensors that meet in one GEMM: same dtype, same device.
 void check_same_dtype_and_device(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
@@ -76,7 +80,9 @@ ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArray
   const int64_t padded_width = input_size[3] + 2 * padding[1];
   const int64_t dilated_kernel_height = dilation[0] * (weight_size[2] - 1) + 1;
   const int64_t dilated_kernel_width = dilation[1] * (weight_size[3] - 1) + 1;
-  TORCH_CHECK(padded_height >= dilated_kernel_height && padded_width >= dilated_kernel_width, op,
+  // (A transposed convolution of an empty batch may ask for the input gradient of such a conv: no element.)
+  TORCH_CHECK(input_size[0] == 0 || (padded_height >= dilated_kernel_height && padded_width >= dilated_kernel_width),
+              op,
               ": calculated padded input size per channel: (", padded_height, " x ", padded_width,
               "). Kernel size (dilated): (", dilated_kernel_height, " x ", dilated_kernel_width,
               "). Kernel size can't be greater than actual input size");
@@ -100,11 +106,18 @@ ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArray
   return shape;
 }
 
-// grad_output must be exactly the output of the conv it is the gradient of.
-void check_grad_output_size(const char* op, const at::Tensor& grad_output, const ConvShape& shape) {
+// grad_output is the output of the conv it is the gradient of, or its first rows and columns: a transposed
+// convolution whose output_padding reaches past the stride has fewer input rows than the conv of its output
+// gives back, and the missing ones contribute nothing (no zeros are multiplied in for them). The shape then
+// describes the output positions that exist.
+void fit_grad_output(const char* op, const at::Tensor& grad_output, ConvShape& shape) {
   const std::vector<int64_t> expected{shape.batch, shape.out_channels, shape.out_height, shape.out_width};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(expected), op, ": expected grad_output of size ",
-              at::IntArrayRef(expected), " (the output size of this convolution), but got ", grad_output.sizes());
+  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == shape.batch && grad_output.size(1) == shape.out_channels &&
+                  grad_output.size(2) <= shape.out_height && grad_output.size(3) <= shape.out_width,
+              op, ": expected grad_output of size ", at::IntArrayRef(expected),
+              " (the output size of this convolution) or its first rows and columns, but got ", grad_output.sizes());
+  shape.out_height = grad_output.size(2);
+  shape.out_width = grad_output.size(3);
 }
 
 struct ChunkPlan {
@@ -205,7 +218,6 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d";
-  check_floating(op, "input", input_arg);
   check_same_dtype_and_device(op, "input", input_arg, "weight", weight_arg);
   const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_arg.sizes(), stride, padding, dilation, groups);
   const bool has_bias = bias.has_value() && bias->defined();
@@ -215,13 +227,14 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
                 shape.out_channels, "] (out_channels), but got ", bias->sizes());
   }
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
-  const at::Tensor input = input_arg.contiguous();
-  const at::Tensor weight = weight_arg.contiguous();
+  const at::Tensor input = dense(input_arg);
+  const at::Tensor weight = dense(weight_arg);
   at::Tensor output =
       at::empty({shape.batch, shape.out_channels, shape.out_height, shape.out_width}, input.options());
   if (output.numel() == 0) {
-    return output;
+    return output;  // as torch's path for inputs without elements, whatever the dtype
   }
+  check_numeric(op, "input", input);
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   // Without groups the bias can ride in the GEMM: a last column row of ones, and the bias as the weight's last
   // column, give out = [w b] @ [columns; 1] in one pass. Adding it around the GEMM instead (a bias copy before
@@ -264,17 +277,17 @@ at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& gra
                              const at::Tensor& weight_arg, at::IntArrayRef input_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_input_grad";
-  check_floating(op, "grad_output", grad_output_arg);
   check_same_dtype_and_device(op, "grad_output", grad_output_arg, "weight", weight_arg);
-  const ConvShape shape = checked_shape(op, input_size, weight_arg.sizes(), stride, padding, dilation, groups);
-  check_grad_output_size(op, grad_output_arg, shape);
+  ConvShape shape = checked_shape(op, input_size, weight_arg.sizes(), stride, padding, dilation, groups);
+  fit_grad_output(op, grad_output_arg, shape);
   const c10::OptionalDeviceGuard device_guard(grad_output_arg.device());
-  const at::Tensor grad_output = grad_output_arg.contiguous();
-  const at::Tensor weight = weight_arg.contiguous();
+  const at::Tensor grad_output = dense(grad_output_arg);
+  const at::Tensor weight = dense(weight_arg);
   at::Tensor grad_input = at::empty(input_size, grad_output.options());
   if (grad_input.numel() == 0) {
     return grad_input;
   }
+  check_numeric(op, "grad_output", grad_output);
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   // Copied once per call into a plain (not transposed) matrix: MKL runs each chunk's product ~8% faster so.
   const at::Tensor weight_transposed =
@@ -298,16 +311,16 @@ at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& in
                               const at::Tensor& grad_output_arg, at::IntArrayRef weight_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_weight_grad";
-  check_floating(op, "input", input_arg);
   check_same_dtype_and_device(op, "input", input_arg, "grad_output", grad_output_arg);
-  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_size, stride, padding, dilation, groups);
-  check_grad_output_size(op, grad_output_arg, shape);
+  ConvShape shape = checked_shape(op, input_arg.sizes(), weight_size, stride, padding, dilation, groups);
+  fit_grad_output(op, grad_output_arg, shape);
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
   if (shape.batch == 0 || c10::multiply_integers(weight_size) == 0) {
     return at::zeros(weight_size, input_arg.options());
   }
-  const at::Tensor input = input_arg.contiguous();
-  const at::Tensor grad_output = grad_output_arg.contiguous();
+  check_numeric(op, "input", input_arg);
+  const at::Tensor input = dense(input_arg);
+  const at::Tensor grad_output = dense(grad_output_arg);
   const int64_t rows = shape.in_channels * shape.kernel_height * shape.kernel_width;
   const ChunkPlan plan = plan_chunks(shape, input.element_size(), kernels);
   // Sums of several chunks in float16/bfloat16 would round at every chunk: accumulate them in float32.
@@ -355,7 +368,7 @@ at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& in
 
 at::Tensor conv2d_bias_grad(const at::Tensor& grad_output) {
   const char* op = "manual_conv::conv2d_bias_grad";
-  check_floating(op, "grad_output", grad_output);
+  check_numeric(op, "grad_output", grad_output);
   check_4d(op, "grad_output", grad_output.sizes());
   const c10::OptionalDeviceGuard device_guard(grad_output.device());
   // at::sum accumulates float16/bfloat16 in float32 on both devices.

@@ -43,6 +43,8 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input, const a
                   at::IntArrayRef dilation, int64_t groups);
 
 // grad_input = d<grad_output, conv(input, weight)>/d input: col2im(weight^T @ grad_output), shaped input_size.
+// Here and in conv2d_weight_grad, grad_output may hold only the first rows/columns of the conv's output (the
+// others count as zeros that are never multiplied): a transposed convolution with output_padding >= stride.
 at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& grad_output, const at::Tensor& weight,
                              at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
                              at::IntArrayRef dilation, int64_t groups);

@@ -293,13 +293,16 @@ void col2im_kernel(scalar_t* columns, const ConvShape& shape, const ColumnChunk&
 }
 
 void im2col_cpu(const at::Tensor& input, const ConvShape& shape, const ColumnChunk& chunk, at::Tensor& columns) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "manual_conv_im2col_cpu", [&] {
+  // Every dtype torch's CPU convolution computes: floating, complex and integer (im2col and col2im only move and
+  // add elements; the GEMMs are ATen's).
+  AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "manual_conv_im2col_cpu", [&] {
     im2col_kernel(input.const_data_ptr<scalar_t>(), shape, chunk, columns.data_ptr<scalar_t>());
   });
 }
 
 void col2im_cpu(const at::Tensor& columns, const ConvShape& shape, const ColumnChunk& chunk, at::Tensor& grad_input) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "manual_conv_col2im_cpu", [&] {
+  AT_DISPATCH_ALL_TYPES_AND_COMPLEX_AND2(at::kHalf, at::kBFloat16, columns.scalar_type(), "manual_conv_col2im_cpu",
+                                         [&] {
     col2im_kernel(columns.data_ptr<scalar_t>(), shape, chunk, grad_input.data_ptr<scalar_t>());
   });
 }

@@ -46,7 +46,10 @@ struct ColumnChunk {
 // Output extent along one axis: floor((in + 2p - d*(k - 1) - 1) / s) + 1.
 MANUAL_CONV_HOST_DEVICE inline int64_t conv_output_size(
     int64_t in_size, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
-  return (in_size + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
+  const int64_t span = in_size + 2 * padding - dilation * (kernel - 1) - 1;
+  // Floor division, as the formula means it: a span of -1 (an empty input a kernel does not fit, which only an
+  // empty batch's transposed convolution asks about) gives 0 outputs, where C++'s truncation would give 1.
+  return (span >= 0 ? span / stride : -((-span + stride - 1) / stride)) + 1;
 }
 
 // Input coordinate read by output position `out_pos` through kernel tap `tap`: out*s - p + tap*d.

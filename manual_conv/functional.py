@@ -22,10 +22,11 @@ from .ops._utils import _pair, not_implemented_for, require_floating, scalar_typ
 
 
 def _same_padding(weight, stride, dilation):
-    """padding='same': d(k − 1) zeros in total per dim, half on each side; an odd one goes at the end."""
+    """padding='same': d(k − 1) zeros in total per dim, half on each side; an odd one goes at the end. (None for a
+    kernel of size 0, which the checks of kernels without elements then reject as torch does.)"""
     if any(s != 1 for s in stride):
         raise RuntimeError("padding='same' is not supported for strided convolutions")
-    totals = [d * (k - 1) for k, d in zip(weight.shape[2:], dilation)]
+    totals = [max(0, d * (k - 1)) for k, d in zip(weight.shape[2:], dilation)]
     return tuple(t // 2 for t in totals), [t % 2 for t in totals]
 
 
@@ -47,6 +48,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
         padding = _pair(padding, "padding")
     _conv.check_conv2d_args("conv2d", input, weight, bias, stride, padding, dilation, groups, end_padding=end_padding)
     batched = input if input.dim() == 4 else input.unsqueeze(0)
+    _conv.check_elements(batched, weight)
+    _conv.check_dtype(batched, dilation)
     if any(end_padding):
         batched = F.pad(batched, (0, end_padding[1], 0, end_padding[0]))
     output = _conv.Conv2dFunction.apply(batched, weight, bias, stride, padding, dilation, groups)
@@ -65,8 +68,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     output_padding = _pair(output_padding, "output_padding")
     _conv.check_conv2d_args("conv_transpose2d", input, weight, bias, stride, padding, dilation, groups, transposed=True)
     batched = input if input.dim() == 4 else input.unsqueeze(0)
+    _conv.check_elements(batched, weight, transposed=True)
     output_size = _conv.transposed_output_size(batched, weight, stride, padding, output_padding, groups, dilation)
-    batched = _conv.zero_extend_to_conv_output(batched, weight, output_size, stride, padding, dilation)
+    _conv.check_dtype(batched, dilation, transposed=True)
     output = _conv.ConvTranspose2dFunction.apply(batched, weight, bias, output_size, stride, padding, dilation, groups)
     return output if input.dim() == 4 else output.squeeze(0)
 

@@ -225,6 +225,54 @@ def test_unbatched_input(backend, name):
     assert_matches_torch(name, leaves, LAYOUT_KWARGS[name])
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.complex64, torch.complex128],
+                         ids=str)
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_integer_and_complex_dtypes(backend, name, dtype):
+    """Every dtype torch's CPU convolutions compute, on both backends (integer conv used to be refused on 'cpp'):
+    integers exactly (conv_transpose2d computes int64 only, and raises torch's NotImplementedError for the
+    others), complex with torch's gradients (the adjoint: conjugated weight and input)."""
+    leaves = [leaf * 3 for leaf in layout_leaves(name, dtype=torch.float64)]
+    if dtype.is_complex:
+        leaves = [torch.complex(leaf, leaf.flip(-1)).to(dtype) for leaf in leaves]
+        return assert_matches_torch(name, leaves, LAYOUT_KWARGS[name])
+    leaves = [leaf.round().to(dtype) for leaf in leaves]
+    if name == "conv_transpose2d" and dtype != torch.int64:
+        with pytest.raises(NotImplementedError, match="slow_conv_transpose2d_out_cpu"):
+            getattr(mF, name)(*leaves, **LAYOUT_KWARGS[name])
+        return
+    assert torch.equal(getattr(mF, name)(*leaves, **LAYOUT_KWARGS[name]), getattr(F, name)(*leaves, **LAYOUT_KWARGS[name]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_half_precision_rounds_once(backend, name, dtype):
+    """float16/bfloat16 on CPU are computed in float32 and rounded once, as torch's CPU convolutions accumulate:
+    the output and every gradient are within half an ulp (plus float32's own error) of the float64 result of the
+    same half-precision numbers."""
+    leaves = [leaf.to(dtype) for leaf in layout_leaves(name, (4, 4, 9, 9))]
+    grad_output = torch.randn(getattr(F, name)(*leaves, **LAYOUT_KWARGS[name]).shape).to(dtype)
+    actual, actual_grads = output_and_grads(mF, name, leaves, LAYOUT_KWARGS[name], lambda _: grad_output,
+                                            lambda *tensors: tensors)
+    exact, exact_grads = output_and_grads(F, name, [leaf.double() for leaf in leaves], LAYOUT_KWARGS[name],
+                                          lambda _: grad_output.double(), lambda *tensors: tensors)
+    for value, reference in zip((actual, *actual_grads), (exact, *exact_grads), strict=True):
+        ulp = torch.finfo(dtype).eps * torch.exp2(torch.floor(torch.log2(reference.abs().clamp(min=1e-3))))
+        assert ((value.double() - reference).abs() / ulp).max() <= 0.5 + 1e-3
+
+
+def test_transposed_output_padding_past_the_stride_multiplies_no_zeros(backend):
+    """output_padding ≥ stride (allowed below the dilation): the input has fewer rows than the conv of the output
+    gives back, and the missing ones are left out, not zeros multiplied by the weight. With an infinite weight,
+    torch's outputs and gradients are finite wherever no infinity reaches, and so are ours."""
+    input = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    weight = torch.randn(2, 2, 2, 2, dtype=torch.float64)
+    weight[0, 1, 1, 1] = torch.inf
+    kwargs = {"stride": 1, "dilation": 2, "output_padding": 1}
+    assert_matches_torch("conv_transpose2d", [input, weight], kwargs)
+    assert mF.conv_transpose2d(input, weight, **kwargs).isfinite().any()
+
+
 # ---------------------------------------------------------------------------------------- computed by our code
 
 

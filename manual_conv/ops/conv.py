@@ -12,6 +12,7 @@ products) works to any order. The numerical work is done by the active backend's
 (``manual_conv.backend.conv_kernels()``: the Python reference or the compiled ``torch.ops.manual_conv``).
 Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, with PyTorch's messages.
 """
+import functools
 import numbers
 
 from typing import NamedTuple
@@ -20,31 +21,44 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import conv_kernels, get_backend
-from ._utils import Function
-from .conv_reference import output_size as conv_output_size
+from ._utils import Function, not_implemented_for, opmath_dtype, suggests_channels_last, with_memory_format
+from .conv_reference import first_rows_and_columns
 
 
 def _same_memory_format(output, input, weight):
-    """PyTorch returns a channels_last output when the input or the weight is channels_last; so do we."""
-    if any(t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
-           for t in (input, weight)):
-        return output.contiguous(memory_format=torch.channels_last)
-    return output
+    """torch's convolutions lay out their output and the gradients of their input and weight channels_last when
+    the input or the weight suggests channels_last (``Tensor.suggest_memory_format``, which settles 1-channel
+    tensors by their strides); so do we, allocating in that format (a 1-channel result gets channels_last
+    strides too)."""
+    return with_memory_format(output, suggests_channels_last(input) or suggests_channels_last(weight))
+
+
+def _in_opmath(kernel, *args):
+    """kernel(*args), on CPU float16/bfloat16 tensors computed in float32 and rounded once: torch's CPU
+    convolutions accumulate in float32, where the kernels' own half-precision GEMMs and col2im would round every
+    partial sum (and a bias added after the GEMM once more). CUDA keeps the half-precision GEMMs, which
+    accumulate in float32 themselves. A complex tensor's lazy conjugate (the backwards' w̄) is resolved here."""
+    first = next(arg for arg in args if isinstance(arg, torch.Tensor))
+    dtype = first.dtype
+    compute = opmath_dtype(dtype) if first.device.type == "cpu" else dtype
+    args = [arg.resolve_conj().to(compute) if isinstance(arg, torch.Tensor) else arg for arg in args]
+    return kernel(*args).to(dtype)
 
 
 class Conv2dFunction(Function):
     """y[n, o, y, x] = b[o] + Σ_{c ∈ group(o), i, j} w[o, c, i, j] · x_pad[n, c, y·s + i·d, x·s + j·d].
 
-    Backward, with δ = dL/dy:
-        dL/dx = ConvTranspose2dFunction(δ, w): full correlation of the stride-spread, padded δ with the
-                180°-rotated kernel;
-        dL/dw = Conv2dWeightGradFunction(x, δ): correlation of the input with δ;
+    Backward, with δ = dL/dy (and w̄, x̄ the complex conjugates: PyTorch's convention for complex gradients,
+    the adjoint of a complex-linear map; for real tensors w̄ = w):
+        dL/dx = ConvTranspose2dFunction(δ, w̄): col2im(w̄ᵀ δ), equally the full correlation of the stride-spread,
+                padded δ with the 180°-rotated kernel;
+        dL/dw = Conv2dWeightGradFunction(x̄, δ): correlation of the input with δ;
         dL/db = Σ_{n, y, x} δ.
     """
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
-        output = conv_kernels().conv2d(input, weight, bias, stride, padding, dilation, groups)
+        output = _in_opmath(conv_kernels().conv2d, input, weight, bias, stride, padding, dilation, groups)
         return _same_memory_format(output, input, weight)
 
     @staticmethod
@@ -60,9 +74,11 @@ class Conv2dFunction(Function):
         maps = differentiable_maps()
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            grad_input = maps.input_grad(grad_output, weight, input.shape, *ctx.conv_args)
+            grad_input = _same_memory_format(
+                maps.input_grad(grad_output, weight.conj(), input.shape, *ctx.conv_args), input, weight)
         if needs_weight:
-            grad_weight = maps.weight_grad(input, grad_output, weight.shape, *ctx.conv_args)
+            grad_weight = _same_memory_format(
+                maps.weight_grad(input.conj(), grad_output, weight.shape, *ctx.conv_args), input, weight)
         if needs_bias:
             grad_bias = maps.bias_grad(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None, None
@@ -72,18 +88,18 @@ class ConvTranspose2dFunction(Function):
     """y = convᵀ(x; w) + b: the adjoint of conv2d(·; w) applied to x, with output shape ``output_size``.
 
     y[n, c, h, w'] = b[c] + Σ_{o, i, j} w[o, c, i, j] · x[n, o, y, x] over y·s + i·d = h + p (and likewise for w').
-    It is conv2d's input gradient with x in the role of δ, so conv2d's backward uses it with bias None.
-    Backward, with g = dL/dy:
-        dL/dx = Conv2dFunction(g, w)                  (the adjoint of the adjoint is the conv);
-        dL/dw = Conv2dWeightGradFunction(g, x)        (g in the role of the conv's input, x in the role of δ);
+    It is conv2d's input gradient with x in the role of δ, so conv2d's backward uses it with bias None. When
+    output_padding reaches past the stride, conv2d of an output_size tensor has more rows than x: x stands for
+    its first rows, and the backward keeps the first rows of conv2d's result.
+    Backward, with g = dL/dy (conjugates as in Conv2dFunction):
+        dL/dx = Conv2dFunction(g, w̄)                  (the adjoint of the adjoint is the conv);
+        dL/dw = Conv2dWeightGradFunction(g, x̄)        (g in the role of the conv's input, x in the role of δ);
         dL/db = Σ_{n, h, w'} g.
     """
 
     @staticmethod
     def forward(input, weight, bias, output_size, stride, padding, dilation, groups):
-        output = conv_kernels().conv2d_input_grad(input, weight, output_size, stride, padding, dilation, groups)
-        if bias is not None:
-            output += bias.view(1, -1, 1, 1)
+        output = _in_opmath(_transposed_conv, input, weight, bias, output_size, stride, padding, dilation, groups)
         return _same_memory_format(output, input, weight)
 
     @staticmethod
@@ -99,25 +115,35 @@ class ConvTranspose2dFunction(Function):
         maps = differentiable_maps()
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            grad_input = maps.conv2d(grad_output, weight, None, *ctx.conv_args)
+            grad_input = maps.conv2d(grad_output, weight.conj(), None, *ctx.conv_args)
+            grad_input = _same_memory_format(first_rows_and_columns(grad_input, input.shape), input, weight)
         if needs_weight:
-            grad_weight = maps.weight_grad(grad_output, input, weight.shape, *ctx.conv_args)
+            grad_weight = _same_memory_format(
+                maps.weight_grad(grad_output, input.conj(), weight.shape, *ctx.conv_args), input, weight)
         if needs_bias:
             grad_bias = maps.bias_grad(grad_output)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None
 
 
+def _transposed_conv(input, weight, bias, output_size, stride, padding, dilation, groups):
+    output = conv_kernels().conv2d_input_grad(input, weight, output_size, stride, padding, dilation, groups)
+    if bias is not None:
+        output += bias.view(1, -1, 1, 1)
+    return output
+
+
 class Conv2dWeightGradFunction(Function):
     """dL/dw[o, c, i, j] = Σ_{n, y, x} δ[n, o, y, x] · x_pad[n, c, y·s + i·d, x·s + j·d].
 
-    Bilinear in (x, δ). Backward, with G = the gradient arriving at dL/dw:
-        d/dx = ConvTranspose2dFunction(δ, G)    (as conv2d's input gradient, with G in the role of the weight);
-        d/dδ = Conv2dFunction(x, G)             (as conv2d's forward, with G in the role of the weight).
+    Bilinear in (x, δ). Backward, with G = the gradient arriving at dL/dw (conjugates as in Conv2dFunction):
+        d/dx = ConvTranspose2dFunction(δ̄, G)    (as conv2d's input gradient, with G in the role of the weight);
+        d/dδ = Conv2dFunction(x̄, G)             (as conv2d's forward, with G in the role of the weight).
     """
 
     @staticmethod
     def forward(input, grad_output, weight_size, stride, padding, dilation, groups):
-        return conv_kernels().conv2d_weight_grad(input, grad_output, weight_size, stride, padding, dilation, groups)
+        return _in_opmath(conv_kernels().conv2d_weight_grad, input, grad_output, weight_size, stride, padding,
+                          dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -131,9 +157,10 @@ class Conv2dWeightGradFunction(Function):
         maps = differentiable_maps()
         grad_input = grad_grad_output = None
         if ctx.needs_input_grad[0]:
-            grad_input = maps.input_grad(grad_output, grad_grad_weight, input.shape, *ctx.conv_args)
+            grad_input = maps.input_grad(grad_output.conj(), grad_grad_weight, input.shape, *ctx.conv_args)
         if ctx.needs_input_grad[1]:
-            grad_grad_output = maps.conv2d(input, grad_grad_weight, None, *ctx.conv_args)
+            grad_grad_output = maps.conv2d(input.conj(), grad_grad_weight, None, *ctx.conv_args)
+            grad_grad_output = first_rows_and_columns(grad_grad_output, grad_output.shape)
         return grad_input, grad_grad_output, None, None, None, None, None
 
 
@@ -142,7 +169,7 @@ class Conv2dBiasGradFunction(Function):
 
     @staticmethod
     def forward(grad_output):
-        return conv_kernels().conv2d_bias_grad(grad_output)
+        return _in_opmath(conv_kernels().conv2d_bias_grad, grad_output)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -180,7 +207,8 @@ def differentiable_maps():
     """
     if get_backend() == "cpp":
         ops = torch.ops.manual_conv
-        return BilinearMaps(ops.conv2d, ops.conv2d_input_grad, ops.conv2d_weight_grad, ops.conv2d_bias_grad)
+        return BilinearMaps(*(functools.partial(_in_opmath, op) for op in (
+            ops.conv2d, ops.conv2d_input_grad, ops.conv2d_weight_grad, ops.conv2d_bias_grad)))
     return _FUNCTION_MAPS
 
 
@@ -252,15 +280,56 @@ def check_conv2d_args(name, input, weight, bias, stride, padding, dilation, grou
             )
 
 
+def check_elements(input, weight, transposed=False):
+    """Raise torch's error for a batched input or a weight without elements.
+
+    torch sends an input with a batch of 0 or 0 channels down a path of its own that checks no dtype and indexes
+    the weight's first element (IndexError when it has none); any other input or kernel without elements is
+    rejected with RuntimeError.
+    """
+    if input.shape[0] == 0 or input.shape[1] == 0:
+        if input.shape[1] > 0 and weight.numel() == 0:
+            raise IndexError("select(): index 0 out of range for tensor of size [0] at dimension 0")
+        return
+    if input.numel() == 0:
+        raise RuntimeError(
+            f"Only zero batch or zero channel inputs are supported, but got input shape: {list(input.shape)}"
+        )
+    if transposed and weight.shape[1] == 0:
+        raise RuntimeError(f"non-empty 2D or 4D weight tensor expected, but got: {list(weight.shape)}")
+    if weight.numel() == 0:
+        raise RuntimeError(
+            f"kernel size should be greater than zero, but got kernel_height: {weight.shape[2]} "
+            f"kernel_width: {weight.shape[3]}"
+        )
+
+
+def check_dtype(input, dilation, transposed=False):
+    """Raise torch's error for a dtype its CPU convolutions do not compute: conv2d computes every floating,
+    complex and integer dtype, but dilated no integer dtype but int64, and neither does conv_transpose2d. An input
+    without elements takes torch's path for such inputs, which checks no dtype."""
+    dtype = input.dtype
+    if input.numel() == 0 or dtype.is_floating_point or dtype.is_complex or dtype == torch.int64:
+        return
+    if transposed:
+        raise not_implemented_for("slow_conv_transpose2d_out_cpu", dtype)
+    if dtype == torch.bool:
+        raise not_implemented_for("slow_conv2d_cpu", dtype)
+    if any(d != 1 for d in dilation):
+        raise not_implemented_for("slow_conv_dilated<>", dtype)
+
+
 def transposed_output_size(input, weight, stride, padding, output_padding, groups, dilation):
     """H_out = (H − 1)·s − 2p + d(k − 1) + output_padding + 1, for both spatial dims of a batched 4-D input.
 
     output_padding picks among the input sizes that conv2d maps to H (when s > 1 several do), so it must be
-    smaller than the stride or the dilation.
+    smaller than the stride or the dilation. A batch of 0 takes torch's path for inputs without elements, which
+    checks neither that nor a positive size (only a negative one).
     """
+    empty_batch = input.shape[0] == 0
     if any(op < 0 for op in output_padding):
         raise RuntimeError("negative output_padding is not supported")
-    if any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
+    if not empty_batch and any(op >= s and op >= d for op, s, d in zip(output_padding, stride, dilation)):
         raise RuntimeError(
             "output padding must be smaller than either stride or dilation, but got "
             f"output_padding_height: {output_padding[0]} output_padding_width: {output_padding[1]} "
@@ -271,26 +340,18 @@ def transposed_output_size(input, weight, stride, padding, output_padding, group
         (size - 1) * s - 2 * p + d * (k - 1) + op + 1
         for size, k, s, p, op, d in zip(input.shape[2:], weight.shape[2:], stride, padding, output_padding, dilation)
     ]
-    if any(size <= 0 for size in sizes):
+    output_size = (input.shape[0], weight.shape[1] * groups, *sizes)
+    if empty_batch and any(size < 0 for size in sizes):
+        negative = next(index for index, size in enumerate(output_size) if size < 0)
+        raise RuntimeError(
+            f"invalid shape dimension {output_size[negative]} at index {negative} of shape {list(output_size)}"
+        )
+    if not empty_batch and any(size <= 0 for size in sizes):
         raise RuntimeError(
             f"Given input size per channel: ({input.shape[2]} x {input.shape[3]}). "
             f"Calculated output size per channel: ({sizes[0]} x {sizes[1]}). Output size is too small"
         )
-    return (input.shape[0], weight.shape[1] * groups, *sizes)
-
-
-def zero_extend_to_conv_output(input, weight, output_size, stride, padding, dilation):
-    """Append zero rows/columns to a transposed conv's input so that conv2d maps ``output_size`` back to its shape.
-
-    conv2d maps H_out rows to ⌊(H_out + 2p − d(k − 1) − 1)/s⌋ + 1 = H + ⌊output_padding/s⌋ rows, more than the
-    input's H when output_padding ≥ s (allowed while it is below the dilation). The transposed conv is the adjoint
-    of that conv2d applied to the input extended by zeros, so every kernel keeps conv2d's exact shapes.
-    """
-    extra = [
-        conv_output_size(size, k, s, p, d) - have
-        for size, have, k, s, p, d in zip(output_size[2:], input.shape[2:], weight.shape[2:], stride, padding, dilation)
-    ]
-    return F.pad(input, (0, extra[1], 0, extra[0])) if any(extra) else input
+    return output_size
 
 
 def _dtype_name(dtype):

@@ -21,6 +21,8 @@ import torch
 
 import manual_conv._C  # noqa: F401  (loads the library that defines the ops registered below)
 
+from .conv_reference import first_rows_and_columns
+
 _ops = torch.ops.manual_conv
 
 
@@ -108,30 +110,38 @@ def _save_two_tensors_and_conv_args(ctx, inputs, output):
 
 
 def _conv2d_backward(ctx, grad):
-    """y = conv2d(x, w) + b:  dx = conv2d_input_grad(G, w), dw = conv2d_weight_grad(x, G), db = Σ G."""
+    """y = conv2d(x, w) + b:  dx = conv2d_input_grad(G, w̄), dw = conv2d_weight_grad(x̄, G), db = Σ G (w̄, x̄ complex
+    conjugates, as in ops/conv.py; the ops resolve them)."""
     input, weight = ctx.saved_tensors
     needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
-    grad_input = _ops.conv2d_input_grad(grad, weight, input.shape, *ctx.conv_args) if needs_input else None
-    grad_weight = _ops.conv2d_weight_grad(input, grad, weight.shape, *ctx.conv_args) if needs_weight else None
+    grad_input = _ops.conv2d_input_grad(grad, weight.conj(), input.shape, *ctx.conv_args) if needs_input else None
+    grad_weight = _ops.conv2d_weight_grad(input.conj(), grad, weight.shape, *ctx.conv_args) if needs_weight else None
     grad_bias = _ops.conv2d_bias_grad(grad) if needs_bias else None
     return grad_input, grad_weight, grad_bias, None, None, None, None
 
 
 def _conv2d_input_grad_backward(ctx, grad):
-    """gx = conv2d_input_grad(δ, w), the adjoint of conv2d(·, w):  dδ = conv2d(G, w), dw = conv2d_weight_grad(G, δ)."""
+    """gx = conv2d_input_grad(δ, w), the adjoint of conv2d(·, w):  dδ = conv2d(G, w̄), dw = conv2d_weight_grad(G, δ̄)."""
     grad_output, weight = ctx.saved_tensors
     needs_grad_output, needs_weight = ctx.needs_input_grad[:2]
-    grad_grad_output = _ops.conv2d(grad, weight, None, *ctx.conv_args) if needs_grad_output else None
-    grad_weight = _ops.conv2d_weight_grad(grad, grad_output, weight.shape, *ctx.conv_args) if needs_weight else None
+    grad_grad_output = None
+    if needs_grad_output:
+        grad_grad_output = first_rows_and_columns(_ops.conv2d(grad, weight.conj(), None, *ctx.conv_args),
+                                                  grad_output.shape)
+    grad_weight = (_ops.conv2d_weight_grad(grad, grad_output.conj(), weight.shape, *ctx.conv_args)
+                   if needs_weight else None)
     return grad_grad_output, grad_weight, None, None, None, None, None
 
 
 def _conv2d_weight_grad_backward(ctx, grad):
-    """gw = conv2d_weight_grad(x, δ):  dx = conv2d_input_grad(δ, G), dδ = conv2d(x, G)."""
+    """gw = conv2d_weight_grad(x, δ):  dx = conv2d_input_grad(δ̄, G), dδ = conv2d(x̄, G)."""
     input, grad_output = ctx.saved_tensors
     needs_input, needs_grad_output = ctx.needs_input_grad[:2]
-    grad_input = _ops.conv2d_input_grad(grad_output, grad, input.shape, *ctx.conv_args) if needs_input else None
-    grad_grad_output = _ops.conv2d(input, grad, None, *ctx.conv_args) if needs_grad_output else None
+    grad_input = _ops.conv2d_input_grad(grad_output.conj(), grad, input.shape, *ctx.conv_args) if needs_input else None
+    grad_grad_output = None
+    if needs_grad_output:
+        grad_grad_output = first_rows_and_columns(_ops.conv2d(input.conj(), grad, None, *ctx.conv_args),
+                                                  grad_output.shape)
     return grad_input, grad_grad_output, None, None, None, None, None
 
 
