@@ -3,6 +3,7 @@
 Thin: each normalises its arguments as PyTorch does, validates them, and applies the hand-written
 autograd Function of ``manual_conv.ops``. Sections follow the op families of ``manual_conv/ops/``.
 """
+import math
 import numbers
 import warnings
 
@@ -208,7 +209,8 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
 def linear(input, weight, bias=None):
     """y = x Wᵀ + b over the last dim of x (any leading dims), through ``LinearFunction``.
 
-    A 1-D weight (in_features,) gives one output per row with that dim dropped, as torch allows (no bias then).
+    A 1-D weight (in_features,) gives one output per row with that dim dropped, as torch allows (with a bias only
+    where torch's linear runs matmul, see ``_gemm_with_bias``).
     """
     if input.dim() == 0 or weight.dim() == 0:
         raise RuntimeError(
@@ -216,16 +218,46 @@ def linear(input, weight, bias=None):
         )
     if weight.dim() > 2:
         raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {weight.dim()}D")
+    if input.shape[-1] != weight.shape[-1]:
+        rows = math.prod(input.shape[:-1])
+        raise RuntimeError(
+            f"mat1 and mat2 shapes cannot be multiplied ({rows}x{input.shape[-1]} and "
+            f"{weight.shape[-1]}x{weight.shape[0] if weight.dim() == 2 else 1})"
+        )
+    if weight.dim() == 1 and bias is not None and _gemm_with_bias(input, bias):
+        raise RuntimeError("mat2 must be a matrix, got 1-D tensor")
+    _check_bool(input, weight)
     if weight.dim() == 1:
-        if bias is not None:
-            raise RuntimeError("mat2 must be a matrix, got 1-D tensor")
-        return _linear.LinearFunction.apply(input, weight.unsqueeze(0), None).squeeze(-1)
+        output = _linear.LinearFunction.apply(input, weight.unsqueeze(0), None).squeeze(-1)
+        if bias is None:
+            return output
+        broadcast = list(torch.broadcast_shapes(output.shape, bias.shape))
+        if broadcast != list(output.shape):  # torch adds the bias after matmul, in place: it may not enlarge y
+            raise RuntimeError(f"output with shape {list(output.shape)} doesn't match the broadcast shape {broadcast}")
+        return output + bias
     if bias is not None and bias.dtype != weight.dtype:
         raise RuntimeError(
             f"self and mat2 must have the same dtype, but got {scalar_type_name(bias.dtype)} and "
             f"{scalar_type_name(weight.dtype)}"
         )
     return _linear.LinearFunction.apply(input, weight, bias)
+
+
+def _check_bool(input, weight):
+    """torch's GEMMs refuse bool (its dot always; the others unless an operand is empty and they return early)."""
+    if input.dtype != torch.bool:
+        return
+    if input.dim() == weight.dim() == 1:
+        raise not_implemented_for("dot", input.dtype)
+    if input.numel() > 0 and weight.numel() > 0:
+        raise not_implemented_for("addmm_impl_cpu_", input.dtype)
+
+
+def _gemm_with_bias(input, bias):
+    """Whether torch's linear multiplies ``input`` as rows by a GEMM with the bias inside (which needs a weight
+    matrix): a 2-D input, or a contiguous one with a contiguous 1-D bias. Otherwise it runs matmul and adds the
+    bias afterwards."""
+    return input.dim() == 2 or input.is_contiguous() and bias.dim() == 1 and bias.is_contiguous()
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
@@ -235,8 +267,9 @@ def dropout(input, p=0.5, training=True, inplace=False):
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0 or input.numel() == 0:
         return input
-    output, _ = _linear.DropoutFunction.apply(input, p, inplace)
-    return output
+    with torch.no_grad():
+        scaled_mask = input.new_zeros(()) if p == 1 else _linear.scaled_bernoulli_mask(input, 1 - p)
+    return _linear.DropoutFunction.apply(input, scaled_mask, inplace)
 
 # --------------------------------------------------------------------------------------------------------- losses
 

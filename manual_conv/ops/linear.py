@@ -4,6 +4,8 @@ Notation (docs/derivations.md, "Linear and dropout"): x the input (..., in_featu
 (out_features, in_features), b the bias, y the output (..., out_features), δ = ∂L/∂y. Both backwards are made of
 differentiable tensor ops on saved tensors, so double backward works.
 """
+import math
+
 import torch
 
 from ..backend import compiled_cpu_layers
@@ -13,18 +15,28 @@ from ._utils import Function
 class LinearFunction(Function):
     """y = x Wᵀ + b: y[..., o] = Σ_i x[..., i] · W[o, i] + b[o], for any number of leading dims of x.
 
-    b is broadcast to y's shape (as torch's addmm does; usually it is (out_features,)).
-    Backward, with the leading dims of x and δ flattened into M rows (X: M × in, Δ: M × out):
-        ∂L/∂x = δ W                        (each x[..., i] feeds every output o through W[o, i]);
-        ∂L/∂W = Δᵀ X                       (summed over the M rows, since W is shared by all of them);
+    The leading dims of x are flattened into M rows (X: M × in, Δ: M × out) and the product is one GEMM with the
+    bias added inside it (addmm: one rounding, as torch's linear), written into y's own storage. A bias that is
+    not a vector is broadcast to y's shape afterwards (an error when it would enlarge y, as in torch).
+    Backward, with x̄, W̄ complex conjugates (for real tensors the tensors themselves):
+        ∂L/∂x = δ W̄                        (each x[..., i] feeds every output o through W[o, i]);
+        ∂L/∂W = Δᵀ X̄                       (summed over the M rows, since W is shared by all of them);
         ∂L/∂b = Σ_rows δ                   (summed down to b's shape).
     """
 
     @staticmethod
     def forward(input, weight, bias):
-        output = input.matmul(weight.t())
-        if bias is not None:
-            output += bias  # in place: a bias that would broadcast output to a larger shape is an error, as in torch
+        out_features, in_features = weight.shape
+        rows = math.prod(input.shape[:-1])
+        output = input.new_empty(*input.shape[:-1], out_features)
+        output_rows = output.view(rows, out_features)
+        input_rows = input.reshape(rows, in_features)
+        if bias is not None and bias.dim() == 1:
+            torch.addmm(bias, input_rows, weight.t(), out=output_rows)
+        else:
+            torch.mm(input_rows, weight.t(), out=output_rows)
+            if bias is not None:
+                output += bias
         return output
 
     @staticmethod
@@ -37,11 +49,13 @@ class LinearFunction(Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         needs_input, needs_weight, needs_bias = ctx.needs_input_grad
+        out_features, in_features = weight.shape
+        rows = math.prod(input.shape[:-1])
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            grad_input = grad_output.matmul(weight)
+            grad_input = grad_output.matmul(weight.conj())
         if needs_weight:
-            grad_weight = grad_output.reshape(-1, weight.shape[0]).t().matmul(input.reshape(-1, weight.shape[1]))
+            grad_weight = grad_output.reshape(rows, out_features).t().matmul(input.reshape(rows, in_features).conj())
         if needs_bias:
             grad_bias = grad_output.sum_to_size(ctx.bias_shape)
         return grad_input, grad_weight, grad_bias
@@ -59,34 +73,26 @@ def scaled_bernoulli_mask(input, keep_probability):
 
 class DropoutFunction(Function):
     """y = x ⊙ m / (1 − p), m ~ Bernoulli(1 − p) element-wise ("inverted" dropout: E[y] = x, so evaluation needs
-    no rescaling). Returns (y, m / (1 − p)), like torch's native_dropout returns its mask; the mask is drawn as
-    PyTorch draws it (``scaled_bernoulli_mask``), so a seed gives torch's very mask. p = 1 draws nothing and
-    multiplies by 0. With ``inplace`` x itself is overwritten and returned.
+    no rescaling). The scaled mask m / (1 − p) is drawn beforehand (``scaled_bernoulli_mask``, as PyTorch draws
+    it, so a seed gives torch's very mask) and comes in as a constant, so the Function has one output and an
+    in-place dropout may overwrite any input, a view of another tensor included. With ``inplace`` x itself is
+    overwritten and returned.
 
     Backward: y is x times a constant per element, so ∂L/∂x = δ ⊙ m / (1 − p).
     """
 
     @staticmethod
-    def forward(input, p, inplace):
-        if p == 1:
-            scaled_mask = input.new_zeros(())
-        else:
-            scaled_mask = scaled_bernoulli_mask(input, 1 - p)
-        output = input.mul_(scaled_mask) if inplace else input * scaled_mask
-        return output, scaled_mask
+    def forward(input, scaled_mask, inplace):
+        return input.mul_(scaled_mask) if inplace else input * scaled_mask
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, _, inplace = inputs
-        _, scaled_mask = output
+        input, scaled_mask, inplace = inputs
         if inplace:
             ctx.mark_dirty(input)
-        ctx.mark_non_differentiable(scaled_mask)
-        ctx.set_materialize_grads(False)  # see MaxPool2dFunction.setup_context
         ctx.save_for_backward(scaled_mask)
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_mask):
+    def backward(ctx, grad_output):
         (scaled_mask,) = ctx.saved_tensors
-        grad_input = None if grad_output is None else grad_output * scaled_mask
-        return grad_input, None, None
+        return grad_output * scaled_mask, None, None
