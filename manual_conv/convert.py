@@ -9,6 +9,7 @@ import warnings
 from torch import nn
 
 from . import nn as manual_nn
+from .torch_names import runs_natively
 
 # Modules that only hold other modules: convert looks inside them. Any module whose class is not from torch.nn
 # (a user's model, torchvision's blocks) is looked inside too.
@@ -41,9 +42,10 @@ def convert(module, inplace=False):
 
     Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
     Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
-    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d. Containers and modules
+    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, and the Lazy variants of
+    Conv2d, ConvTranspose2d, Linear, BatchNorm1d and BatchNorm2d. Containers and modules
     that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. ReLU6, Dropout2d, and
-    subclasses of supported layers) stay as they are and are named in one UserWarning.
+    subclasses of supported layers) stay as they are and are named in one UserWarning: they run natively.
 
     By default the model is deep-copied first (as torch.ao.quantization.convert does) and ``module`` is left
     untouched. With ``inplace=True`` ``module`` itself is converted: a twin adds no state of its own, so each
@@ -69,7 +71,7 @@ def _unsupported_message(unsupported):
         f"{type_name} ×{len(paths)} ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''})"
         for type_name, paths in paths_by_type.items()
     )
-    return f"manual_conv.convert: these torch.nn layers have no manual_conv twin and stay as they are: {classes}"
+    return f"manual_conv.convert: {runs_natively('torch.nn layers', classes)}"
 
 
 def _convert_in_place(module, path, twins, unsupported):

@@ -1,10 +1,13 @@
 """Public functions with torch.nn.functional's names, signatures, defaults and errors.
 
 Thin: each normalises its arguments as PyTorch does, validates them, and applies the hand-written
-autograd Function of ``manual_conv.ops``. Sections follow the op families of ``manual_conv/ops/``.
+autograd Function of ``manual_conv.ops``. Sections follow the op families of ``manual_conv/ops/``. Every other
+public name of torch.nn.functional resolves to torch's own object (``manual_conv.torch_names``), a function that
+computes with a warning that it runs natively.
 """
 import math
 import numbers
+import sys
 import warnings
 
 import torch
@@ -18,6 +21,16 @@ from .ops import loss as _loss
 from .ops import norm as _norm
 from .ops import pool as _pool
 from .ops._utils import _pair, not_implemented_for, require_floating, scalar_type_name
+from . import torch_names
+
+# torch.nn.functional's names without a twin here: torch's own objects (manual_conv.torch_names)
+__getattr__ = torch_names.resolver(sys.modules[__name__], F, torch_names.functional_computes,
+                                   "torch.nn.functional functions")
+
+
+def __dir__():
+    return torch_names.directory(sys.modules[__name__], F)
+
 
 # ---------------------------------------------------------------------------------------------------- convolution
 
@@ -142,6 +155,11 @@ def relu(input, inplace=False):
     if input.dtype == torch.bool:
         raise NotImplementedError("Boolean inputs not supported for relu")
     return _activation.ReLUFunction.apply(input, inplace)
+
+
+def relu_(input):
+    """relu(input, inplace=True): torch.nn.functional.relu_."""
+    return relu(input, inplace=True)
 
 
 def _floating(input):

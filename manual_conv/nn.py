@@ -3,11 +3,26 @@
 Each module subclasses its torch.nn twin, so construction, initialisation, ``extra_repr``, state_dict loading and
 ``isinstance`` checks are PyTorch's own, and overrides only the computation, which goes through
 ``manual_conv.functional``. Sections follow the op families of ``manual_conv/ops/``.
+
+Every other public name of torch.nn resolves to torch's own object (``manual_conv.torch_names``): containers,
+Parameter, ``init`` and ``utils`` silently, a layer without a twin with a warning that it runs natively.
+``functional`` is ``manual_conv.functional``.
 """
+import sys
+
 import torch.nn.functional as F
 from torch import nn
 
+from . import functional
 from . import functional as mF
+from . import torch_names
+
+__getattr__ = torch_names.resolver(sys.modules[__name__], nn, torch_names.nn_layer_computes, "torch.nn layers")
+
+
+def __dir__():
+    return torch_names.directory(sys.modules[__name__], nn)
+
 
 # ---------------------------------------------------------------------------------------------------- convolution
 
@@ -36,6 +51,21 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         return mF.conv_transpose2d(
             input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
         )
+
+class LazyConv2d(nn.LazyConv2d):
+    """torch.nn.LazyConv2d computed by manual_conv.functional.conv2d; becomes manual_conv.nn.Conv2d once its
+    weight's shape is known (at the first call)."""
+
+    cls_to_become = Conv2d
+    _conv_forward = Conv2d._conv_forward
+
+
+class LazyConvTranspose2d(nn.LazyConvTranspose2d):
+    """torch.nn.LazyConvTranspose2d computed by manual_conv.functional.conv_transpose2d; becomes
+    manual_conv.nn.ConvTranspose2d at the first call."""
+
+    cls_to_become = ConvTranspose2d
+    forward = ConvTranspose2d.forward
 
 # -------------------------------------------------------------------------------------------------------- pooling
 
@@ -114,6 +144,14 @@ class Linear(nn.Linear):
 
     def forward(self, input):
         return mF.linear(input, self.weight, self.bias)
+
+
+class LazyLinear(nn.LazyLinear):
+    """torch.nn.LazyLinear computed by manual_conv.functional.linear; becomes manual_conv.nn.Linear at the first
+    call."""
+
+    cls_to_become = Linear
+    forward = Linear.forward
 
 
 class Flatten(nn.Flatten):
@@ -206,3 +244,19 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, input):
         return _batch_norm_forward(self, input)
+
+
+class LazyBatchNorm1d(nn.LazyBatchNorm1d):
+    """torch.nn.LazyBatchNorm1d computed by manual_conv.functional.batch_norm; becomes manual_conv.nn.BatchNorm1d
+    at the first call."""
+
+    cls_to_become = BatchNorm1d
+    forward = BatchNorm1d.forward
+
+
+class LazyBatchNorm2d(nn.LazyBatchNorm2d):
+    """torch.nn.LazyBatchNorm2d computed by manual_conv.functional.batch_norm; becomes manual_conv.nn.BatchNorm2d
+    at the first call."""
+
+    cls_to_become = BatchNorm2d
+    forward = BatchNorm2d.forward

@@ -1,0 +1,123 @@
+"""manual_conv.nn and manual_conv.functional stand in for the whole of torch.nn and torch.nn.functional: every
+public name resolves, to the hand-written twin or to torch's own object; a computing layer or function without a
+twin warns once that it runs natively, in convert()'s words; containers and helpers come back silently."""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import manual_conv
+import manual_conv.functional as mF
+import manual_conv.nn as mnn
+from manual_conv import torch_names
+
+NAMESPACES = [(mnn, nn, torch_names.nn_layer_computes), (mF, F, torch_names.functional_computes)]
+
+
+def public_names(module):
+    return [name for name in dir(module) if not name.startswith("_")]
+
+
+def resolve_fresh(ours, name):
+    """getattr(ours, name) as at a first access (a torch object cached by an earlier one is forgotten first), and
+    the warnings it gives."""
+    theirs = nn if ours is mnn else F
+    if name in ours.__dict__ and ours.__dict__[name] is getattr(theirs, name, None):
+        del ours.__dict__[name]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        value = getattr(ours, name)
+    return value, caught
+
+
+@pytest.mark.parametrize("ours, theirs, computes", NAMESPACES, ids=["nn", "functional"])
+def test_every_public_name_resolves_to_the_twin_or_to_torch(ours, theirs, computes):
+    twins = 0
+    for name in public_names(theirs):
+        value, caught = resolve_fresh(ours, name)
+        original = getattr(theirs, name)
+        if value is not original:
+            twins += 1
+            assert name in vars(ours) and not caught, name
+            if isinstance(original, type):
+                assert issubclass(value, original), name
+            continue
+        expected = [torch_names.runs_natively(
+            "torch.nn layers" if ours is mnn else "torch.nn.functional functions", f"{theirs.__name__}.{name}")]
+        assert [str(warning.message) for warning in caught] == (expected if computes(name, value) else []), name
+        assert all(warning.category is UserWarning for warning in caught)
+    assert twins >= (25 if ours is mnn else 19)
+
+
+def test_containers_and_helpers_are_silent_layers_are_not():
+    for name in ("Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "Parameter", "Identity",
+                 "init", "utils", "parallel"):
+        assert not resolve_fresh(mnn, name)[1], name
+    for name in ("ReLU6", "Dropout2d", "Hardswish", "MultiheadAttention", "Transformer"):
+        assert len(resolve_fresh(mnn, name)[1]) == 1, name
+    for name in ("pad", "interpolate", "silu", "scaled_dot_product_attention"):
+        assert len(resolve_fresh(mF, name)[1]) == 1, name
+    for name in ("Tensor", "handle_torch_function", "GRID_SAMPLE_PADDING_MODES"):
+        assert not resolve_fresh(mF, name)[1], name
+
+
+def test_one_warning_per_name():
+    resolve_fresh(mnn, "ReLU6")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mnn.ReLU6 is nn.ReLU6 and mnn.ReLU6 is nn.ReLU6
+
+
+def test_unknown_names_are_attribute_errors():
+    with pytest.raises(AttributeError, match="manual_conv.nn' has no attribute 'Conv9d'"):
+        mnn.Conv9d  # noqa: B018
+    with pytest.raises(AttributeError, match="manual_conv.functional' has no attribute 'conv9d'"):
+        mF.conv9d  # noqa: B018
+
+
+def test_nn_functional_is_manual_conv_functional_and_dir_lists_torchs_names():
+    assert mnn.functional is mF
+    assert set(public_names(nn)) <= set(dir(mnn)) and set(public_names(F)) <= set(dir(mF))
+
+
+def test_convert_warns_in_the_same_words():
+    with pytest.warns(UserWarning, match="these torch.nn layers have no manual_conv twin and run natively: ReLU6"):
+        manual_conv.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU6()))
+
+
+def test_model_code_written_against_torch_nn_runs(backend):
+    """The issue's example: `import manual_conv.nn as nn` then nn.Sequential(...), with containers, init and a
+    functional call, trains to the same gradients as torch.nn."""
+
+    def build(library):
+        torch.manual_seed(0)
+        model = library.Sequential(
+            library.Conv2d(3, 4, 3), library.BatchNorm2d(4), library.ReLU(inplace=True),
+            library.ModuleDict({"pool": library.AdaptiveAvgPool2d(1)})["pool"], library.Flatten(),
+            library.ModuleList([library.Linear(4, 3)])[0],
+        )
+        library.init.zeros_(model[-1].bias)
+        return model
+
+    input = torch.randn(2, 3, 6, 6)
+    target = torch.tensor([0, 2])
+    grads = []
+    for library in (mnn, nn):
+        model = build(library)
+        library.functional.cross_entropy(model(input), target).backward()
+        grads.append([parameter.grad for parameter in model.parameters()])
+    for mine, wanted in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, wanted)
+
+
+@pytest.mark.parametrize("name, arguments, input_shape", [
+    ("LazyConv2d", (4, 3), (2, 3, 6, 6)), ("LazyConvTranspose2d", (4, 3), (2, 3, 4, 4)),
+    ("LazyLinear", (5,), (2, 7)), ("LazyBatchNorm1d", (), (4, 3)), ("LazyBatchNorm2d", (), (2, 3, 4, 4)),
+])
+def test_lazy_layers_compute_by_hand_and_become_our_twins(backend, name, arguments, input_shape):
+    layer = getattr(mnn, name)(*arguments)
+    output = layer(torch.randn(input_shape))
+    assert type(layer) is getattr(mnn, name.removeprefix("Lazy"))
+    assert type(output.grad_fn).__name__.endswith("FunctionBackward")
