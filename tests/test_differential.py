@@ -666,6 +666,7 @@ CALLS = {
     "avg_pool2d": avg_pool2d_calls(),
     "adaptive_avg_pool2d": adaptive_avg_pool2d_calls(),
     "relu": relu_calls(),
+    "relu_": elementwise_calls("relu_"),
     "sigmoid": elementwise_calls("sigmoid"),
     "tanh": elementwise_calls("tanh"),
     "gelu": gelu_calls(),
