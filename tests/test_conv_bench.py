@@ -1,5 +1,6 @@
-"""benchmarks/conv_bench.py (--quick) and benchmarks/train_step_bench.py run end to end and write complete JSON
-reports. No timing is asserted: the numbers of a shared machine say nothing about correctness."""
+"""benchmarks/conv_bench.py (--quick), benchmarks/train_step_bench.py and benchmarks/memory_bench.py (--quick) run
+end to end and write complete JSON reports. No timing is asserted: the numbers of a shared machine say nothing
+about correctness. Memory is counted, not timed: the memory benchmark's target is asserted."""
 import json
 import os
 import subprocess
@@ -41,3 +42,22 @@ def test_training_step_benchmark_writes_its_report(tmp_path):
     results = json.loads(report.read_text())
     assert results["threads"] == 1 and results["pairs"] == 2 and results["batch_size"] == 8
     assert results["median_pair_ratio"] > 0 and all(ms > 0 for ms in results["median_ms"].values())
+
+
+def test_memory_benchmark_reports_every_op_within_the_target(tmp_path):
+    """benchmarks/memory_bench.py --quick: every public op, both backends and native, forward+backward peak
+    memory, and every manual_conv peak within the issue's 3× native (memory is counted, not timed, so the target
+    is asserted). ViT-B/16's patch embedding among them: its input gradient once asked for 39 GB per image."""
+    report = tmp_path / "memory.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "memory_bench.py"), "--quick", "--threads", "1",
+               "--json", str(report)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    results = json.loads(report.read_text())
+    rows = results["results"]
+    implementations = {"native", "python"} | ({"cpp"} if manual_conv.extension_available() else set())
+    assert {row["implementation"] for row in rows} == implementations
+    assert "conv2d ViT-B/16 patch embedding" in {row["case"] for row in rows}
+    over = [(row["case"], row["implementation"], round(row["vs_native"], 2)) for row in rows
+            if row["implementation"] != "native" and row["vs_native"] > results["target_ratio"]]
+    assert not over
