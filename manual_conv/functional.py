@@ -76,17 +76,14 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """2-D max pooling as torch.nn.functional.max_pool2d, through ``MaxPool2dFunction``.
 
-    input (N, C, H, W) or unbatched (C, H, W); stride defaults to kernel_size. With return_indices, also the
-    arg-max of every window as a flat index h·W + w into its input plane.
+    input (N, C, H, W) or unbatched (C, H, W), of any real dtype; stride defaults to kernel_size. With
+    return_indices, also the arg-max of every window as a flat index h·W + w into its input plane.
     """
     if input.dim() not in (3, 4):
         raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
     pool_args = _pool.normalize_pool2d_args("max_pool2d", kernel_size, stride, padding, dilation)
     _pool.check_pool2d_args("max_pool2d", input, *pool_args, ceil_mode)
-    batched = input if input.dim() == 4 else input.unsqueeze(0)
-    output, indices = _pool.MaxPool2dFunction.apply(batched, *pool_args, ceil_mode)
-    if input.dim() == 3:
-        output, indices = output.squeeze(0), indices.squeeze(0)
+    output, indices = _pool.MaxPool2dFunction.apply(input, *pool_args, ceil_mode)
     return (output, indices) if return_indices else output
 
 

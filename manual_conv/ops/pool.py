@@ -3,8 +3,11 @@
 Windows come from the same ``as_strided`` view as the convolution (``conv_reference.im2col``), on an input padded
 by hand: with -∞ for max pooling (a pad never wins), with zeros for average pooling (a pad adds nothing). Notation
 (docs/derivations.md, "Pooling"): x the input (N, C, H, W), y the output (N, C, H_out, W_out), δ = ∂L/∂y; k, s, p, d
-are kernel size, stride, padding and dilation. The Functions take batched 4-D input and checked arguments (pairs of
-ints); ``check_pool2d_args`` raises PyTorch's errors and ``manual_conv.functional`` handles unbatched input.
+are kernel size, stride, padding and dilation. The Functions take checked arguments (pairs of ints);
+``check_pool2d_args`` raises PyTorch's errors. MaxPool2dFunction takes 3-D or 4-D input, as PyTorch's kernel, and
+lays out its outputs and input gradient as PyTorch does: channels_last exactly when the input suggests it (c10's
+rule, so 1-channel tensors follow the layout they were made in), with the strides of ``torch.empty(...,
+memory_format=)``; the other Functions take batched 4-D input (``manual_conv.functional`` handles unbatched input).
 
 Every backward is linear in δ and written with differentiable tensor ops (scatter-add, strided slices, matmul), so
 double backward works: the second derivative routes the incoming gradient the way the forward routed x.
@@ -13,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import compiled_cpu_layers, compiled_layers
-from ._utils import Function, _pair, not_implemented_for
+from ._utils import Function, _pair, not_implemented_for, opmath_dtype, suggests_channels_last
 from .conv_reference import im2col
 
 
@@ -30,8 +33,29 @@ def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
     return out
 
 
+def pool_memory_format(input):
+    """The layout of a pooling's output and input gradient, as PyTorch chooses it: channels_last when the input
+    suggests it (a 4-D tensor only), else contiguous."""
+    return torch.channels_last if suggests_channels_last(input) else torch.contiguous_format
+
+
+def _new_zeros(shape, like, memory_format, dtype=None):
+    """Zeros of ``shape`` on ``like``'s device, laid out as ``torch.empty(shape, memory_format=...)`` lays them out."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format).zero_()
+
+
+def _plane_shape(input_shape, output_size):
+    """The input's leading dims ((N, C) or (C,)) followed by the output's plane."""
+    return (*input_shape[:-2], *output_size)
+
+
+def _as_batch(tensor):
+    """An unbatched (C, H, W) tensor as a batch of one (a view), a batch as it is."""
+    return tensor if tensor.dim() == 4 else tensor.unsqueeze(0)
+
+
 def _pool_windows(x, fill, kernel_size, stride, padding, dilation, output_size):
-    """cols[n, c, i, j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x padded with ``fill``: a view.
+    """cols[n, c, i, j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x (4-D) padded with ``fill``: a view.
 
     Shape (N, C, kH, kW, H_out, W_out). Beyond the padding p, ceil_mode's last window may need up to s − 1 more
     rows/columns at the bottom/right: they get ``fill`` too. ``cols[:, :, i, j]`` is tap (i, j) of every window,
@@ -64,30 +88,29 @@ def _lowest(dtype):
     return -torch.inf if dtype.is_floating_point else torch.iinfo(dtype).min
 
 
-def _scan_taps(cols, lowest):
-    """The running maximum over the taps of every window, in PyTorch's scan order (row by row), and the winner:
-    1 + the number of the tap that set it, 0 if none beat ``lowest``. A tap wins when it is strictly greater than
-    the best so far (ties keep the first maximum) or is NaN (the last NaN wins).
+def _scan_taps(cols, best, winner):
+    """The running maximum over the taps of every window, in PyTorch's scan order (row by row), into ``best``
+    (filled with the dtype's lowest value), and the winner into ``winner`` (zeros): 1 + the number of the tap that
+    set it, 0 if none beat the lowest value. A tap wins when it is strictly greater than the best so far (ties keep
+    the first maximum) or is NaN (the last NaN wins).
 
     torch.maximum gives the running value under both rules (a NaN, once seen, stays). The winner is updated as
-    winner += wins·(t + 1 − winner), a select written as arithmetic: torch.where is a scalar loop on CPU,
-    several times slower than these vectorised ops.
+    winner += wins·(t + 1 − winner), a select written as integer arithmetic: torch.where is a scalar loop on CPU,
+    several times slower than these vectorised ops. Both are updated in place, keeping their layout.
     """
     kh, kw = cols.shape[2:4]
-    best = cols.new_full(cols.shape[:2] + cols.shape[4:], lowest)
-    winner = torch.zeros(best.shape, dtype=torch.uint8 if kh * kw < 255 else torch.int64, device=best.device)
     for t in range(kh * kw):
         tap = cols[:, :, t // kw, t % kw]
         wins = tap > best
         if tap.dtype.is_floating_point:
             wins |= tap.isnan()
-        best = torch.maximum(best, tap)
+        torch.maximum(best, tap, out=best)
         winner += wins * (t + 1 - winner)
-    return best, winner
 
 
 class MaxPool2dFunction(Function):
-    """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞.
+    """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞ (the dtype's lowest
+    value for integers).
 
     Returns (y, indices): indices[n, c, y, x] = h·W + w, the position in the input plane of the arg-max. It is
     found as PyTorch's kernel finds it, scanning the taps row by row and taking a tap when it is strictly greater
@@ -107,13 +130,18 @@ class MaxPool2dFunction(Function):
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
         if compiled_layers(input):
             return torch.ops.manual_conv.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-        h, w = input.shape[2:]
+        h, w = input.shape[-2:]
         output_size = tuple(
             pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
         )
+        memory_format = pool_memory_format(input)
         lowest = _lowest(input.dtype)
-        cols = _pool_windows(input, lowest, kernel_size, stride, padding, dilation, output_size)
-        output, winner = _scan_taps(cols, lowest)
+        output = torch.empty(_plane_shape(input.shape, output_size), dtype=input.dtype, device=input.device,
+                             memory_format=memory_format).fill_(lowest)
+        winner = _new_zeros(output.shape, output, memory_format, torch.uint8 if kernel_size[0] * kernel_size[1] < 255
+                            else torch.int64)
+        cols = _pool_windows(_as_batch(input), lowest, kernel_size, stride, padding, dilation, output_size)
+        _scan_taps(cols, _as_batch(output), _as_batch(winner))  # views, filled in place
         rows, columns = (
             _tap_coordinates(*args, input.device) for args in zip(output_size, kernel_size, stride, padding, dilation)
         )
@@ -124,11 +152,13 @@ class MaxPool2dFunction(Function):
                                                   for i in range(kernel_size[0]) for j in range(kernel_size[1])])
         windows = output_size[0] * output_size[1]
         window_number = torch.arange(windows, device=input.device).view(output_size)
-        indices = positions.view(-1).take(winner.long() * windows + window_number)
+        indices = torch.empty_like(output, dtype=torch.int64)  # winner's layout, which is output's
+        torch.take(positions.view(-1), winner.long().mul_(windows).add_(window_number), out=indices)
         return output, indices
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        input = inputs[0]
         _, indices = output
         ctx.mark_non_differentiable(indices)
         # No tensor of zeros for the indices' gradient (a fill as large as y: 0.5 ms a step for the MNIST net's
@@ -136,26 +166,32 @@ class MaxPool2dFunction(Function):
         # undefined (gradcheck calls it so).
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(indices)
-        ctx.input_shape = inputs[0].shape
+        ctx.input_shape = input.shape
+        ctx.channels_last = suggests_channels_last(input)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
         (indices,) = ctx.saved_tensors
-        grad_input = None if grad_output is None else max_pool2d_input_grad(grad_output, indices, ctx.input_shape)
+        grad_input = None if grad_output is None else max_pool2d_input_grad(grad_output, indices, ctx.input_shape,
+                                                                           ctx.channels_last)
         return grad_input, None, None, None, None, None
 
 
-def max_pool2d_input_grad(grad_output, indices, input_shape):
+def max_pool2d_input_grad(grad_output, indices, input_shape, channels_last):
     """∂L/∂x[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w]: a scatter-add into the input planes, for
-    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py). On 'cpp' a CPU tensor
-    takes the compiled ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order, one plane
-    at a time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as
-    in torch's kernel, and once here; differentiable too: ops/library.py registers its derivative, a gather)."""
+    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py); channels_last (the
+    input's layout) or contiguous. On 'cpp' a CPU tensor takes the compiled
+    ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order as torch's kernel, one plane at a
+    time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as in
+    torch's kernel; here they are summed in float32 and rounded once). Differentiable too: ops/library.py registers
+    the compiled op's derivative, a gather."""
     if compiled_cpu_layers(grad_output):
-        return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape)
-    n, c, h, w = input_shape
-    grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
-    return grad_input.view(n, c, h, w)
+        return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape, channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    grad_input = _new_zeros(input_shape, grad_output, memory_format, opmath_dtype(grad_output.dtype))
+    # flattening (H, W) is a view of either layout, so the scatter writes into grad_input
+    grad_input.flatten(-2).scatter_add_(-1, indices.flatten(-2), grad_output.flatten(-2).to(grad_input.dtype))
+    return grad_input.to(grad_output.dtype)
 
 
 def _window_counts(size, output_size, kernel, stride, padding, count_include_pad, device):
