@@ -15,10 +15,11 @@
 namespace manual_conv {
 
 // Every size of one max pooling, as plain integers so it can be passed by value to a CUDA kernel. The input
-// is `planes` = N*C contiguous planes of in_height x in_width; the output and the indices are planes of
-// out_height x out_width.
+// holds `planes` planes of in_height x in_width (N*C for (N, C, H, W) input, C for unbatched (C, H, W)), the
+// output and the indices planes of out_height x out_width. In channels_last memory the `channels` planes of an
+// image interleave: element (h, w) of a plane lies `channels` elements after element (h, w - 1).
 struct PoolShape {
-  int64_t planes;
+  int64_t planes, channels;
   int64_t in_height, in_width;
   int64_t out_height, out_width;
   int64_t kernel_height, kernel_width;
@@ -65,30 +66,48 @@ MANUAL_CONV_HOST_DEVICE inline bool max_pool_takes(compute_t value, compute_t be
   return value > best || is_nan(value);
 }
 
-// Max pooling of output pixel (out_y, out_x) of one input plane (contiguous, in_height x in_width):
+// The taps of window (out_y, out_x) that read inside the input: rows first_y, first_y + dilation_height, ...
+// below end_y, columns likewise. The first is the window's first tap inside the input, the one an all -inf
+// window keeps.
+struct PoolWindow {
+  int64_t first_y, end_y, first_x, end_x;
+};
+
+MANUAL_CONV_HOST_DEVICE inline PoolWindow pool_window_inside(const PoolShape& shape, int64_t out_y, int64_t out_x) {
+  const int64_t start_y = input_coordinate(out_y, 0, shape.stride_height, shape.padding_height, 1);
+  const int64_t start_x = input_coordinate(out_x, 0, shape.stride_width, shape.padding_width, 1);
+  const int64_t end_y = start_y + (shape.kernel_height - 1) * shape.dilation_height + 1;
+  const int64_t end_x = start_x + (shape.kernel_width - 1) * shape.dilation_width + 1;
+  return {first_inside_coordinate(start_y, shape.dilation_height), end_y < shape.in_height ? end_y : shape.in_height,
+          first_inside_coordinate(start_x, shape.dilation_width), end_x < shape.in_width ? end_x : shape.in_width};
+}
+
+// The value max pooling starts a window's scan from: -inf, or an integer type's lowest value (PyTorch's start,
+// so that a window of lowest values keeps its first tap).
+template <typename compute_t>
+MANUAL_CONV_HOST_DEVICE inline compute_t max_pool_start() {
+  return std::numeric_limits<compute_t>::has_infinity ? -std::numeric_limits<compute_t>::infinity()
+                                                      : std::numeric_limits<compute_t>::lowest();
+}
+
+// Max pooling of output pixel (out_y, out_x) of one input plane, whose element (h, w) is
+// plane[(h*W + w) * pixel_stride] (pixel_stride 1 in contiguous memory, the number of channels in channels_last):
 // *max_value = the maximum over the window's taps inside the input, *max_index = its position h*W + w.
 // The taps are scanned row by row; a tap is taken when it is greater than the best so far or is NaN, so ties
-// keep the first maximum and the last NaN wins. The scan starts from -inf and the window's first tap inside
-// the input, which an all -inf window therefore keeps. Values are compared as compute_t (float for
+// keep the first maximum and the last NaN wins. The scan starts from max_pool_start and the window's first tap
+// inside the input, which an all -inf window therefore keeps. Values are compared as compute_t (float for
 // float16/bfloat16: the conversion is exact, so the result is too).
 template <typename compute_t, typename scalar_t>
 MANUAL_CONV_HOST_DEVICE inline void max_pool_window(
-    const scalar_t* plane, const PoolShape& shape, int64_t out_y, int64_t out_x, scalar_t* max_value,
-    int64_t* max_index) {
-  const int64_t start_y = input_coordinate(out_y, 0, shape.stride_height, shape.padding_height, 1);
-  const int64_t start_x = input_coordinate(out_x, 0, shape.stride_width, shape.padding_width, 1);
-  const int64_t first_y = first_inside_coordinate(start_y, shape.dilation_height);
-  const int64_t first_x = first_inside_coordinate(start_x, shape.dilation_width);
-  const int64_t end_y = start_y + (shape.kernel_height - 1) * shape.dilation_height + 1;
-  const int64_t end_x = start_x + (shape.kernel_width - 1) * shape.dilation_width + 1;
-  const int64_t inside_end_y = end_y < shape.in_height ? end_y : shape.in_height;
-  const int64_t inside_end_x = end_x < shape.in_width ? end_x : shape.in_width;
-  compute_t best = -std::numeric_limits<compute_t>::infinity();
-  int64_t best_index = first_y * shape.in_width + first_x;
-  for (int64_t in_y = first_y; in_y < inside_end_y; in_y += shape.dilation_height) {
-    for (int64_t in_x = first_x; in_x < inside_end_x; in_x += shape.dilation_width) {
+    const scalar_t* plane, int64_t pixel_stride, const PoolShape& shape, int64_t out_y, int64_t out_x,
+    scalar_t* max_value, int64_t* max_index) {
+  const PoolWindow window = pool_window_inside(shape, out_y, out_x);
+  compute_t best = max_pool_start<compute_t>();
+  int64_t best_index = window.first_y * shape.in_width + window.first_x;
+  for (int64_t in_y = window.first_y; in_y < window.end_y; in_y += shape.dilation_height) {
+    for (int64_t in_x = window.first_x; in_x < window.end_x; in_x += shape.dilation_width) {
       const int64_t index = in_y * shape.in_width + in_x;
-      const compute_t value = static_cast<compute_t>(plane[index]);
+      const compute_t value = static_cast<compute_t>(plane[index * pixel_stride]);
       if (max_pool_takes(value, best)) {
         best = value;
         best_index = index;

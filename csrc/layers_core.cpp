@@ -44,15 +44,18 @@ PoolShape checked_pool_shape(const char* op, const at::Tensor& input, at::IntArr
               " dW: ", stride[1]);
   TORCH_CHECK(dilation[0] > 0 && dilation[1] > 0, op,
               ": dilation should be greater than zero, but got dilationH: ", dilation[0], " dilationW: ", dilation[1]);
-  TORCH_CHECK(input.dim() == 4 && input.size(1) != 0 && input.size(2) != 0 && input.size(3) != 0, op,
-              ": expected a 4-D input (N, C, H, W) with optional 0 batch size, but got: ", input.sizes());
+  TORCH_CHECK((input.dim() == 3 || input.dim() == 4) && input.size(-3) != 0 && input.size(-2) != 0 &&
+                  input.size(-1) != 0,
+              op, ": expected a 3-D (C, H, W) or 4-D (N, C, H, W) input with optional 0 batch size, but got: ",
+              input.sizes());
   TORCH_CHECK(kernel_size[1] / 2 >= padding[1] && kernel_size[0] / 2 >= padding[0], op,
               ": pad should be smaller than or equal to half of kernel size, but got padW = ", padding[1],
               ", padH = ", padding[0], ", kW = ", kernel_size[1], ", kH = ", kernel_size[0]);
   PoolShape shape;
-  shape.planes = input.size(0) * input.size(1);
-  shape.in_height = input.size(2);
-  shape.in_width = input.size(3);
+  shape.channels = input.size(-3);
+  shape.planes = input.dim() == 4 ? input.size(0) * shape.channels : shape.channels;
+  shape.in_height = input.size(-2);
+  shape.in_width = input.size(-1);
   shape.kernel_height = kernel_size[0];
   shape.kernel_width = kernel_size[1];
   shape.stride_height = stride[0];
@@ -80,12 +83,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const LayerKernels& kernels, const
   check_kernel_dtype(op, input_arg);
   const PoolShape shape = checked_pool_shape(op, input_arg, kernel_size, stride, padding, dilation, ceil_mode);
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
-  const at::Tensor input = input_arg.contiguous();
-  const std::vector<int64_t> output_size{input.size(0), input.size(1), shape.out_height, shape.out_width};
-  at::Tensor output = at::empty(output_size, input.options());
-  at::Tensor indices = at::empty(output_size, input.options().dtype(at::kLong));
+  // PyTorch's layout rule: channels_last output for an input that suggests it (only 4-D), else contiguous.
+  const at::MemoryFormat memory_format = input_arg.suggest_memory_format();
+  const at::Tensor input = input_arg.contiguous(memory_format);
+  std::vector<int64_t> output_size = input.sizes().vec();
+  output_size.end()[-2] = shape.out_height;
+  output_size.end()[-1] = shape.out_width;
+  at::Tensor output = at::empty(output_size, input.options().memory_format(memory_format));
+  at::Tensor indices = at::empty(output_size, input.options().dtype(at::kLong).memory_format(memory_format));
   if (output.numel() > 0) {
-    kernels.max_pool2d(input, shape, output, indices);
+    kernels.max_pool2d(input, shape, memory_format == at::MemoryFormat::ChannelsLast, output, indices);
   }
   return {output, indices};
 }

@@ -17,14 +17,16 @@ namespace manual_conv {
 
 // What a device supplies: kernels that fill tensors allocated (and checked) by the common code.
 struct LayerKernels {
-  // output, indices (contiguous, planes x out_height x out_width)  <-  max pooling of `input` (contiguous).
-  void (*max_pool2d)(const at::Tensor& input, const PoolShape& shape, at::Tensor& output, at::Tensor& indices);
+  // output, indices  <-  max pooling of `input`: the three dense in contiguous memory, or in channels_last.
+  void (*max_pool2d)(const at::Tensor& input, const PoolShape& shape, bool channels_last, at::Tensor& output,
+                     at::Tensor& indices);
   // grad_input[k] = relu_input_grad(grad_output[k], output[k]) for every k < numel, over the three tensors'
   // memory: they share one dense layout, so element k is the same element in each.
   void (*relu_backward)(const at::Tensor& grad_output, const at::Tensor& output, at::Tensor& grad_input);
 };
 
 // (y, indices) = max_pool2d(input): y the window maxima, indices their positions h*W + w in the input plane.
+// input (N, C, H, W) or unbatched (C, H, W); y and indices channels_last when the input suggests it, as PyTorch's.
 std::tuple<at::Tensor, at::Tensor> max_pool2d(const LayerKernels& kernels, const at::Tensor& input,
                                               at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                               at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);

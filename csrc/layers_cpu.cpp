@@ -1,7 +1,8 @@
-// CPU kernels of the compiled layers: at::parallel_for over the planes (max pooling) or over the elements
-// (ReLU's backward), each element computed by the functions of layer_index.h that the CUDA kernels call too
-// (max pooling's windows inside the input by a loop of its own that applies the same rule, max_pool_takes);
-// and max pooling's backward, compiled for the CPU only.
+// CPU kernels of the compiled layers: at::parallel_for over the planes (max pooling; over the rows of images in
+// channels_last) or over the elements (ReLU's backward), each element computed by the functions of
+// layer_index.h that the CUDA kernels call too (max pooling's windows inside the input, and every window in
+// channels_last, by loops of their own that apply the same rule, max_pool_takes); and max pooling's backward,
+// compiled for the CPU only.
 #include <algorithm>
 #include <limits>
 
@@ -10,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>  // at::internal::GRAIN_SIZE, ATen's work per parallel task
 #include <ATen/ops/empty.h>
+#include <c10/util/accumulate.h>
 
 #include "layers_core.h"
 #include "vector_clones.h"
@@ -40,7 +42,7 @@ template <int64_t kernel_height_arg, int64_t kernel_width_arg, typename scalar_t
     // offsets as cheaply as values; the int64 position is formed once per window.
     const int64_t first = first_y * width + input_coordinate(x, 0, shape.stride_width, shape.padding_width, 1);
     const scalar_t* window = plane + first;
-    compute_t best = -std::numeric_limits<compute_t>::infinity();
+    compute_t best = max_pool_start<compute_t>();
     int32_t best_offset = 0;
     for (int64_t tap_y = 0; tap_y < kernel_height; ++tap_y) {
       for (int64_t tap_x = 0; tap_x < kernel_width; ++tap_x) {
@@ -126,7 +128,7 @@ void max_pool2d_kernel(const scalar_t* input, const PoolShape& shape, scalar_t* 
         const int64_t inside_begin = row_inside ? inside_columns_begin : shape.out_width;
         const int64_t inside_end = row_inside ? inside_columns_end : shape.out_width;
         const auto pool_window = [&](int64_t out_x) {
-          max_pool_window<at::opmath_type<scalar_t>>(in_plane, shape, out_y, out_x, &out_row[out_x],
+          max_pool_window<at::opmath_type<scalar_t>>(in_plane, 1, shape, out_y, out_x, &out_row[out_x],
                                                      &index_row[out_x]);
         };
         for (int64_t out_x = 0; out_x < inside_begin; ++out_x) {
@@ -141,11 +143,93 @@ void max_pool2d_kernel(const scalar_t* input, const PoolShape& shape, scalar_t* 
   });
 }
 
-void max_pool2d_cpu(const at::Tensor& input, const PoolShape& shape, at::Tensor& output, at::Tensor& indices) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "manual_conv_max_pool2d_cpu", [&] {
-    max_pool2d_kernel(input.const_data_ptr<scalar_t>(), shape, output.data_ptr<scalar_t>(),
-                      indices.data_ptr<int64_t>());
+// Max pooling of output pixel (out_y, out_x) of one channels_last image, every channel at once: max_pool_window's
+// scan and rule for each channel (the same taps in the same order), with the channels in the inner loop, which
+// the compiler vectorises. The best values so far are kept in the output pixel itself (as scalar_t: each is the
+// start value or an input value, so the conversion loses nothing).
+template <typename scalar_t, typename compute_t = at::opmath_type<scalar_t>>
+[[gnu::always_inline]] inline void max_pool_channels_last_pixel(const scalar_t* __restrict image,
+                                                                const PoolShape& shape, int64_t out_y,
+                                                                int64_t out_x, scalar_t* __restrict out_pixel,
+                                                                int64_t* __restrict index_pixel) {
+  const PoolWindow window = pool_window_inside(shape, out_y, out_x);
+  const int64_t channels = shape.channels;
+  const int64_t first_index = window.first_y * shape.in_width + window.first_x;
+  for (int64_t c = 0; c < channels; ++c) {
+    out_pixel[c] = static_cast<scalar_t>(max_pool_start<compute_t>());
+    index_pixel[c] = first_index;
+  }
+  for (int64_t in_y = window.first_y; in_y < window.end_y; in_y += shape.dilation_height) {
+    for (int64_t in_x = window.first_x; in_x < window.end_x; in_x += shape.dilation_width) {
+      const int64_t index = in_y * shape.in_width + in_x;
+      const scalar_t* pixel = image + index * channels;
+      for (int64_t c = 0; c < channels; ++c) {
+        const compute_t value = static_cast<compute_t>(pixel[c]);
+        const bool take = max_pool_takes(value, static_cast<compute_t>(out_pixel[c]));
+        out_pixel[c] = take ? static_cast<scalar_t>(value) : out_pixel[c];
+        index_pixel[c] = take ? index : index_pixel[c];
+      }
+    }
+  }
+}
+
+// One output row of one channels_last image; float and double get the widest vectors the CPU has.
+template <typename scalar_t>
+void max_pool_channels_last_row(const scalar_t* image, const PoolShape& shape, int64_t out_y, scalar_t* out_row,
+                                int64_t* index_row) {
+  for (int64_t out_x = 0; out_x < shape.out_width; ++out_x) {
+    max_pool_channels_last_pixel(image, shape, out_y, out_x, out_row + out_x * shape.channels,
+                                 index_row + out_x * shape.channels);
+  }
+}
+
+MANUAL_CONV_VECTOR_CLONES void max_pool_channels_last_row(const float* image, const PoolShape& shape, int64_t out_y,
+                                                          float* out_row, int64_t* index_row) {
+  for (int64_t out_x = 0; out_x < shape.out_width; ++out_x) {
+    max_pool_channels_last_pixel(image, shape, out_y, out_x, out_row + out_x * shape.channels,
+                                 index_row + out_x * shape.channels);
+  }
+}
+
+MANUAL_CONV_VECTOR_CLONES void max_pool_channels_last_row(const double* image, const PoolShape& shape, int64_t out_y,
+                                                          double* out_row, int64_t* index_row) {
+  for (int64_t out_x = 0; out_x < shape.out_width; ++out_x) {
+    max_pool_channels_last_pixel(image, shape, out_y, out_x, out_row + out_x * shape.channels,
+                                 index_row + out_x * shape.channels);
+  }
+}
+
+// channels_last (N, H, W, C in memory): the output rows of every image, each task a run of whole rows with about
+// as many taps to scan as ATen's grain.
+template <typename scalar_t>
+void max_pool2d_channels_last_kernel(const scalar_t* input, const PoolShape& shape, scalar_t* output,
+                                     int64_t* indices) {
+  const int64_t images = shape.planes / shape.channels;
+  const int64_t in_image_size = shape.in_height * shape.in_width * shape.channels;
+  const int64_t out_row_size = shape.out_width * shape.channels;
+  const int64_t taps_per_row = out_row_size * shape.kernel_height * shape.kernel_width;
+  const int64_t rows_per_task = std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, taps_per_row));
+  at::parallel_for(0, images * shape.out_height, rows_per_task, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t image = row / shape.out_height;
+      max_pool_channels_last_row(input + image * in_image_size, shape, row % shape.out_height,
+                                 output + row * out_row_size, indices + row * out_row_size);
+    }
   });
+}
+
+void max_pool2d_cpu(const at::Tensor& input, const PoolShape& shape, bool channels_last, at::Tensor& output,
+                    at::Tensor& indices) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "manual_conv_max_pool2d_cpu", [&] {
+    const auto kernel = channels_last ? &max_pool2d_channels_last_kernel<scalar_t> : &max_pool2d_kernel<scalar_t>;
+    kernel(input.const_data_ptr<scalar_t>(), shape, output.data_ptr<scalar_t>(), indices.data_ptr<int64_t>());
+  });
+}
+
+// An arg-max must lie in its plane: anything else (a corrupt indices tensor) would write outside grad_input.
+[[gnu::always_inline]] inline void check_max_pool_position(int64_t position, int64_t in_plane_size) {
+  TORCH_CHECK(position >= 0 && position < in_plane_size, "manual_conv::max_pool2d_backward: index ", position,
+              " is out of bounds for an input plane of ", in_plane_size, " positions");
 }
 
 // Max pooling's backward, a CPU-only op: grad_input[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w].
@@ -165,21 +249,47 @@ void max_pool2d_backward_kernel(const scalar_t* grad_output, const int64_t* indi
       std::fill(grad_plane, grad_plane + in_plane_size, scalar_t(0));
       for (int64_t window = plane * out_plane_size; window < (plane + 1) * out_plane_size; ++window) {
         const int64_t position = indices[window];
-        TORCH_CHECK(position >= 0 && position < in_plane_size, "manual_conv::max_pool2d_backward: index ",
-                    position, " is out of bounds for an input plane of ", in_plane_size, " positions");
+        check_max_pool_position(position, in_plane_size);
         grad_plane[position] += grad_output[window];
       }
     }
   });
 }
 
+// The same sums in channels_last memory, image by image: each image's gradient zeroed, then every window's δ of
+// every channel added at its arg-max, windows in order (as torch's channels_last kernel adds them).
+template <typename scalar_t>
+void max_pool2d_backward_channels_last_kernel(const scalar_t* grad_output, const int64_t* indices, int64_t images,
+                                              int64_t channels, int64_t out_plane_size, int64_t in_plane_size,
+                                              scalar_t* grad_input) {
+  const int64_t images_per_task = std::max<int64_t>(
+      1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, (in_plane_size + out_plane_size) * channels));
+  at::parallel_for(0, images, images_per_task, [&](int64_t begin, int64_t end) {
+    for (int64_t image = begin; image < end; ++image) {
+      scalar_t* grad_image = grad_input + image * in_plane_size * channels;
+      std::fill(grad_image, grad_image + in_plane_size * channels, scalar_t(0));
+      for (int64_t window = image * out_plane_size; window < (image + 1) * out_plane_size; ++window) {
+        for (int64_t c = 0; c < channels; ++c) {
+          const int64_t position = indices[window * channels + c];
+          check_max_pool_position(position, in_plane_size);
+          grad_image[position * channels + c] += grad_output[window * channels + c];
+        }
+      }
+    }
+  });
+}
+
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output_arg, const at::Tensor& indices_arg,
-                                   at::IntArrayRef input_size) {
+                                   at::IntArrayRef input_size, bool channels_last) {
   const char* op = "manual_conv::max_pool2d_backward";
-  TORCH_CHECK(input_size.size() == 4, op, ": expected input_size to be a list of 4 ints, but got ", input_size);
-  TORCH_CHECK(grad_output_arg.dim() == 4 && grad_output_arg.size(0) == input_size[0] &&
-                  grad_output_arg.size(1) == input_size[1],
-              op, ": expected a 4-D grad_output with the batch and channels of input_size ", input_size,
+  TORCH_CHECK(input_size.size() == 3 || input_size.size() == 4, op,
+              ": expected input_size to be a list of 3 or 4 ints, but got ", input_size);
+  TORCH_CHECK(!channels_last || input_size.size() == 4, op, ": channels_last needs a 4-D input_size, but got ",
+              input_size);
+  const int64_t dims = static_cast<int64_t>(input_size.size());
+  TORCH_CHECK(grad_output_arg.dim() == dims && grad_output_arg.sizes().slice(0, dims - 2) ==
+                                                   input_size.slice(0, dims - 2),
+              op, ": expected a ", dims, "-D grad_output with the leading sizes of input_size ", input_size,
               ", but got ", grad_output_arg.sizes());
   TORCH_CHECK(indices_arg.scalar_type() == at::kLong && indices_arg.sizes() == grad_output_arg.sizes(), op,
               ": expected int64 indices of grad_output's size ", grad_output_arg.sizes(), ", but got ",
@@ -187,14 +297,23 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output_arg, const at::
   TORCH_CHECK(indices_arg.device() == grad_output_arg.device(), op,
               ": expected grad_output and indices on the same device, but got ", grad_output_arg.device(), " and ",
               indices_arg.device());
-  const at::Tensor grad_output = grad_output_arg.contiguous();
-  const at::Tensor indices = indices_arg.contiguous();
-  at::Tensor grad_input = at::empty(input_size, grad_output.options());
+  const at::MemoryFormat memory_format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  const at::Tensor grad_output = grad_output_arg.contiguous(memory_format);
+  const at::Tensor indices = indices_arg.contiguous(memory_format);
+  at::Tensor grad_input = at::empty(input_size, grad_output.options().memory_format(memory_format));
+  const int64_t planes = c10::multiply_integers(input_size.slice(0, dims - 2));
+  const int64_t out_plane_size = grad_output.size(-2) * grad_output.size(-1);
+  const int64_t in_plane_size = input_size[dims - 2] * input_size[dims - 1];
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
                                   "manual_conv_max_pool2d_backward_cpu", [&] {
-    max_pool2d_backward_kernel(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(),
-                               input_size[0] * input_size[1], grad_output.size(2) * grad_output.size(3),
-                               input_size[2] * input_size[3], grad_input.data_ptr<scalar_t>());
+    if (channels_last) {
+      max_pool2d_backward_channels_last_kernel(grad_output.const_data_ptr<scalar_t>(),
+                                               indices.const_data_ptr<int64_t>(), input_size[0], input_size[1],
+                                               out_plane_size, in_plane_size, grad_input.data_ptr<scalar_t>());
+    } else {
+      max_pool2d_backward_kernel(grad_output.const_data_ptr<scalar_t>(), indices.const_data_ptr<int64_t>(), planes,
+                                 out_plane_size, in_plane_size, grad_input.data_ptr<scalar_t>());
+    }
   });
   return grad_input;
 }

@@ -32,7 +32,8 @@ TORCH_LIBRARY(manual_conv, library) {
   library.def(
       "max_pool2d(Tensor input, SymInt[2] kernel_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, "
       "bool ceil_mode) -> (Tensor, Tensor)");
-  library.def("max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[4] input_size) -> Tensor");
+  library.def(
+      "max_pool2d_backward(Tensor grad_output, Tensor indices, SymInt[] input_size, bool channels_last) -> Tensor");
   library.def("relu_backward(Tensor grad_output, Tensor output) -> Tensor");
   // Tagged as drawing from the global generator, as bernoulli_ is: torch.compile must then neither merge two
   // calls with the same arguments nor recompute one in the backward, either of which would change the masks.

@@ -94,17 +94,14 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """2-D max pooling as torch.nn.functional.max_pool2d, through ``MaxPool2dFunction``.
 
-    input (N, C, H, W) or unbatched (C, H, W); stride defaults to kernel_size. With return_indices, also the
-    arg-max of every window as a flat index h·W + w into its input plane.
+    input (N, C, H, W) or unbatched (C, H, W), of any real dtype; stride defaults to kernel_size. With
+    return_indices, also the arg-max of every window as a flat index h·W + w into its input plane.
     """
     if input.dim() not in (3, 4):
         raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
     pool_args = _pool.normalize_pool2d_args("max_pool2d", kernel_size, stride, padding, dilation)
     _pool.check_pool2d_args("max_pool2d", input, *pool_args, ceil_mode)
-    batched = input if input.dim() == 4 else input.unsqueeze(0)
-    output, indices = _pool.MaxPool2dFunction.apply(batched, *pool_args, ceil_mode)
-    if input.dim() == 3:
-        output, indices = output.squeeze(0), indices.squeeze(0)
+    output, indices = _pool.MaxPool2dFunction.apply(input, *pool_args, ceil_mode)
     return (output, indices) if return_indices else output
 
 
@@ -112,8 +109,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                divisor_override=None):
     """2-D average pooling as torch.nn.functional.avg_pool2d, through ``AvgPool2dFunction``.
 
-    input (N, C, H, W) or (C, H, W); stride defaults to kernel_size. Each window's sum is divided by
-    divisor_override, or by the window's size with (count_include_pad) or without the zero padding.
+    input (N, C, H, W) or (C, H, W), floating point or int64; stride defaults to kernel_size. Each window's sum is
+    divided by divisor_override, or by the window's size with (count_include_pad) or without the zero padding.
     """
     if divisor_override is not None and (isinstance(divisor_override, bool) or not isinstance(divisor_override, int)):
         raise TypeError(f"avg_pool2d(): argument 'divisor_override' must be int, not {type(divisor_override).__name__}")
@@ -122,15 +119,13 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     input.size(-3)  # PyTorch's IndexError for input with fewer than 3 dims
     kernel_size, stride, padding, _ = _pool.normalize_pool2d_args("avg_pool2d", kernel_size, stride, padding)
     _pool.check_pool2d_args("avg_pool2d", input, kernel_size, stride, padding, (1, 1), ceil_mode)
-    batched = input if input.dim() == 4 else input.unsqueeze(0)
-    output = _pool.AvgPool2dFunction.apply(
-        batched, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
-    )
-    return output if input.dim() == 4 else output.squeeze(0)
+    return _pool.AvgPool2dFunction.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                         divisor_override)
 
 
 def adaptive_avg_pool2d(input, output_size):
-    """2-D adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d, through ``AdaptiveAvgPool2dFunction``.
+    """2-D adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d, through
+    ``AdaptiveAvgPool2dFunction``, or ``GlobalAvgPool2dFunction`` for a 1×1 output (the mean over the plane).
 
     output_size an int or a pair, None keeping that input size; window i spans ⌊i·H/H_out⌋ .. ⌈(i+1)·H/H_out⌉.
     """
@@ -143,9 +138,9 @@ def adaptive_avg_pool2d(input, output_size):
             size if size is not None else default for size, default in zip(output_size, input.shape[-len(output_size):])
         )
     _pool.check_adaptive_pool2d_args(input, output_size)
-    batched = input if input.dim() == 4 else input.unsqueeze(0)
-    output = _pool.AdaptiveAvgPool2dFunction.apply(batched, output_size)
-    return output if input.dim() == 4 else output.squeeze(0)
+    if output_size == (1, 1):
+        return _pool.GlobalAvgPool2dFunction.apply(input)
+    return _pool.AdaptiveAvgPool2dFunction.apply(input, output_size)
 
 # ---------------------------------------------------------------------------------------------------- activations
 

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import manual_conv
 import manual_conv.functional as mF
 import manual_conv.nn as mnn
+from manual_conv.ops._utils import suggests_channels_last
 from manual_conv.ops.pool import MaxPool2dFunction, max_pool2d_input_grad
 
 pytestmark = pytest.mark.skipif(not manual_conv.extension_available(),
@@ -103,27 +104,33 @@ class Pool:
 
 
 def assert_pool_matches_python_and_torch(pool):
+    """Equal bits, and torch's strides (channels_last exactly where torch's output is) for output and indices."""
     output, indices = pool.compiled()
-    assert output.is_contiguous() and indices.dtype == torch.int64
+    assert indices.dtype == torch.int64
     for (expected_output, expected_indices), any_nan_bits in ((pool.torch(), False), (pool.python(), True)):
         assert_bitwise_equal(output, expected_output, any_nan_bits)
         assert_bitwise_equal(indices, expected_indices)
+        assert output.stride() == expected_output.stride() and indices.stride() == expected_indices.stride()
 
 
 @st.composite
 def pools(draw, dtypes=DTYPES):
-    """A max pooling PyTorch accepts (pads within half the kernel, output ≥ 1), of random or special values."""
+    """A max pooling PyTorch accepts (pads within half the kernel, output ≥ 1), of random or special values, on a
+    batch (N, C, H, W) in any layout (1-channel channels_last too) or an unbatched (C, H, W) input."""
     kernel = [draw(st.integers(1, 4)) for _ in range(2)]
     stride = [draw(st.integers(1, 3)) for _ in range(2)]
     dilation = [draw(st.integers(1, 3)) for _ in range(2)]
     padding = [draw(st.integers(0, k // 2)) for k in kernel]
     sizes = [max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 5)) for k, d, p in zip(kernel, dilation, padding)]
-    shape = (draw(st.integers(0, 2)), draw(st.integers(1, 3)), *sizes)
+    batch = draw(st.sampled_from([(0,), (1,), (2,), (2,), ()]))
+    shape = (*batch, draw(st.integers(1, 3)), *sizes)
     values = draw(st.sampled_from([None, POOL_SPECIAL_VALUES, (-math.inf, -math.inf, 1.0)]))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    input = laid_out(random_tensor(shape, draw(st.sampled_from(dtypes)), values, generator),
-                     draw(st.sampled_from(LAYOUTS)))
-    return Pool(input, kernel, stride, padding, dilation, draw(st.booleans()))
+    layout = draw(st.sampled_from(LAYOUTS if batch else ("contiguous", "transposed")))
+    input = random_tensor(shape, draw(st.sampled_from(dtypes)), values, generator)
+    if layout == "channels_last":  # channels_last strides, which make a 1-channel input channels_last too
+        input = torch.empty_like(input, memory_format=torch.channels_last).copy_(input)
+    return Pool(laid_out(input, layout), kernel, stride, padding, dilation, draw(st.booleans()))
 
 
 @settings(max_examples=200)
@@ -266,16 +273,17 @@ def test_opcheck(single_thread, dtype):
         for layout in (torch.contiguous_format, torch.channels_last):
             torch.library.opcheck(ops.max_pool2d,
                                   (input.contiguous(memory_format=layout).requires_grad_(), *pool_args))
+        torch.library.opcheck(ops.max_pool2d, (input[0].clone().requires_grad_(), *pool_args))
     output = torch.randn(2, 3, 7, 6, generator=generator).to(dtype).clamp_min(0)
     grad_output = torch.randn(2, 3, 7, 6, generator=generator).to(dtype)
     for grad_layout, output_layout in (("contiguous",) * 2, ("channels_last",) * 2, ("contiguous", "transposed")):
         torch.library.opcheck(ops.relu_backward, (laid_out(grad_output, grad_layout).requires_grad_(),
                                                   laid_out(output, output_layout).requires_grad_()))
-    _, indices = ops.max_pool2d(input, [3, 2], [1, 1], [1, 1], [1, 1], False)
     for layout in ("contiguous", "channels_last"):
+        _, indices = ops.max_pool2d(laid_out(input, layout), [3, 2], [1, 1], [1, 1], [1, 1], False)
         torch.library.opcheck(ops.max_pool2d_backward,
                               (laid_out(torch.randn(indices.shape, generator=generator).to(dtype), layout)
-                               .requires_grad_(), indices, list(input.shape)))
+                               .requires_grad_(), indices, list(input.shape), layout == "channels_last"))
     # dropout_mask draws random numbers, so the checks that compare two calls' outputs do not apply
     for layout in ("contiguous", "channels_last", "transposed"):
         torch.library.opcheck(ops.dropout_mask, (laid_out(input, layout), 0.5),
@@ -328,23 +336,26 @@ def test_dropout_on_cpp_draws_its_mask_with_the_compiled_kernel(single_thread):
 @given(pool=pools(), grad_layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**16))
 def test_max_pool2d_backward_matches_torch_bitwise(single_thread, pool, grad_layout, seed):
     """The compiled backward against torch's max-pool backward: the same sums, rounded the same way where windows
-    overlap (every dtype; overlapping, dilated, padded and ceil-mode windows; any grad layout). Against the Python
-    path's scatter_add_ too for float32/float64; float16/bfloat16 sums differ there, rounded once in float32
-    instead of after every add as torch's kernel and ours round them.
+    overlap (every dtype; overlapping, dilated, padded and ceil-mode windows; any grad layout), laid out as torch's
+    (channels_last where the input is). Against the Python path's scatter_add_ too for float32/float64;
+    float16/bfloat16 sums differ there, rounded once in float32 instead of after every add as torch's kernel and
+    ours round them.
 
     A window wholly in the padding (e.g. width 1, padding 1, dilation 2) gets an index outside its plane, as in
     torch, whose backward then writes outside the plane; ours raises (see BAD_CALLS), so such pools are left out."""
     _, indices = pool.compiled()
-    assume(bool(((indices >= 0) & (indices < pool.input.shape[2] * pool.input.shape[3])).all()))
+    assume(bool(((indices >= 0) & (indices < pool.input.shape[-2] * pool.input.shape[-1])).all()))
     grad_output = laid_out(torch.randn(indices.shape, generator=torch.Generator().manual_seed(seed)).to(
-        pool.input.dtype), grad_layout)
-    actual = ops.max_pool2d_backward(grad_output, indices, pool.input.shape)
-    assert actual.is_contiguous()
-    assert_bitwise_equal(actual, torch.ops.aten.max_pool2d_with_indices_backward(grad_output, pool.input,
-                                                                                  *pool.args, indices))
+        pool.input.dtype), grad_layout if indices.dim() == 4 else "contiguous")
+    channels_last = pool.input.dim() == 4 and suggests_channels_last(pool.input)
+    actual = ops.max_pool2d_backward(grad_output, indices, pool.input.shape, channels_last)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(grad_output, pool.input, *pool.args, indices)
+    assert_bitwise_equal(actual, expected)
+    assert actual.stride() == expected.stride()
     if pool.input.dtype in (torch.float32, torch.float64):
         with manual_conv.use_backend("python"):
-            assert_bitwise_equal(actual, max_pool2d_input_grad(grad_output, indices, pool.input.shape))
+            assert_bitwise_equal(actual, max_pool2d_input_grad(grad_output, indices, pool.input.shape,
+                                                               channels_last))
 
 
 def test_max_pool2d_backward_gradcheck_and_gradgradcheck(single_thread):
@@ -355,7 +366,7 @@ def test_max_pool2d_backward_gradcheck_and_gradgradcheck(single_thread):
     grad_output = torch.randn(indices.shape, dtype=torch.float64, requires_grad=True)
 
     def backward(grad_output):
-        return ops.max_pool2d_backward(grad_output, indices, input.shape)
+        return ops.max_pool2d_backward(grad_output, indices, input.shape, False)
 
     assert torch.autograd.gradcheck(backward, (grad_output,))
     assert torch.autograd.gradgradcheck(backward, (grad_output,))
@@ -462,9 +473,10 @@ def pool_args(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0), dilation=(1, 1)
 
 
 BAD_CALLS = [
-    ("max_pool2d", (torch.ones(3, 6, 6), *POOL), RuntimeError, r"expected a 4-D input"),
-    ("max_pool2d", (torch.ones(2, 0, 6, 6), *POOL), RuntimeError, r"expected a 4-D input"),
-    ("max_pool2d", (torch.ones(2, 3, 6, 0), *POOL), RuntimeError, r"expected a 4-D input"),
+    ("max_pool2d", (torch.ones(6, 6), *POOL), RuntimeError, r"expected a 3-D \(C, H, W\) or 4-D \(N, C, H, W\) input"),
+    ("max_pool2d", (torch.ones(2, 0, 6, 6), *POOL), RuntimeError, r"or 4-D \(N, C, H, W\) input"),
+    ("max_pool2d", (torch.ones(2, 3, 6, 0), *POOL), RuntimeError, r"or 4-D \(N, C, H, W\) input"),
+    ("max_pool2d", (torch.ones(0, 6, 6), *POOL), RuntimeError, r"or 4-D \(N, C, H, W\) input"),
     ("max_pool2d", (X, *pool_args(kernel_size=(0, 2))), RuntimeError, r"kernel size should be greater than zero"),
     ("max_pool2d", (X, *pool_args(stride=(2, 0))), RuntimeError, r"stride should not be zero"),
     ("max_pool2d", (X, *pool_args(stride=(-1, 2))), RuntimeError, r"stride should be greater than zero"),
@@ -479,15 +491,19 @@ BAD_CALLS = [
     ("max_pool2d", (X, [2, 2, 2], *POOL[1:]), RuntimeError, r"expected kernel_size to be a list of 2 ints"),
     ("max_pool2d", (X, *POOL[:2], [0], *POOL[3:]), RuntimeError, r"expected padding to be a list of 2 ints"),
     ("max_pool2d", (X.long(), *POOL), NotImplementedError, r"\"manual_conv::max_pool2d\" not implemented for 'Long'"),
-    ("max_pool2d_backward", (G, I, [2, 3, 6]), RuntimeError, r"input_size to be a list of 4 ints"),
-    ("max_pool2d_backward", (G, I, [2, 4, 6, 6]), RuntimeError, r"4-D grad_output with the batch and channels"),
-    ("max_pool2d_backward", (G[0], I[0], [2, 3, 6, 6]), RuntimeError, r"4-D grad_output"),
-    ("max_pool2d_backward", (G, I.int(), [2, 3, 6, 6]), RuntimeError, r"expected int64 indices"),
-    ("max_pool2d_backward", (G, I[..., :2], [2, 3, 6, 6]), RuntimeError, r"indices of grad_output's size"),
-    ("max_pool2d_backward", (G, I + 36, [2, 3, 6, 6]), RuntimeError,
+    ("max_pool2d_backward", (G, I, [6, 6], False), RuntimeError, r"input_size to be a list of 3 or 4 ints"),
+    ("max_pool2d_backward", (G[0], I[0], [3, 6, 6], True), RuntimeError, r"channels_last needs a 4-D input_size"),
+    ("max_pool2d_backward", (G, I, [2, 4, 6, 6], False), RuntimeError,
+     r"4-D grad_output with the leading sizes of input_size"),
+    ("max_pool2d_backward", (G[0], I[0], [2, 3, 6, 6], False), RuntimeError, r"4-D grad_output"),
+    ("max_pool2d_backward", (G, I, [3, 6, 6], False), RuntimeError, r"3-D grad_output"),
+    ("max_pool2d_backward", (G, I.int(), [2, 3, 6, 6], False), RuntimeError, r"expected int64 indices"),
+    ("max_pool2d_backward", (G, I[..., :2], [2, 3, 6, 6], False), RuntimeError, r"indices of grad_output's size"),
+    ("max_pool2d_backward", (G, I + 36, [2, 3, 6, 6], False), RuntimeError,
      r"index 36 is out of bounds for an input plane of 36 positions"),
-    ("max_pool2d_backward", (G, I - 1, [2, 3, 6, 6]), RuntimeError, r"index -1 is out of bounds"),
-    ("max_pool2d_backward", (G.int(), I, [2, 3, 6, 6]), NotImplementedError, r"not implemented for 'Int'"),
+    ("max_pool2d_backward", (G, I - 1, [2, 3, 6, 6], False), RuntimeError, r"index -1 is out of bounds"),
+    ("max_pool2d_backward", (G, I + 36, [2, 3, 6, 6], True), RuntimeError, r"index 36 is out of bounds"),
+    ("max_pool2d_backward", (G.int(), I, [2, 3, 6, 6], False), NotImplementedError, r"not implemented for 'Int'"),
     ("relu_backward", (X, torch.ones(2, 3, 6, 5)), RuntimeError, r"same size"),
     ("relu_backward", (X, X.double()), RuntimeError, r"same dtype"),
     ("relu_backward", (X.int(), X.int()), NotImplementedError, r"not implemented for 'Int'"),

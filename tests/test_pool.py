@@ -5,10 +5,12 @@ forward; the parity tests prove forward, arg-max indices and gradients equal to 
 configurations, including ties, NaN and all −∞ windows, where the arg-max rule matters. The max pooling tests run
 on both backends (the `backend` fixture): on 'cpp' its forward is the compiled kernel.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
@@ -43,6 +45,7 @@ AVG_POOL_CASES = {
 
 ADAPTIVE_CASES = {
     "divides": ((2, 2, 6, 4), 2),
+    "global": ((2, 3, 5, 4), 1),
     "overlapping-windows": ((1, 2, 7, 5), (3, 4)),
     "larger-than-input": ((1, 1, 3, 2), (5, 3)),
     "keep-one-size": ((1, 2, 5, 6), (None, 4)),
@@ -85,6 +88,7 @@ def test_adaptive_avg_pool2d_gradcheck_and_gradgradcheck(shape, output_size):
     (lambda x: mF.max_pool2d(x, 2), "MaxPool2dFunctionBackward"),
     (lambda x: mF.avg_pool2d(x, 2), "AvgPool2dFunctionBackward"),
     (lambda x: mF.adaptive_avg_pool2d(x, 3), "AdaptiveAvgPool2dFunctionBackward"),
+    (lambda x: mF.adaptive_avg_pool2d(x, 1), "GlobalAvgPool2dFunctionBackward"),
     (mnn.MaxPool2d(2), "MaxPool2dFunctionBackward"),
     (mnn.AvgPool2d(2), "AvgPool2dFunctionBackward"),
     (mnn.AdaptiveAvgPool2d(3), "AdaptiveAvgPool2dFunctionBackward"),
@@ -97,9 +101,18 @@ def test_the_graph_runs_through_our_functions(function, node):
 # --------------------------------------------------------------------------------------------- parity with torch
 
 
+def every_window_reads_the_input(size, kernel, stride, padding, dilation, ceil_mode):
+    """Whether every window along one dim has a tap inside the input. PyTorch's max pooling gives a window wholly in
+    the padding (e.g. width 1, padding 1, dilation 2) an index outside its plane, and its backward then writes out
+    of bounds (a PyTorch bug, not copied: manual_conv raises); such pools are left out."""
+    windows = pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode)
+    return all(any(0 <= y * stride - padding + i * dilation < size for i in range(kernel)) for y in range(windows))
+
+
 @st.composite
 def pool_configs(draw, dilation=True):
-    """(input shape, kwargs) that PyTorch accepts: pads within half the (effective) kernel, output ≥ 1."""
+    """(input shape, kwargs) that PyTorch accepts: pads within half the (effective) kernel, output ≥ 1, and
+    every window reads the input."""
     kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilation else (1, 1)
@@ -108,6 +121,7 @@ def pool_configs(draw, dilation=True):
     sizes = tuple(
         max(1, d * (k - 1) + 1 - 2 * p) + draw(st.integers(0, 5)) for k, d, p in zip(kernel, dil, padding)
     )
+    assume(all(every_window_reads_the_input(*args, ceil_mode) for args in zip(sizes, kernel, stride, padding, dil)))
     batch = (draw(st.integers(1, 2)),) if draw(st.booleans()) else ()
     shape = (*batch, draw(st.integers(1, 3)), *sizes)
     kwargs = {"kernel_size": kernel, "stride": stride, "padding": padding, "ceil_mode": ceil_mode}
@@ -193,7 +207,7 @@ def test_adaptive_avg_pool2d_matches_torch(height, width, out_height, out_width,
     )
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8])
 def test_integer_max_pool2d_like_torch(backend, dtype):
     """Max pooling of integers pads with the dtype's minimum, so the pad still never wins (the Python scan runs
     for integers on both backends)."""
@@ -234,6 +248,183 @@ def test_zero_batch(backend):
         assert output.shape == torchs(input, 2).shape
         (grad,) = torch.autograd.grad(output.sum(), input)
         assert grad.shape == input.shape
+
+
+# ------------------------------------------------------------------------------------ non-finite values (issue 12)
+
+
+def test_adaptive_avg_pool2d_keeps_an_infinity_in_its_window(backend):
+    """Issue 12's example: adaptive_avg_pool2d([[[[inf, 1.]]]], (1, 2)) is [inf, 1], as in torch, not [inf, nan]
+    (an averaging matrix multiplies its zeros into the inf); the gradient too stays in each window."""
+    input = torch.tensor([[[[math.inf, 1.0]]]], requires_grad=True)
+    output = mF.adaptive_avg_pool2d(input, (1, 2))
+    assert output.tolist() == [[[[math.inf, 1.0]]]]
+    (grad,) = torch.autograd.grad(output, input, torch.tensor([[[[1.0, math.nan]]]]))
+    assert grad[0, 0, 0, 0].item() == 1.0 and grad[0, 0, 0, 1].isnan()
+
+
+@pytest.mark.parametrize("name, call", [
+    ("max", lambda lib, x: lib.max_pool2d(x, 3, 2, 1, ceil_mode=True)),
+    ("avg", lambda lib, x: lib.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
+    ("adaptive", lambda lib, x: lib.adaptive_avg_pool2d(x, (3, 4))),
+    ("global", lambda lib, x: lib.adaptive_avg_pool2d(x, 1)),
+])
+def test_infinities_and_nan_propagate_as_in_torch(backend, name, call):
+    """±inf and NaN in the input and in the gradient from above: NaN positions and infinities equal torch's."""
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 3, 7, 9, generator=generator, dtype=torch.float64)
+    values.view(-1)[torch.randperm(values.numel(), generator=generator)[:12]] = torch.tensor(
+        [math.inf, -math.inf, math.nan], dtype=torch.float64).repeat(4)
+    results = []
+    for library in (mF, F):
+        input = values.clone().requires_grad_()
+        output = call(library, input)
+        grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        grad_output.view(-1)[::5] = math.inf
+        results.append((output, *torch.autograd.grad(output, input, grad_output)))
+    for ours, torchs in zip(*results):
+        torch.testing.assert_close(ours, torchs, equal_nan=True)
+
+
+# --------------------------------------------------------------------------------- memory formats (issue 12)
+
+
+def _layouts(shape):
+    """(name, tensor): contiguous, channels_last (with channels_last strides, also for one channel) and an
+    unbatched image permuted from (H, W, C), which is channels_last-like but 3-D, hence contiguous for torch."""
+    values = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    yield "contiguous", values
+    yield "channels_last", torch.empty_like(values, memory_format=torch.channels_last).copy_(values)
+    yield "unbatched-hwc", values[0].permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
+POOLS = {
+    "max": lambda lib, x: lib.max_pool2d(x, 2, 1, 1),
+    "avg": lambda lib, x: lib.avg_pool2d(x, 3, 2, 1),
+    "adaptive": lambda lib, x: lib.adaptive_avg_pool2d(x, (2, 3)),
+    "global": lambda lib, x: lib.adaptive_avg_pool2d(x, 1),
+}
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("pool", POOLS)
+def test_outputs_and_gradients_are_laid_out_as_torchs(backend, pool, channels):
+    """Issue 12: max_pool2d's and adaptive_avg_pool2d's outputs for channels_last input were contiguous, and
+    avg_pool2d's input gradient a crop of a padded buffer. Now every output (indices too) has torch's strides and
+    every input gradient torch's layout: channels_last exactly where torch's is, 1-channel tensors included."""
+    for layout, values in _layouts((2, channels, 5, 6)):
+        results = []
+        for library in (mF, F):
+            input = values.clone(memory_format=torch.preserve_format).requires_grad_()
+            seen = []
+            view = input[...]  # a view sees the gradient the op returns, before it is accumulated
+            view.register_hook(seen.append)
+            output = POOLS[pool](library, view)
+            outputs = library.max_pool2d(view, 2, 1, 1, return_indices=True) if pool == "max" else (output,)
+            torch.autograd.grad(output, input, torch.randn_like(output))
+            results.append([tensor.stride() for tensor in outputs] + [seen[0].stride()])
+        assert results[0] == results[1], layout
+
+
+def test_avg_pool2d_gradient_is_not_a_view(backend):
+    """The input gradient is a tensor of its own, not a crop of a padded buffer (a view with padded strides)."""
+    input = torch.randn(2, 3, 5, 6, requires_grad=True)
+    seen = []
+    view = input[...]
+    view.register_hook(seen.append)
+    torch.autograd.grad(mF.avg_pool2d(view, 3, 2, 1), input, torch.randn(2, 3, 3, 3))
+    assert seen[0]._base is None and seen[0].is_contiguous()
+
+
+# --------------------------------------------------------------------------------- dtypes and sizes (issue 12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_pooling_sums_in_float32_as_torch(backend, dtype):
+    """float16/bfloat16 windows are summed in float32 and rounded once, as torch's kernels sum them: 1 plus three
+    2^-8 (2^-11 for float16) is 1 after every bfloat16 add but not in float32, and the mean shows it."""
+    tiny = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    input = torch.tensor([[[[1.0, tiny, 1.0, tiny], [tiny, tiny, tiny, tiny]]]], dtype=dtype)
+    for call in (lambda lib: lib.avg_pool2d(input, 2), lambda lib: lib.adaptive_avg_pool2d(input, (1, 2)),
+                 lambda lib: lib.adaptive_avg_pool2d(input, 1)):
+        expected = call(F)
+        assert torch.equal(call(mF), expected) and expected.float().ne(0.25).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gradients_sum_in_float32(dtype):
+    """Overlapping windows' gradients (divisor 1: exact shares) add up in float32 and round once: the middle
+    input of three windows gets 2^-8 + 2^-8 + 1 (2^-11 for float16), which float16/bfloat16 adds in another
+    order (1 first) would round to 1."""
+    tiny = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    input = torch.zeros(1, 1, 1, 3, dtype=dtype, requires_grad=True)
+    output = mF.avg_pool2d(input, (1, 3), 1, (0, 1), divisor_override=1)
+    (grad,) = torch.autograd.grad(output, input, torch.tensor([[[[tiny, tiny, 1.0]]]], dtype=dtype))
+    assert grad[0, 0, 0, 1].item() == 1 + 2 * tiny
+
+
+def _outcome(call):
+    """What a call gives: its error type, or (values, strides) of its output and its input gradient."""
+    try:
+        return call()
+    except Exception as error:  # noqa: BLE001 - the type is the result
+        return type(error)
+
+
+def _forward_and_backward(function, input):
+    output = function(input)
+    if not input.requires_grad:
+        return output, output.stride()
+    (grad,) = torch.autograd.grad(output, input, torch.ones_like(output))
+    return output, grad
+
+
+EDGE_CALLS = {
+    # the shape is checked before the dtype, which is checked when the kernel is dispatched (an empty batch too)
+    "max-bool-empty-plane": ("max_pool2d", torch.zeros(0, 0, 0, 0, dtype=torch.bool), (2,)),
+    "max-bool-empty-batch": ("max_pool2d", torch.zeros(0, 2, 4, 4, dtype=torch.bool), (2,)),
+    "max-complex-empty-batch": ("max_pool2d", torch.zeros(0, 1, 1, 3, dtype=torch.complex64), (1,)),
+    "max-uint8-empty-batch": ("max_pool2d", torch.zeros(0, 2, 4, 4, dtype=torch.uint8), (2,)),
+    "avg-uint8-empty-batch": ("avg_pool2d", torch.zeros(0, 2, 4, 4, dtype=torch.uint8), (2,)),
+    "avg-int32-empty-plane": ("avg_pool2d", torch.zeros(2, 0, 4, 4, dtype=torch.int32), (2,)),
+    "avg-int64-empty-batch": ("avg_pool2d", torch.zeros(0, 2, 4, 4, dtype=torch.int64), (2,)),
+    # adaptive pooling dispatches its kernel only when there is an output to compute
+    "adaptive-int-no-output": ("adaptive_avg_pool2d", torch.zeros(0, 6, 4, dtype=torch.uint8), (0,)),
+    "adaptive-int64-empty-batch": ("adaptive_avg_pool2d", torch.zeros(0, 2, 5, 4, dtype=torch.int64), (3,)),
+    "adaptive-int64": ("adaptive_avg_pool2d", torch.zeros(1, 2, 5, 4, dtype=torch.int64), (3,)),
+    "adaptive-complex": ("adaptive_avg_pool2d", torch.zeros(1, 2, 5, 4, dtype=torch.complex64), (3,)),
+    "adaptive-complex-grad-no-output": (
+        "adaptive_avg_pool2d", torch.zeros(0, 1, 4, 6, dtype=torch.complex64, requires_grad=True), ((3, None),)),
+    "adaptive-empty-height": ("adaptive_avg_pool2d", torch.zeros(2, 3, 0), (2,)),
+    # its backward wants an output element per plane: no channels in a batch, or an output size 0, fail there
+    "adaptive-backward-no-channels": ("adaptive_avg_pool2d", torch.zeros(1, 0, 6, 1, requires_grad=True), (2,)),
+    "adaptive-backward-no-output": ("adaptive_avg_pool2d", torch.zeros(0, 4, 4, requires_grad=True), (0,)),
+    "adaptive-unbatched-no-channels": ("adaptive_avg_pool2d", torch.zeros(0, 4, 4, requires_grad=True), (2,)),
+    # a 1×1 output is torch's mean over the plane: its dtypes, its dims, NaN for an empty plane
+    "global-int32": ("adaptive_avg_pool2d", torch.zeros(1, 2, 3, dtype=torch.int32), (1,)),
+    "global-1d": ("adaptive_avg_pool2d", torch.zeros(3), (1,)),
+    "global-2d": ("adaptive_avg_pool2d", torch.ones(3, 4, requires_grad=True), (1,)),
+    "global-5d": ("adaptive_avg_pool2d", torch.ones(1, 1, 2, 3, 4, requires_grad=True), (1,)),
+    "global-empty-plane": ("adaptive_avg_pool2d", torch.zeros(2, 3, 0, requires_grad=True), (1,)),
+    "global-complex": ("adaptive_avg_pool2d", torch.ones(2, 3, 4, dtype=torch.complex64, requires_grad=True), (1,)),
+}
+
+
+@pytest.mark.parametrize("name, input, args", EDGE_CALLS.values(), ids=EDGE_CALLS.keys())
+def test_zero_sizes_and_dtypes_like_torch(backend, name, input, args):
+    """Issue 12, item 8: zero-sized dims and dtypes give torch's exception type (in the forward or the backward),
+    or torch's values and gradients; every dtype torch computes is computed."""
+    ours = _outcome(lambda: _forward_and_backward(lambda x: getattr(mF, name)(x, *args), input))
+    torchs = _outcome(lambda: _forward_and_backward(lambda x: getattr(F, name)(x, *args), input))
+    if isinstance(torchs, type):
+        assert ours is torchs
+        return
+    for mine, theirs in zip(ours, torchs):
+        if isinstance(theirs, torch.Tensor):
+            assert mine.dtype == theirs.dtype and mine.shape == theirs.shape
+            torch.testing.assert_close(mine, theirs, equal_nan=True)
+        else:
+            assert mine == theirs
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

@@ -21,6 +21,7 @@ import torch
 
 import manual_conv._C  # noqa: F401  (loads the library that defines the ops registered below)
 
+from ._utils import suggests_channels_last
 from .conv_reference import first_rows_and_columns
 
 _ops = torch.ops.manual_conv
@@ -66,23 +67,28 @@ def _conv2d_bias_grad_fake(grad_output):
 
 @torch.library.register_fake("manual_conv::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    """(N, C, H_out, W_out) or unbatched (C, H_out, W_out), channels_last when the input suggests it."""
     # imported here: pool.py imports the backend, which imports this module while loading the extension
-    from .pool import pooling_output_size
+    from .pool import pool_memory_format, pooling_output_size
 
-    _check_4d("input", input)
+    torch._check(input.dim() in (3, 4), lambda: f"manual_conv: expected a 3-D or 4-D input, but got {input.dim()}-D")
     output_height, output_width = (
-        pooling_output_size(input.shape[axis], kernel_size[axis - 2], stride[axis - 2], padding[axis - 2],
-                            dilation[axis - 2], ceil_mode)
-        for axis in (2, 3)
+        pooling_output_size(input.shape[axis - 2], kernel_size[axis], stride[axis], padding[axis], dilation[axis],
+                            ceil_mode)
+        for axis in (0, 1)
     )
-    output_size = (input.shape[0], input.shape[1], output_height, output_width)
-    return input.new_empty(output_size), input.new_empty(output_size, dtype=torch.int64)
+    output_size = (*input.shape[:-2], output_height, output_width)
+    memory_format = pool_memory_format(input)
+    return (torch.empty(output_size, dtype=input.dtype, device=input.device, memory_format=memory_format),
+            torch.empty(output_size, dtype=torch.int64, device=input.device, memory_format=memory_format))
 
 
 @torch.library.register_fake("manual_conv::max_pool2d_backward")
-def _max_pool2d_backward_fake(grad_output, indices, input_size):
-    _check_4d("grad_output", grad_output)
-    return grad_output.new_empty(input_size)
+def _max_pool2d_backward_fake(grad_output, indices, input_size, channels_last):
+    torch._check(grad_output.dim() == len(input_size),
+                 lambda: "manual_conv: expected grad_output to have as many dims as input_size")
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(input_size, dtype=grad_output.dtype, device=grad_output.device, memory_format=memory_format)
 
 
 @torch.library.register_fake("manual_conv::relu_backward")
@@ -173,14 +179,16 @@ def _max_pool2d_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(indices)
     ctx.save_for_backward(indices)
     ctx.input_shape = inputs[0].shape
+    ctx.channels_last = suggests_channels_last(inputs[0])
 
 
 def _max_pool2d_backward(ctx, grad, _grad_indices):
-    """y = max over each window, indices = its arg-max:  dx = the scatter-add of G to the arg-maxes (ops/pool.py)."""
+    """y = max over each window, indices = its arg-max:  dx = the scatter-add of G to the arg-maxes (ops/pool.py),
+    laid out as the input."""
     from .pool import max_pool2d_input_grad  # imported here for the reason given in _max_pool2d_fake
 
     (indices,) = ctx.saved_tensors
-    return max_pool2d_input_grad(grad, indices, ctx.input_shape), None, None, None, None, None
+    return max_pool2d_input_grad(grad, indices, ctx.input_shape, ctx.channels_last), None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -196,7 +204,7 @@ def _save_second_input(ctx, inputs, output):
 def _max_pool2d_backward_backward(ctx, grad):
     """gx[n, c, p] = Σ_{w: indices[n, c, w] = p} δ[n, c, w]:  dδ[n, c, w] = G[n, c, indices[n, c, w]] (a gather)."""
     (indices,) = ctx.saved_tensors
-    return grad.flatten(2).gather(2, indices.flatten(2)).view(indices.shape), None, None
+    return grad.flatten(-2).gather(-1, indices.flatten(-2)).view(indices.shape), None, None, None
 
 
 torch.library.register_autograd(

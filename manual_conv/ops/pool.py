@@ -1,19 +1,23 @@
-"""Pooling's autograd Functions: max, average and adaptive average pooling, forward and backward by hand.
+"""Pooling's autograd Functions: max, average, adaptive and global average pooling, forward and backward by hand.
 
-Windows come from the same ``as_strided`` view as the convolution (``conv_reference.im2col``), on an input padded
-by hand: with -∞ for max pooling (a pad never wins), with zeros for average pooling (a pad adds nothing). Notation
-(docs/derivations.md, "Pooling"): x the input (N, C, H, W), y the output (N, C, H_out, W_out), δ = ∂L/∂y; k, s, p, d
-are kernel size, stride, padding and dilation. The Functions take batched 4-D input and checked arguments (pairs of
-ints); ``check_pool2d_args`` raises PyTorch's errors and ``manual_conv.functional`` handles unbatched input.
+Notation (docs/derivations.md, "Pooling"): x the input (N, C, H, W) or unbatched (C, H, W), y the output, δ = ∂L/∂y;
+k, s, p, d are kernel size, stride, padding and dilation. The Functions take what PyTorch's pooling kernels take
+(3-D or 4-D input, checked arguments in pairs of ints); ``check_pool2d_args`` and ``check_adaptive_pool2d_args``
+raise PyTorch's errors, in PyTorch's order.
 
-Every backward is linear in δ and written with differentiable tensor ops (scatter-add, strided slices, matmul), so
+As PyTorch's: outputs and input gradients are channels_last exactly when the input suggests it (c10's rule, so
+1-channel tensors follow the layout they were made in), with the strides of ``torch.empty(..., memory_format=)``;
+float16/bfloat16 sums are computed in float32 and rounded once; no window sum multiplies a structural zero into
+data (a padding tap is skipped, never multiplied), so ±∞ and NaN propagate exactly as in PyTorch.
+
+Every backward is linear in δ and written with differentiable tensor ops (slice-adds, scatter-add, index_add), so
 double backward works: the second derivative routes the incoming gradient the way the forward routed x.
 """
 import torch
 import torch.nn.functional as F
 
 from ..backend import compiled_cpu_layers, compiled_layers
-from ._utils import Function, _pair, not_implemented_for
+from ._utils import Function, _pair, not_implemented_for, opmath_dtype, scalar_type_name, suggests_channels_last
 from .conv_reference import im2col
 
 
@@ -30,8 +34,29 @@ def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
     return out
 
 
+def pool_memory_format(input):
+    """The layout of a pooling's output and input gradient, as PyTorch chooses it: channels_last when the input
+    suggests it (a 4-D tensor only), else contiguous."""
+    return torch.channels_last if suggests_channels_last(input) else torch.contiguous_format
+
+
+def _new_zeros(shape, like, memory_format, dtype=None):
+    """Zeros of ``shape`` on ``like``'s device, laid out as ``torch.empty(shape, memory_format=...)`` lays them out."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format).zero_()
+
+
+def _plane_shape(input_shape, output_size):
+    """The input's leading dims ((N, C) or (C,)) followed by the output's plane."""
+    return (*input_shape[:-2], *output_size)
+
+
+def _as_batch(tensor):
+    """An unbatched (C, H, W) tensor as a batch of one (a view), a batch as it is."""
+    return tensor if tensor.dim() == 4 else tensor.unsqueeze(0)
+
+
 def _pool_windows(x, fill, kernel_size, stride, padding, dilation, output_size):
-    """cols[n, c, i, j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x padded with ``fill``: a view.
+    """cols[n, c, i, j, y, x'] = x_pad[n, c, y·s_H + i·d_H, x'·s_W + j·d_W], x (4-D) padded with ``fill``: a view.
 
     Shape (N, C, kH, kW, H_out, W_out). Beyond the padding p, ceil_mode's last window may need up to s − 1 more
     rows/columns at the bottom/right: they get ``fill`` too. ``cols[:, :, i, j]`` is tap (i, j) of every window,
@@ -64,30 +89,29 @@ def _lowest(dtype):
     return -torch.inf if dtype.is_floating_point else torch.iinfo(dtype).min
 
 
-def _scan_taps(cols, lowest):
-    """The running maximum over the taps of every window, in PyTorch's scan order (row by row), and the winner:
-    1 + the number of the tap that set it, 0 if none beat ``lowest``. A tap wins when it is strictly greater than
-    the best so far (ties keep the first maximum) or is NaN (the last NaN wins).
+def _scan_taps(cols, best, winner):
+    """The running maximum over the taps of every window, in PyTorch's scan order (row by row), into ``best``
+    (filled with the dtype's lowest value), and the winner into ``winner`` (zeros): 1 + the number of the tap that
+    set it, 0 if none beat the lowest value. A tap wins when it is strictly greater than the best so far (ties keep
+    the first maximum) or is NaN (the last NaN wins).
 
     torch.maximum gives the running value under both rules (a NaN, once seen, stays). The winner is updated as
-    winner += wins·(t + 1 − winner), a select written as arithmetic: torch.where is a scalar loop on CPU,
-    several times slower than these vectorised ops.
+    winner += wins·(t + 1 − winner), a select written as integer arithmetic: torch.where is a scalar loop on CPU,
+    several times slower than these vectorised ops. Both are updated in place, keeping their layout.
     """
     kh, kw = cols.shape[2:4]
-    best = cols.new_full(cols.shape[:2] + cols.shape[4:], lowest)
-    winner = torch.zeros(best.shape, dtype=torch.uint8 if kh * kw < 255 else torch.int64, device=best.device)
     for t in range(kh * kw):
         tap = cols[:, :, t // kw, t % kw]
         wins = tap > best
         if tap.dtype.is_floating_point:
             wins |= tap.isnan()
-        best = torch.maximum(best, tap)
+        torch.maximum(best, tap, out=best)
         winner += wins * (t + 1 - winner)
-    return best, winner
 
 
 class MaxPool2dFunction(Function):
-    """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞.
+    """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞ (the dtype's lowest
+    value for integers).
 
     Returns (y, indices): indices[n, c, y, x] = h·W + w, the position in the input plane of the arg-max. It is
     found as PyTorch's kernel finds it, scanning the taps row by row and taking a tap when it is strictly greater
@@ -107,13 +131,18 @@ class MaxPool2dFunction(Function):
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
         if compiled_layers(input):
             return torch.ops.manual_conv.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-        h, w = input.shape[2:]
+        h, w = input.shape[-2:]
         output_size = tuple(
             pooling_output_size(*args, ceil_mode) for args in zip((h, w), kernel_size, stride, padding, dilation)
         )
+        memory_format = pool_memory_format(input)
         lowest = _lowest(input.dtype)
-        cols = _pool_windows(input, lowest, kernel_size, stride, padding, dilation, output_size)
-        output, winner = _scan_taps(cols, lowest)
+        output = torch.empty(_plane_shape(input.shape, output_size), dtype=input.dtype, device=input.device,
+                             memory_format=memory_format).fill_(lowest)
+        winner = _new_zeros(output.shape, output, memory_format, torch.uint8 if kernel_size[0] * kernel_size[1] < 255
+                            else torch.int64)
+        cols = _pool_windows(_as_batch(input), lowest, kernel_size, stride, padding, dilation, output_size)
+        _scan_taps(cols, _as_batch(output), _as_batch(winner))  # views, filled in place
         rows, columns = (
             _tap_coordinates(*args, input.device) for args in zip(output_size, kernel_size, stride, padding, dilation)
         )
@@ -124,11 +153,13 @@ class MaxPool2dFunction(Function):
                                                   for i in range(kernel_size[0]) for j in range(kernel_size[1])])
         windows = output_size[0] * output_size[1]
         window_number = torch.arange(windows, device=input.device).view(output_size)
-        indices = positions.view(-1).take(winner.long() * windows + window_number)
+        indices = torch.empty_like(output, dtype=torch.int64)  # winner's layout, which is output's
+        torch.take(positions.view(-1), winner.long().mul_(windows).add_(window_number), out=indices)
         return output, indices
 
     @staticmethod
     def setup_context(ctx, inputs, output):
+        input = inputs[0]
         _, indices = output
         ctx.mark_non_differentiable(indices)
         # No tensor of zeros for the indices' gradient (a fill as large as y: 0.5 ms a step for the MNIST net's
@@ -136,26 +167,32 @@ class MaxPool2dFunction(Function):
         # undefined (gradcheck calls it so).
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(indices)
-        ctx.input_shape = inputs[0].shape
+        ctx.input_shape = input.shape
+        ctx.channels_last = suggests_channels_last(input)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
         (indices,) = ctx.saved_tensors
-        grad_input = None if grad_output is None else max_pool2d_input_grad(grad_output, indices, ctx.input_shape)
+        grad_input = None if grad_output is None else max_pool2d_input_grad(grad_output, indices, ctx.input_shape,
+                                                                           ctx.channels_last)
         return grad_input, None, None, None, None, None
 
 
-def max_pool2d_input_grad(grad_output, indices, input_shape):
+def max_pool2d_input_grad(grad_output, indices, input_shape, channels_last):
     """∂L/∂x[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w]: a scatter-add into the input planes, for
-    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py). On 'cpp' a CPU tensor
-    takes the compiled ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order, one plane
-    at a time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as
-    in torch's kernel, and once here; differentiable too: ops/library.py registers its derivative, a gather)."""
+    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py); channels_last (the
+    input's layout) or contiguous. On 'cpp' a CPU tensor takes the compiled
+    ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order as torch's kernel, one plane at a
+    time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as in
+    torch's kernel; here they are summed in float32 and rounded once). Differentiable too: ops/library.py registers
+    the compiled op's derivative, a gather."""
     if compiled_cpu_layers(grad_output):
-        return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape)
-    n, c, h, w = input_shape
-    grad_input = grad_output.new_zeros(n, c, h * w).scatter_add_(2, indices.flatten(2), grad_output.flatten(2))
-    return grad_input.view(n, c, h, w)
+        return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape, channels_last)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    grad_input = _new_zeros(input_shape, grad_output, memory_format, opmath_dtype(grad_output.dtype))
+    # flattening (H, W) is a view of either layout, so the scatter writes into grad_input
+    grad_input.flatten(-2).scatter_add_(-1, indices.flatten(-2), grad_output.flatten(-2).to(grad_input.dtype))
+    return grad_input.to(grad_output.dtype)
 
 
 def _window_counts(size, output_size, kernel, stride, padding, count_include_pad, device):
@@ -181,100 +218,192 @@ def _avg_pool_divisor(input_size, output_size, kernel_size, stride, padding, cou
     return counts_h[:, None] * counts_w[None, :]
 
 
-class AvgPool2dFunction(Function):
-    """y[n, c, y, x] = (1 / D[y, x]) · Σ_{i, j} x_pad[n, c, y·s + i, x·s + j], with x_pad padded by zeros.
+def _taps_inside(size, output_size, kernel, stride, padding):
+    """For each tap i of the windows along one dim: (windows, inputs), the slice of windows y whose tap i reads
+    inside the input, at h = y·s − p + i ∈ [0, H), and the strided slice of those rows h. Taps that read only
+    padding for every window are left out: padding adds nothing to a sum."""
+    taps = []
+    for i in range(kernel):
+        first = max(0, -((i - padding) // stride))  # the first y with y·s − p + i ≥ 0
+        end = min(output_size, (size - 1 + padding - i) // stride + 1)  # past the last y with h ≤ H − 1
+        if first < end:
+            row = first * stride - padding + i
+            taps.append((slice(first, end), slice(row, row + (end - first - 1) * stride + 1, stride)))
+    return taps
 
-    D is divisor_override when given, else the window's size counted as ``_window_counts`` does (D = D_H[y]·D_W[x]).
-    Integer inputs divide with truncation, as PyTorch does.
+
+def _window_taps(input_size, output_size, kernel_size, stride, padding):
+    """For every tap (i, j) that reads inside the input for some window: (windows, inputs), indices of the windows
+    it reads inside and of the input elements it reads there (``_taps_inside`` along each dim, leading dims whole)."""
+    rows, columns = (_taps_inside(*args) for args in zip(input_size, output_size, kernel_size, stride, padding))
+    return [((..., window_rows, window_columns), (..., input_rows, input_columns))
+            for window_rows, input_rows in rows for window_columns, input_columns in columns]
+
+
+class AvgPool2dFunction(Function):
+    """y[n, c, y, x] = (1 / D[y, x]) · Σ_{i, j: inside} x[n, c, y·s − p + i, x·s − p + j]: the window's sum over
+    the taps that read inside the input (zero padding adds nothing, so it is skipped rather than added), divided
+    by D, divisor_override or the window's size counted as ``_window_counts`` does (D = D_H[y]·D_W[x]).
+
+    Computed tap by tap: for each (i, j), the input's strided slice that tap reads is added to the windows that
+    read inside the input, as PyTorch's kernel adds them (row by row, in float32 for float16/bfloat16). Integer
+    (int64) inputs sum exactly and divide with truncation, as PyTorch does.
 
     Backward: every input in window (y, x) gets the same share of its gradient,
         ∂L/∂x[n, c, h, w] = Σ_{windows (y, x) containing (h, w)} δ[n, c, y, x] / D[y, x]
-    computed as one strided slice-add of δ/D per kernel tap (i, j) into the padded input plane, then cropped.
-    Linear in δ and built from differentiable ops: double backward works.
+    the adjoint of the forward: for each tap, the windows' slice of δ/D added into the input's strided slice.
+    Linear in δ and built from differentiable slice-adds: double backward works.
     """
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-        n, c, h, w = input.shape
+        h, w = input.shape[-2:]
         output_size = tuple(
             pooling_output_size(*args, 1, ceil_mode) for args in zip((h, w), kernel_size, stride, padding)
         )
-        cols = _pool_windows(input, 0, kernel_size, stride, padding, (1, 1), output_size)
-        sums = sum(cols[:, :, i, j] for i in range(kernel_size[0]) for j in range(kernel_size[1]))
+        sums = _new_zeros(_plane_shape(input.shape, output_size), input, pool_memory_format(input),
+                          opmath_dtype(input.dtype))
+        for windows, inputs in _window_taps((h, w), output_size, kernel_size, stride, padding):
+            sums[windows] += input[inputs]
         divisor = _avg_pool_divisor((h, w), output_size, kernel_size, stride, padding, count_include_pad,
                                     divisor_override, input.device)
         if input.dtype.is_floating_point:
-            return sums / divisor
-        return torch.div(sums, divisor, rounding_mode="trunc").to(input.dtype)
+            return sums.div_(divisor).to(input.dtype)
+        return sums.div_(divisor, rounding_mode="trunc")
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, *pool_args = inputs
         ctx.input_shape = input.shape
+        ctx.memory_format = pool_memory_format(input)
         ctx.pool_args = pool_args
 
     @staticmethod
     def backward(ctx, grad_output):
         kernel_size, stride, padding, _, count_include_pad, divisor_override = ctx.pool_args
-        (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
-        n, c, h, w = ctx.input_shape
-        h_out, w_out = grad_output.shape[2:]
-        divisor = _avg_pool_divisor((h, w), (h_out, w_out), kernel_size, stride, padding, count_include_pad,
+        input_size, output_size = ctx.input_shape[-2:], grad_output.shape[-2:]
+        divisor = _avg_pool_divisor(input_size, output_size, kernel_size, stride, padding, count_include_pad,
                                     divisor_override, grad_output.device)
-        share = grad_output / divisor
-        # the padded plane as tall/wide as the windows reach (ceil_mode's overhang included)
-        padded = grad_output.new_zeros(n, c, max(h + 2 * ph, (h_out - 1) * sh + kh),
-                                       max(w + 2 * pw, (w_out - 1) * sw + kw))
-        for i in range(kh):
-            for j in range(kw):
-                padded[:, :, i:i + (h_out - 1) * sh + 1:sh, j:j + (w_out - 1) * sw + 1:sw] += share
-        grad_input = padded[:, :, ph:ph + h, pw:pw + w]
-        return grad_input, None, None, None, None, None, None
+        share = grad_output.to(opmath_dtype(grad_output.dtype)) / divisor
+        grad_input = _new_zeros(ctx.input_shape, share, ctx.memory_format)
+        for windows, inputs in _window_taps(input_size, output_size, kernel_size, stride, padding):
+            grad_input[inputs] += share[windows]
+        return grad_input.to(grad_output.dtype), None, None, None, None, None, None
 
 
-def adaptive_average_matrix(size, output_size, dtype, device):
-    """A[i, h] = 1 / (e_i − b_i) for b_i ≤ h < e_i, else 0, with b_i = ⌊i·H / H_out⌋, e_i = ⌈(i + 1)·H / H_out⌉.
 
-    Row i averages window i; the windows cover the input and neighbours overlap when H is not a multiple of H_out.
-    """
-    i = torch.arange(output_size, device=device)
-    start = i * size // output_size
-    end = ((i + 1) * size + output_size - 1) // output_size
-    h = torch.arange(size, device=device)
-    inside = (h >= start[:, None]) & (h < end[:, None])
-    return inside.to(dtype) / (end - start).to(dtype)[:, None]
+def _adaptive_windows(size, output_size, device):
+    """Window i along one dim spans rows b_i ≤ h < e_i, b_i = ⌊i·H / H_out⌋, e_i = ⌈(i + 1)·H / H_out⌉; neighbours
+    overlap by a row when H_out does not divide H. Returns (taps, sizes): for every t < the largest size, the
+    windows i with a t-th row (e_i − b_i > t) and those rows b_i + t; and every window's size e_i − b_i."""
+    bounds = [(i * size // output_size, -(-(i + 1) * size // output_size)) for i in range(output_size)]
+    as_tensor = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
+    taps = []
+    for t in range(max((end - begin for begin, end in bounds), default=0)):
+        windows = [i for i, (begin, end) in enumerate(bounds) if end - begin > t]
+        taps.append((as_tensor(windows), as_tensor([bounds[i][0] + t for i in windows])))
+    return taps, as_tensor([end - begin for begin, end in bounds])
+
+
+def _window_sums(x, dim, taps, size, memory_format, dtype):
+    """out[..., i, ...] = Σ_t x[..., b_i + t, ...] along ``dim``: each window's sum of its rows, tap by tap (its
+    t-th rows, index_select, added into their windows, index_add), in ``dtype``. Nothing is multiplied by a zero
+    weight, and no temporary is larger than out."""
+    shape = list(x.shape)
+    shape[dim] = size
+    sums = _new_zeros(shape, x, memory_format, dtype)
+    for windows, rows in taps:
+        sums.index_add_(dim, windows, x.index_select(dim, rows).to(dtype))
+    return sums
+
+
+def _window_shares(share, dim, taps, size, memory_format):
+    """The adjoint of ``_window_sums``: out[..., h, ...] = Σ_{windows i ∋ h} share[..., i, ...] along ``dim``, tap
+    by tap (the windows' shares, index_select, added into their t-th rows, index_add)."""
+    shape = list(share.shape)
+    shape[dim] = size
+    grad = _new_zeros(shape, share, memory_format)
+    for windows, rows in taps:
+        grad.index_add_(dim, rows, share.index_select(dim, windows))
+    return grad
 
 
 class AdaptiveAvgPool2dFunction(Function):
-    """y[n, c] = A_H · x[n, c] · A_Wᵀ, with A the averaging matrices of ``adaptive_average_matrix``.
+    """y[n, c, i, j] = (1 / (|R_i|·|C_j|)) · Σ_{h ∈ R_i, w ∈ C_j} x[n, c, h, w], with R_i = [b_i, e_i) and C_j the
+    windows of ``_adaptive_windows`` along H and W.
 
-    The mean over a rectangle is the mean over its rows of the means over its columns, so the 2-D windows
-    (rows b_i..e_i, columns b_j..e_j) separate into one matrix per dim.
-    Backward: y is linear in x, so ∂L/∂x[n, c] = A_Hᵀ · δ[n, c] · A_W (each input gets 1/size of every window
-    holding it). Made of matmuls: double backward works.
+    The sum over a rectangle is the sum over its rows of the sums over its columns, so it is taken one dim at a
+    time, each a sum of the rows (columns) in every window, ``_window_sums``: the product with the 0/1 window
+    matrix of docs/derivations.md, without multiplying its zeros into x (0·∞ would be NaN). In float32 for
+    float16/bfloat16, rounded once.
+    Backward: y is linear in x, and each input gets 1/size of the gradient of every window holding it:
+        ∂L/∂x[n, c, h, w] = Σ_{i: h ∈ R_i} Σ_{j: w ∈ C_j} δ[n, c, i, j] / (|R_i|·|C_j|)
+    the adjoint window sums, ``_window_shares``, one dim at a time. Made of index_select and index_add: double
+    backward works. As PyTorch, a backward with no output element per plane (no channels in a batch, or an
+    output size 0) is an error.
     """
 
     @staticmethod
     def forward(input, output_size):
-        rows, cols = (
-            adaptive_average_matrix(size, out, input.dtype, input.device)
-            for size, out in zip(input.shape[2:], output_size)
+        memory_format = pool_memory_format(input)
+        output_shape = _plane_shape(input.shape, output_size)
+        if torch.Size(output_shape).numel() == 0:  # nothing to compute, whatever the dtype (as PyTorch)
+            return _new_zeros(output_shape, input, memory_format)
+        (taps_h, sizes_h), (taps_w, sizes_w) = (
+            _adaptive_windows(size, out, input.device) for size, out in zip(input.shape[-2:], output_size)
         )
-        return rows @ input @ cols.T
+        dtype = opmath_dtype(input.dtype)
+        rows = _window_sums(input, -2, taps_h, output_size[0], memory_format, dtype)
+        sums = _window_sums(rows, -1, taps_w, output_size[1], memory_format, dtype)
+        return sums.div_(sizes_h[:, None] * sizes_w).to(input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, output_size = inputs
-        ctx.input_shape = input.shape
-        ctx.output_size = output_size
+        ctx.input_shape = inputs[0].shape
+        ctx.memory_format = pool_memory_format(inputs[0])
 
     @staticmethod
     def backward(ctx, grad_output):
-        rows, cols = (
-            adaptive_average_matrix(size, out, grad_output.dtype, grad_output.device)
-            for size, out in zip(ctx.input_shape[2:], ctx.output_size)
+        for dim in range(1, grad_output.dim()):
+            if grad_output.shape[dim] == 0:
+                raise RuntimeError(
+                    "adaptive_avg_pool2d_backward(): Expected grad_output to have non-zero size for non-batch "
+                    f"dimensions, but grad_output has sizes {list(grad_output.shape)} with dimension {dim} being empty"
+                )
+        height, width = ctx.input_shape[-2:]
+        (taps_h, sizes_h), (taps_w, sizes_w) = (
+            _adaptive_windows(*sizes, grad_output.device) for sizes in zip((height, width), grad_output.shape[-2:])
         )
-        return rows.T @ grad_output @ cols, None
+        share = grad_output.to(opmath_dtype(grad_output.dtype)) / (sizes_h[:, None] * sizes_w)
+        columns = _window_shares(share, -1, taps_w, width, ctx.memory_format)
+        grad_input = _window_shares(columns, -2, taps_h, height, ctx.memory_format)
+        return grad_input.to(grad_output.dtype), None
+
+
+class GlobalAvgPool2dFunction(Function):
+    """y[..., 0, 0] = (1 / (H·W)) · Σ_{h, w} x[..., h, w]: adaptive average pooling to 1×1, the mean over the plane.
+
+    PyTorch computes this case as ``input.mean((-1, -2), keepdim=True)``, so it takes what the mean takes: any
+    number of leading dims, complex input, an empty plane (0/0: NaN); channels_last input gives channels_last
+    output. The sum runs in float32 for float16/bfloat16, as the mean's, and is rounded once.
+    Backward: ∂L/∂x[..., h, w] = δ[..., 0, 0] / (H·W), δ broadcast over the plane and divided, as the mean's (the
+    gradient is then contiguous, as PyTorch's). Linear in δ: double backward works.
+    """
+
+    @staticmethod
+    def forward(input):
+        count = input.shape[-2] * input.shape[-1]
+        mean = input.sum((-2, -1), keepdim=True, dtype=opmath_dtype(input.dtype)).div_(count).to(input.dtype)
+        return torch.empty(mean.shape, dtype=input.dtype, device=input.device,
+                           memory_format=pool_memory_format(input)).copy_(mean)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.input_shape = inputs[0].shape
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return grad_output.expand(ctx.input_shape) / (ctx.input_shape[-2] * ctx.input_shape[-1])
 
 
 # ------------------------------------------------------------------------------------------- argument checks
@@ -304,13 +433,11 @@ def _half(value):
 
 
 def check_pool2d_args(op, input, kernel_size, stride, padding, dilation, ceil_mode):
-    """Raise PyTorch's error, in PyTorch's order, for pooling arguments it rejects. Numbers are already pairs."""
-    # PyTorch's kernels: max pooling for every dtype but bool, average pooling for floating ones and int64
-    supported = input.dtype != torch.bool if op == "max_pool2d" else (
-        input.dtype.is_floating_point or input.dtype == torch.int64
-    )
-    if not supported:
-        raise not_implemented_for(op, input.dtype)
+    """Raise PyTorch's error, in PyTorch's order, for pooling arguments it rejects. Numbers are already pairs.
+
+    The shape checks come first; the dtype is checked last, when PyTorch's kernel is dispatched (also for an
+    empty batch): max pooling computes every dtype but bool and complex, average pooling floating ones and int64.
+    """
     for k, s, p, d in zip(kernel_size, stride, padding, dilation):
         if s == 0:
             raise RuntimeError("stride should not be zero")
@@ -348,10 +475,19 @@ def check_pool2d_args(op, input, kernel_size, stride, padding, dilation, ceil_mo
             f"Given input size: ({channels}x{h}x{w}). Calculated output size: ({channels}x{h_out}x{w_out}). "
             "Output size is too small"
         )
+    if op == "max_pool2d":
+        supported = input.dtype != torch.bool and not input.dtype.is_complex
+    else:
+        supported = input.dtype.is_floating_point or input.dtype == torch.int64
+    if not supported:
+        raise not_implemented_for(op, input.dtype)
 
 
 def check_adaptive_pool2d_args(input, output_size):
-    """Raise PyTorch's error for adaptive_avg_pool2d arguments it rejects."""
+    """Raise PyTorch's error for adaptive_avg_pool2d arguments it rejects. An output of 1×1 is the mean over the
+    plane (``GlobalAvgPool2dFunction``), with the mean's checks: a floating or complex dtype, at least 2 dims.
+    Otherwise a 3-D or 4-D input with a non-empty plane, and a floating dtype when there is an output to compute
+    (PyTorch dispatches its kernel only then)."""
     if len(output_size) != 2:
         raise RuntimeError("adaptive_avg_pool2d: output_size must be 2")
     if any(size < 0 for size in output_size):
@@ -359,6 +495,14 @@ def check_adaptive_pool2d_args(input, output_size):
             "adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 but received "
             f"{{{output_size[0]}, {output_size[1]}}}"
         )
+    if tuple(output_size) == (1, 1):
+        if not (input.dtype.is_floating_point or input.dtype.is_complex):
+            raise RuntimeError("mean(): could not infer output dtype. Input dtype must be either a floating point "
+                               f"or complex dtype. Got: {scalar_type_name(input.dtype)}")
+        if input.dim() < 2:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-max(input.dim(), 1)}, "
+                             f"{max(input.dim(), 1) - 1}], but got -2)")
+        return
     if input.dim() not in (3, 4):
         raise RuntimeError(f"adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got {list(input.shape)}")
     for dim in range(input.dim() - 2, input.dim()):
@@ -367,5 +511,9 @@ def check_adaptive_pool2d_args(input, output_size):
                 "adaptive_avg_pool2d(): Expected input to have non-zero size for non-batch dimensions, but input "
                 f"has sizes {list(input.shape)} with dimension {dim} being empty"
             )
-    if not input.dtype.is_floating_point:
+    if input.shape[:-2].numel() * output_size[0] * output_size[1] > 0 and not input.dtype.is_floating_point:
         raise not_implemented_for("adaptive_avg_pool2d", input.dtype)
+    if input.dtype.is_complex and input.requires_grad and torch.is_grad_enabled():  # an empty output, then
+        raise RuntimeError(
+            "_adaptive_avg_pool2d does not support automatic differentiation for outputs with complex dtype."
+        )
