@@ -309,9 +309,10 @@ def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, r
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
-    """Mean squared error as torch.nn.functional.mse_loss, through ``MSELossFunction``: ℓ = w ⊙ (x − y)²,
-    'mean' = Σ ℓ / numel, or Σ ℓ / Σ w with a weight (of the input's shape). Input and target broadcast, with
-    torch's warning when their sizes differ."""
+    """Mean squared error as torch.nn.functional.mse_loss: ℓ = (x − y)², 'mean' = Σ ℓ / numel
+    (``MSELossFunction``), or with a weight of the input's shape ℓ = (x − y)² · w, 'mean' = Σ ℓ / Σ w
+    (``WeightedMSELossFunction``). Input and target broadcast, with torch's warning when their sizes differ;
+    dtypes promote as torch's (the weighted loss also takes integers)."""
     if target.size() != input.size():
         warnings.warn(
             f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
@@ -324,21 +325,21 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     expanded_input, expanded_target = torch.broadcast_tensors(input, target)
     if weight is None:
         reduction = _reduction_name(None, None, reduction)
-        dtype = torch.result_type(input, target)
+        dtype = torch.result_type(expanded_input, expanded_target)
         require_floating(dtype, "mse_cpu")
-        divisor = expanded_input.new_tensor(expanded_input.numel(), dtype=dtype) if reduction == "mean" else None
-    else:
-        if weight.size() != input.size():
-            raise ValueError("Weights and input must have the same size.")
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
-        dtype = torch.promote_types(torch.result_type(input, target), weight.dtype)
-        weight = weight.to(dtype)
-        divisor = weight.sum() if reduction == "mean" else None
-        weight = weight.expand(expanded_input.shape)
-    return _loss.MSELossFunction.apply(
-        expanded_input.to(dtype), expanded_target.to(dtype), weight, reduction, divisor
-    )
+        compute = opmath_dtype(dtype)
+        input, target = torch.broadcast_tensors(input.to(compute), target.to(compute))
+        return _loss.MSELossFunction.apply(input, target, reduction, dtype)
+    if weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    dtype, compute = _loss.weighted_mse_dtypes(expanded_input, expanded_target, weight, reduction)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
+    divisor = weight.sum() if reduction == "mean" else None  # in the weight's dtype, as torch's
+    if compute is not None:
+        input, target, weight = input.to(compute), target.to(compute), weight.to(compute)
+    input, target = torch.broadcast_tensors(input, target)
+    return _loss.WeightedMSELossFunction.apply(input, target, weight.expand(input.shape), reduction, divisor, dtype)
 
 
 # -------------------------------------------------------------------------------------------------- normalization

@@ -21,6 +21,7 @@ from manual_conv.ops.loss import (
     CrossEntropyProbabilitiesFunction,
     MSELossFunction,
     NLLLossFunction,
+    WeightedMSELossFunction,
 )
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -291,7 +292,8 @@ def test_grad_fn_is_ours():
     assert isinstance(mF.cross_entropy(logits, probabilities).grad_fn, CrossEntropyProbabilitiesFunction._backward_cls)
     assert isinstance(mF.nll_loss(logits, target).grad_fn, NLLLossFunction._backward_cls)
     assert isinstance(mF.mse_loss(logits, torch.zeros(4, 5)).grad_fn, MSELossFunction._backward_cls)
-    assert isinstance(mF.mse_loss(logits, torch.zeros(4, 5), weight=leaf(4, 5)).grad_fn, MSELossFunction._backward_cls)
+    weighted = mF.mse_loss(logits, torch.zeros(4, 5), weight=leaf(4, 5))
+    assert isinstance(weighted.grad_fn, WeightedMSELossFunction._backward_cls)
 
 
 def test_legacy_reduction_flags():
@@ -417,6 +419,10 @@ EDGE_CASES = {
     "empty-batch-mean": ("nll_loss", (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), {}),
     "empty-spatial-sum": ("cross_entropy", (torch.zeros(2, 3, 0), torch.zeros(2, 0, dtype=torch.long)),
                           dict(reduction="sum", label_smoothing=0.3)),
+    "mse-inf-minus-inf": ("mse_loss", (torch.tensor([INF, 1.0]), torch.tensor([INF, 0.0])), {}),
+    "mse-weighted-zero-times-inf": (
+        "mse_loss", (torch.tensor([INF, 1.0]), torch.tensor([0.0, 0.0])), dict(weight=torch.tensor([0.0, 1.0]))),
+    "mse-empty-mean": ("mse_loss", (torch.zeros(0, 2), torch.zeros(0, 2)), {}),
 }
 
 
@@ -429,12 +435,16 @@ def test_non_finite_and_empty_edges_as_torch(case):
         function == "mse_loss") else ())
 
 
-@pytest.mark.parametrize("function", ["cross_entropy", "nll_loss"])
+@pytest.mark.parametrize("function", ["cross_entropy", "nll_loss", "mse_loss"])
 def test_non_finite_gradient_from_above_as_torch(function):
     """An infinite or NaN gradient arriving at an ignored sample passes nothing (torch's nll backward skips it);
     at a kept one it spreads as torch's products spread it."""
-    input, target = torch.randn(3, 4), torch.tensor([0, -100, 2])
-    assert_matches_torch(function, (input, target), dict(reduction="none"), torch.tensor([INF, NAN, -INF]))
+    input = torch.randn(3, 4)
+    target = torch.tensor([0, -100, 2]) if function != "mse_loss" else torch.randn(3, 4)
+    grad_output = torch.tensor([INF, NAN, -INF])
+    if function == "mse_loss":
+        grad_output = torch.tensor([[INF, 1.0, NAN, 0.0]]).expand(3, 4)
+    assert_matches_torch(function, (input, target), dict(reduction="none"), grad_output)
 
 
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.bool, torch.float32])
@@ -480,7 +490,7 @@ def ulp_error(actual, reference):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("case", ["indices", "smoothing", "probabilities", "nll"])
+@pytest.mark.parametrize("case", ["indices", "smoothing", "probabilities", "nll", "mse", "mse-weighted"])
 def test_half_precision_accumulates_in_float32(case, dtype):
     """float16/bfloat16 losses and gradients are computed in float32 and rounded once: within half an ulp of the
     float64 result and never less precise than torch's (which rounds at every step of its kernels)."""
@@ -528,6 +538,8 @@ ZERO_SIZED = {
     "probabilities-batch-0": ("cross_entropy", (0, 3), None, {}),
     "probabilities-spatial-0-sum": ("cross_entropy", (2, 3, 0), None, dict(reduction="sum")),
     "probabilities-no-class": ("cross_entropy", (2, 0), None, dict(reduction="none")),
+    "mse-0": ("mse_loss", (0, 4), (0, 4), {}),
+    "mse-weighted-0": ("mse_loss", (3, 0), (3, 0), dict(weight=torch.zeros(3, 0))),
 }
 
 
@@ -550,6 +562,36 @@ def test_gradients_are_contiguous_as_torch():
     assert_matches_torch("cross_entropy", (logits, torch.randint(0, 3, (2, 4, 4))), dict(label_smoothing=0.1))
     assert_matches_torch("cross_entropy", (logits, probabilities), dict(reduction="none"))
     assert_matches_torch("cross_entropy", (torch.randn(4, 3), torch.rand(3, 4).t()), {})
+    assert_matches_torch("mse_loss", (logits, torch.randn(2, 3, 4, 4)), {})
+    assert_matches_torch("mse_loss", (torch.randn(3, 5).t(), torch.randn(5, 3)), dict(reduction="none"))
+
+
+def test_weighted_mse_follows_torch_layouts_and_promotion():
+    """The weighted MSE is torch's (x − y)² · w: its 'none' output has that product's strides; a 0-d float64
+    weight does not widen a float32 error but widens its mean; integers stay integers until the mean."""
+    x, y, w = torch.randn(3, 4).t(), torch.randn(4, 3), torch.rand(3, 4).t()
+    expected = F.mse_loss(x, y, weight=w, reduction="none")
+    assert mF.mse_loss(x, y, weight=w, reduction="none").stride() == expected.stride()
+    x0, y3, w0 = torch.tensor(1.0), torch.randn(3), torch.tensor(2.0, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the broadcasting warning
+        for reduction in REDUCTIONS:
+            expected = F.mse_loss(x0, y3, weight=w0, reduction=reduction)
+            actual = mF.mse_loss(x0, y3, weight=w0, reduction=reduction)
+            assert actual.dtype == expected.dtype
+            torch.testing.assert_close(actual, expected)
+    ints = (torch.tensor([1, 5, 2]), torch.tensor([3, 1, 2]), torch.tensor([1, 2, 3]))
+    for reduction in REDUCTIONS:
+        assert torch.equal(mF.mse_loss(*ints[:2], weight=ints[2], reduction=reduction),
+                           F.mse_loss(*ints[:2], weight=ints[2], reduction=reduction))
+
+
+def test_weighted_mse_complex_gradients_follow_pytorch_convention():
+    """Complex (x − y)² · w: gradients are conjugate Wirtinger derivatives, grad · conj(∂ℓ/∂z), as torch's."""
+    torch.manual_seed(0)
+    x, y, w = (torch.randn(3, 2, dtype=torch.complex64) for _ in range(3))
+    for reduction in REDUCTIONS:
+        assert_matches_torch("mse_loss", (x, y), dict(weight=w, reduction=reduction), differentiable_kwargs=("weight",))
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -604,6 +646,10 @@ BAD_CALLS = {
     "mse-not-broadcastable": ("mse_loss", (torch.randn(4, 5), torch.randn(3, 5)), {}),
     "mse-weight-shape": ("mse_loss", (torch.randn(4, 5), torch.randn(4, 5)), dict(weight=torch.ones(5))),
     "mse-integer": ("mse_loss", (torch.zeros(3, dtype=L), torch.zeros(3, dtype=L)), {}),
+    "mse-weighted-bool": (
+        "mse_loss", (torch.zeros(3, dtype=torch.bool), torch.zeros(3)), dict(weight=torch.ones(3))),
+    "mse-weighted-bools": ("mse_loss", (torch.zeros(3, dtype=torch.bool), torch.zeros(3, dtype=torch.bool)),
+                           dict(weight=torch.ones(3))),
 }
 
 

@@ -1,15 +1,16 @@
 """Losses by hand: cross-entropy fused with its own log-softmax, negative log-likelihood, mean squared error.
 
-The class losses follow PyTorch's own formulas operation for operation, products included (aten/src/ATen/native/
-LossNLL.cpp, LossNLL2d.cpp), so that their values, NaN positions and infinities are torch's (docs/derivations.md,
-"Losses"):
+Every loss follows PyTorch's own formulas operation for operation, products included (aten/src/ATen/native/
+LossNLL.cpp, LossNLL2d.cpp, Loss.cpp; torch.nn.functional.mse_loss with a weight), so that values, NaN positions and
+infinities are torch's (docs/derivations.md, "Losses"):
 
 - class-index targets t_i: the target's log-probability is *picked* (a gather; the backward puts the gradient back
   with a scatter), never multiplied by a one-hot row, and an ignored sample (t_i = ignore_index) gives an exact 0
   whatever its inputs hold:  ℓ_i = −x[i, t_i] · w[t_i]  (``NLLLossFunction``; ``CrossEntropyFunction`` with
   x = log softmax(z), plus torch's label-smoothing term, a product with every class, when ε > 0);
 - class-probability targets: a product with every class, as in torch, so 0 · (−∞) is NaN there:
-  ℓ_i = −Σ_c log p[i, c] · q[i, c]  (``CrossEntropyProbabilitiesFunction``).
+  ℓ_i = −Σ_c log p[i, c] · q[i, c]  (``CrossEntropyProbabilitiesFunction``);
+- mean squared error: ℓ = (x − y)² (``MSELossFunction``), or (x − y)² · w (``WeightedMSELossFunction``).
 
 Reduction: 'none' → ℓ, 'sum' → Σ_i ℓ_i, 'mean' → Σ_i ℓ_i / D. float16/bfloat16 are computed in float32 and rounded
 once at the end, forward and backward. Each backward is made of differentiable tensor operations on saved tensors
@@ -291,36 +292,95 @@ class CrossEntropyProbabilitiesFunction(Function):
 
 
 class MSELossFunction(Function):
-    """ℓ = w ⊙ (x − y)² elementwise (w = 1 without weight), then 'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / D with
-    D = numel (no weight) or D = Σ w (the weighted mean). x, y, w come broadcast to one shape; D (a tensor for
-    'mean', else None) is an input so that its own gradient reaches the weight.
+    """ℓ = e · e elementwise, e = x − y (torch's mse_loss kernel), then 'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / n
+    (n the number of elements; NaN when there is none). x and y come broadcast to one shape, in the compute dtype.
 
-    Backward, with G = dL/dℓ (g, or g / D for 'mean'), e = x − y:
-        dL/dx = 2 · G · w ⊙ e,   dL/dy = −dL/dx,   dL/dw = G · e²,   dL/dD = −g · Σ(w ⊙ e²) / D²
+    Backward (torch's mse_loss_backward), with g = dL/dL and ν = 2/n for 'mean', else 2:
+        dL/dx = (ν · e) · g,   dL/dy = −dL/dx        (contiguous, as torch's)
     """
 
     @staticmethod
-    def forward(input, target, weight, reduction, divisor):
-        squared_error = (input - target) ** 2
-        return _reduce(squared_error if weight is None else weight * squared_error, reduction, divisor)
+    def forward(input, target, reduction, dtype):
+        error = input - target
+        return _reduce(error * error, reduction, error.numel()).to(dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, weight, ctx.reduction, divisor = inputs
+        input, target, ctx.reduction, _ = inputs
+        ctx.save_for_backward(input, target)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        numel = input.numel()
+        norm = 2 / numel if ctx.reduction == "mean" and numel else 2  # an empty input has an empty gradient
+        grad_input = (norm * (input - target) * grad_output.to(input.dtype)).contiguous()
+        return (grad_input if ctx.needs_input_grad[0] else None, -grad_input if ctx.needs_input_grad[1] else None,
+                None, None)
+
+
+class WeightedMSELossFunction(Function):
+    """ℓ = (x − y)² · w elementwise (torch's weighted MSE, written in Python in torch.nn.functional), then 'none' →
+    ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / D with D = Σ w over the weight as given (an input here, so that its gradient
+    reaches w). x, y, w come broadcast to one shape, in the compute dtype (integers: as they are).
+
+    Backward as torch's autograd of that formula, products in its order, with G = dL/dℓ (g, or g / D̄ for 'mean'),
+    e = x − y and PyTorch's conjugate convention for complex tensors (z̄ the conjugate):
+        dL/dx = (G · w̄) · (2e)‾,   dL/dy = −dL/dx,   dL/dw = G · (e²)‾,   dL/dD = −g · ((Σℓ / D) / D)‾
+    """
+
+    @staticmethod
+    def forward(input, target, weight, reduction, divisor, dtype):
+        weighted = (input - target) ** 2 * weight
+        if reduction == "none":
+            return weighted.to(dtype)
+        total = weighted.sum()
+        return (total / divisor if reduction == "mean" else total).to(dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, ctx.reduction, divisor, _ = inputs
         ctx.save_for_backward(input, target, weight, divisor)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, target, weight, divisor = ctx.saved_tensors
-        grad_losses = grad_output / divisor if ctx.reduction == "mean" else grad_output
+        grad_output = grad_output.to(input.dtype)
         error = input - target
-        weighted_error = error if weight is None else weight * error
-        needs_input, needs_target, needs_weight, _, needs_divisor = ctx.needs_input_grad
-        grad_input = 2 * grad_losses * weighted_error if needs_input or needs_target else None
-        grad_target = -grad_input if needs_target else None
-        grad_weight = grad_losses * error**2 if needs_weight else None
-        grad_divisor = -grad_losses * (weighted_error * error).sum() / divisor if needs_divisor else None
-        return grad_input if needs_input else None, grad_target, grad_weight, None, grad_divisor
+        grad_losses = grad_output / divisor.conj() if ctx.reduction == "mean" else grad_output
+        needs_input, needs_target, needs_weight, _, needs_divisor, _ = ctx.needs_input_grad
+        grad_input = grad_target = grad_weight = grad_divisor = None
+        if needs_input or needs_target:
+            grad_input = (grad_losses * weight.conj() * (2 * error).conj()).to(input.dtype)
+            grad_target = -grad_input if needs_target else None
+        if needs_weight:
+            grad_weight = (grad_losses * (error**2).conj()).to(weight.dtype)
+        if needs_divisor:
+            total = ((error**2) * weight).sum()
+            grad_divisor = (-grad_output * ((total / divisor) / divisor).conj()).to(divisor.dtype)
+        return grad_input if needs_input else None, grad_target, grad_weight, None, grad_divisor, None
+
+
+def weighted_mse_dtypes(input, target, weight, reduction):
+    """(the result's dtype, the compute dtype of (x − y)² · w, None for integers) of torch's weighted MSE: its type
+    promotion of (x − y)² · w and of the mean Σ / Σw (a 0-d weight does not widen a tensor of its own category;
+    integers divide into floating point), worked out on meta tensors. x and y are broadcast. A bool operand of the
+    subtraction gets torch's error."""
+    if input.dtype == target.dtype == torch.bool:
+        raise NotImplementedError(
+            "Subtraction, the `-` operator, with two bool tensors is not supported. "
+            "Use the `^` or `logical_xor()` operator instead."
+        )
+    if torch.bool in (input.dtype, target.dtype):
+        raise NotImplementedError(
+            "Subtraction, the `-` operator, with a bool tensor is not supported. "
+            "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead."
+        )
+    x, y, w = (tensor.to("meta") for tensor in (input, target, weight))
+    weighted = (x - y) ** 2 * w
+    result = {"none": weighted, "sum": weighted.sum()}.get(reduction, weighted.sum() / w.sum())
+    computes = weighted.is_floating_point() or weighted.is_complex()
+    return result.dtype, opmath_dtype(weighted.dtype) if computes else None
 
 
 # Argument checks with PyTorch's errors, in the order PyTorch makes them (messages and exception classes as
