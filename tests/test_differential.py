@@ -185,8 +185,9 @@ def _tensor_args(call):
     return [value for value in (*call.args, *call.kwargs.values()) if isinstance(value, TensorArg)]
 
 
-def run(library, call, dtype_override=None):
-    """Run ``call`` through ``library`` (torch.nn.functional or manual_conv.functional)."""
+def run(library, call, dtype_override=None, grad_dtypes=None):
+    """Run ``call`` through ``library`` (torch.nn.functional or manual_conv.functional); ``dtype_override`` and
+    ``grad_dtypes`` make the float64 reference run (see ``_gradients``)."""
     leaves, arguments = {}, {}
     for arg in _tensor_args(call):
         dtype = None
@@ -205,7 +206,7 @@ def run(library, call, dtype_override=None):
         outputs = output if isinstance(output, tuple) else (output,)
         try:
             _apply_inplace(outputs[0], call.inplace)
-            grads = _gradients(outputs, list(leaves.values()), call)
+            grads = _gradients(outputs, list(leaves.values()), call, grad_dtypes)
         except Exception as error:  # noqa: BLE001
             return Outcome(type(error), "backward")
     return Outcome(outputs=tuple(o.detach() for o in outputs), inputs_after=tuple(t.detach() for t in leaves.values()),
@@ -219,16 +220,23 @@ def _apply_inplace(output, inplace):
     target.mul_(2)
 
 
-def _gradients(outputs, leaves, call):
+def _gradients(outputs, leaves, call, grad_dtypes=None):
+    """The gradients of the leaves for random gradients arriving at the outputs, drawn in each output's dtype, or
+    in ``grad_dtypes`` (the dtypes of the measured run's outputs): the float64 reference then gets the very values
+    the float16/bfloat16 run got, rather than values that differ from them by a rounding (up to half an ulp of the
+    gradient, which a correctly rounded result would inherit as error)."""
     differentiable = [o for o in outputs if o.requires_grad]
     wanting = [leaf for leaf in leaves if leaf.requires_grad]
     if not differentiable or not wanting:
         return ()
     generator = torch.Generator().manual_seed(call.grad_seed)
     grad_outputs = []
-    for output in differentiable:
+    for position, output in enumerate(outputs):
+        if not output.requires_grad:
+            continue
         layout = call.grad_layout if _layout_fits(call.grad_layout, output.shape) else "contiguous"
-        make = lambda shape: random_values(shape, output.dtype, generator)  # noqa: E731
+        drawn = output.dtype if grad_dtypes is None else grad_dtypes[position]
+        make = lambda shape: random_values(shape, drawn, generator).to(output.dtype)  # noqa: E731
         values = _dense_values(output.shape, layout, make)
         values = inject_non_finite(values, generator, 2 if call.grad_non_finite else 0)
         grad_outputs.append(_view(values, layout))
@@ -319,7 +327,8 @@ def check(call, backend):
         ours = run(mF, call)
     reference = None
     if theirs.error is None and any(arg.values.dtype in HALF_DTYPES for arg in _tensor_args(call)):
-        reference = run(F, call, dtype_override={False: torch.float64, True: torch.complex128})
+        reference = run(F, call, dtype_override={False: torch.float64, True: torch.complex128},
+                        grad_dtypes=[output.dtype for output in theirs.outputs])
         reference = None if reference.error is not None else reference
     assert_same_outcome(ours, theirs, reference)
 
