@@ -493,7 +493,9 @@ def dropout_calls(draw):
 # ----------------------------------------------------------------------------------------------- losses
 
 FLOATING = (torch.float32,) * 3 + (torch.float64, torch.float16, torch.bfloat16)
-TARGET_DTYPES = (torch.int64,) * 4 + (torch.uint8, torch.int32, torch.float32)
+# torch takes int64 and uint8 class indices and refuses every other dtype.
+TARGET_DTYPES = (torch.int64,) * 6 + (torch.uint8,) * 2 + (torch.int32, torch.int16, torch.int8, torch.bool,
+                                                            torch.float32)
 
 
 @st.composite
@@ -510,8 +512,9 @@ def class_index_target(draw, input_shape, ignore_index):
         target[special < 0.15] = ignore_index
         if draw(st.sampled_from((False, False, False, True))):
             target[special > 0.95] = classes + 150
-        return target.to(dtype) if dtype.is_floating_point else target.clamp(
-            torch.iinfo(dtype).min, torch.iinfo(dtype).max).to(dtype)
+        if dtype.is_floating_point or dtype == torch.bool:
+            return target.to(dtype)
+        return target.clamp(torch.iinfo(dtype).min, torch.iinfo(dtype).max).to(dtype)  # uint8: −100 → 0
 
     return draw(tensors(shape, dtype, differentiable=False, make=make, non_finite=False))
 
@@ -539,6 +542,29 @@ def reduction_kwargs(draw):
     return {"reduction": draw(st.sampled_from(("mean", "mean", "sum", "none")))}
 
 
+def torch_mishandles_byte_target(input_shape, kwargs):
+    """Calls with uint8 class indices for which torch's behaviour is a bug that manual_conv does not copy (it
+    takes them as int64 indices, or refuses them in the forward):
+
+    - (C,) or (N, C) input with reduction='none': torch prints an out-of-range uint8 target as a character
+      ("Target \\x05 is out of bounds.") and raises UnicodeDecodeError instead of IndexError for bytes ≥ 128;
+    - (N, C, d1, ...) input: torch's nll_loss2d reads int64 targets only and refuses uint8 ("expected scalar type
+      Long but found Byte"), except in the forward of an empty target with a reduction, whose backward then fails;
+    - cross_entropy with label smoothing, class weights and reduction='mean': torch gathers the weights with the
+      target, and gather refuses a uint8 index.
+    """
+    target = kwargs["target"].values
+    if target.dtype != torch.uint8:
+        return False
+    if kwargs.get("label_smoothing", 0) > 0 and "weight" in kwargs and kwargs["reduction"] == "mean":
+        return True
+    if len(input_shape) > 2:
+        return target.numel() == 0 and kwargs["reduction"] != "none"
+    classes = input_shape[0 if len(input_shape) == 1 else 1]
+    out_of_range = (target != kwargs.get("ignore_index", -100)) & (target >= classes)
+    return kwargs["reduction"] == "none" and bool(out_of_range.any())
+
+
 @st.composite
 def cross_entropy_calls(draw):
     dtype = draw(dtypes(FLOATING + (torch.int64,)))
@@ -546,7 +572,11 @@ def cross_entropy_calls(draw):
     kwargs = reduction_kwargs(draw)
     kwargs["label_smoothing"] = draw(st.sampled_from((0.0, 0.0, 0.1, 1.0, 1.5)))
     if draw(st.booleans()):
-        kwargs["target"] = draw(class_probability_target(shape, draw(dtypes(FLOATING))))
+        # torch computes the log-probabilities in the logits' dtype: with a wider target (float32 logits, float64
+        # probabilities) its loss has the wider dtype but the narrower one's rounding errors, which the wider
+        # dtype's tolerance cannot absorb. tests/test_loss.py compares those mixed dtypes at the logits' precision.
+        narrower = [d for d in FLOATING if dtype == torch.int64 or torch.promote_types(dtype, d) == dtype]
+        kwargs["target"] = draw(class_probability_target(shape, draw(dtypes(tuple(narrower)))))
     else:
         kwargs["ignore_index"] = draw(st.sampled_from((-100, -100, 0, 1)))
         kwargs["target"] = draw(class_index_target(shape, kwargs["ignore_index"]))
@@ -554,6 +584,7 @@ def cross_entropy_calls(draw):
         classes = shape[0 if len(shape) == 1 else 1]
         kwargs["weight"] = draw(tensors((classes,), dtype, layouts=("contiguous",),
                                         make=lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).to(dtype)))
+    assume(not torch_mishandles_byte_target(shape, kwargs))
     return Call("cross_entropy", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
 
 
@@ -568,7 +599,11 @@ def nll_loss_calls(draw):
         classes = shape[0 if len(shape) == 1 else 1]
         kwargs["weight"] = draw(tensors((classes,), dtype, differentiable=draw(st.booleans()), layouts=("contiguous",),
                                         make=lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).to(dtype)))
-    return Call("nll_loss", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
+    assume(not torch_mishandles_byte_target(shape, kwargs))
+    # torch's nll_loss2d backward makes its input gradient like a 4-D input and then requires it contiguous: for a
+    # channels_last or transposed input it raises "grad_input must be contiguous" (manual_conv returns the gradient).
+    layouts = ("contiguous", "sliced") if len(shape) == 4 else LAYOUTS
+    return Call("nll_loss", (draw(tensors(shape, dtype, layouts=layouts)),), kwargs, **draw(call_options()))
 
 
 @st.composite
@@ -655,7 +690,7 @@ def test_every_public_function_is_drawn():
 
 
 # Families whose fixes have not landed yet (issue 12); each fix removes its functions from this set.
-NOT_YET_MATCHING = set(CALLS) - {"dropout"}
+NOT_YET_MATCHING = set(CALLS) - {"dropout", "cross_entropy", "nll_loss", "mse_loss"}
 
 
 @pytest.mark.parametrize("function", [
