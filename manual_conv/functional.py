@@ -20,7 +20,7 @@ from .ops import linear as _linear
 from .ops import loss as _loss
 from .ops import norm as _norm
 from .ops import pool as _pool
-from .ops._utils import _pair, not_implemented_for, require_floating, scalar_type_name
+from .ops._utils import _pair, not_implemented_for, opmath_dtype, require_floating, scalar_type_name
 from . import torch_names
 
 # torch.nn.functional's names without a twin here: torch's own objects (manual_conv.torch_names)
@@ -30,7 +30,6 @@ __getattr__ = torch_names.resolver(sys.modules[__name__], F, torch_names.functio
 
 def __dir__():
     return torch_names.directory(sys.modules[__name__], F)
-
 
 # ---------------------------------------------------------------------------------------------------- convolution
 
@@ -304,59 +303,65 @@ def cross_entropy(
     input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
     label_smoothing=0.0,
 ):
-    """Cross-entropy of logits as torch.nn.functional.cross_entropy, fused with its log-softmax in
-    ``CrossEntropyFunction``: ℓ_i = −Σ_c q[i, c] · log softmax(z_i)_c, backward softmax − target.
+    """Cross-entropy of logits as torch.nn.functional.cross_entropy, fused with its log-softmax.
 
-    input (C,), (N, C) or (N, C, d1, ...); target class indices (), (N,) or (N, d1, ...) (int64/uint8), or class
-    probabilities of the input's shape. weight (C,) rescales classes; ignore_index drops samples (index targets);
-    label_smoothing ε mixes the target with the uniform distribution: (1 − ε)·target + ε/C. 'mean' divides by
-    Σ w[t_i] over kept samples for index targets and by the number of samples for probability targets.
+    input (C,), (N, C) or (N, C, d1, ...). A target of another shape holds class indices (), (N,) or (N, d1, ...)
+    (int64, or uint8 for (C,) and (N, C) inputs; ``CrossEntropyFunction``): ℓ_i = −w[t_i] · log p[i, t_i], 0 for
+    t_i = ignore_index, 'mean' dividing by Σ w[t_i] over kept samples. A target of the input's shape holds class
+    probabilities (``CrossEntropyProbabilitiesFunction``): ℓ_i = −Σ_c log p[i, c] · P[i, c] · w_c, 'mean' dividing
+    by the number of samples. label_smoothing ε mixes the target with the uniform distribution, as torch does.
     """
     reduction = _reduction_name(size_average, reduce, reduction)
     smoothing = label_smoothing if label_smoothing > 0 else 0.0
     if input.shape == target.shape:
         _loss.check_probability_targets(input, target, weight, ignore_index, label_smoothing)
-        dtype = torch.result_type(input, target) if weight is None else torch.promote_types(
-            torch.result_type(input, target), weight.dtype
-        )
-        logits, target = input.to(dtype), target.to(dtype)
-        if input.dim() == 1:
-            logits, target = logits.view(1, -1), target.view(1, -1)
-        target_weights, divisor = _loss.class_probability_targets(logits, target, weight, smoothing)
-    else:
-        _loss.check_label_smoothing(label_smoothing)
-        if input.dim() == 0:
-            raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
-        require_floating(input.dtype, "log_softmax_lastdim_kernel_impl")
-        _loss.check_class_index_targets(input, target, weight, ignore_index)
+        dtype = torch.result_type(input, target)
+        dtype = dtype if weight is None else torch.promote_types(dtype, weight.dtype)
         logits = input.view(1, -1) if input.dim() == 1 else input
-        target = target.reshape(1) if input.dim() == 1 else target
-        weight = None if weight is None else weight.reshape(-1)
-        target_weights, divisor = _loss.class_index_targets(logits, target.long(), weight, ignore_index, smoothing)
-    output = _loss.CrossEntropyFunction.apply(logits, target_weights, reduction, divisor)
+        target = target.view(1, -1) if input.dim() == 1 else target
+        target_weights = _loss.class_probability_weights(target, weight, smoothing, dtype)
+        output = _loss.CrossEntropyProbabilitiesFunction.apply(logits, target_weights, reduction, dtype)
+        return _unbatched_output(output, input, reduction)
+    _loss.check_label_smoothing(label_smoothing)
+    if input.dim() == 0:
+        raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
+    if input.numel():  # torch's log_softmax returns an empty integer input as it is; nll_loss refuses it after
+        require_floating(input.dtype, "log_softmax_lastdim_kernel_impl")
+    logits, prepared = _class_index_target(input, target, weight, ignore_index, reduction)
+    output = _loss.CrossEntropyFunction.apply(logits, prepared, reduction, smoothing)
     return _unbatched_output(output, input, reduction)
+
+
+def _class_index_target(input, target, weight, ignore_index, reduction):
+    """(input batched, ``ClassIndexTarget``) after torch's checks: a (C,) input is a batch of one."""
+    _loss.check_class_index_targets(input, target, weight)
+    batched = input.view(1, -1) if input.dim() == 1 else input
+    target = target.reshape(1) if input.dim() == 1 else target
+    prepared = _loss.ClassIndexTarget.prepare(
+        target, ignore_index, weight, batched.shape[1], opmath_dtype(input.dtype), reduction
+    )
+    return batched, prepared
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean"):
     """Negative log-likelihood as torch.nn.functional.nll_loss, through ``NLLLossFunction``:
-    ℓ_i = −w[t_i] · input[i, t_i] for kept samples (t_i ≠ ignore_index); 'mean' divides by Σ w[t_i] over them.
+    ℓ_i = −input[i, t_i] · w[t_i] for kept samples (t_i ≠ ignore_index), 0 for ignored ones; 'mean' divides by
+    Σ w[t_i] over the kept ones.
 
-    input log-probabilities (C,), (N, C) or (N, C, d1, ...); target (), (N,) or (N, d1, ...) (int64/uint8).
+    input log-probabilities (C,), (N, C) or (N, C, d1, ...); target (), (N,) or (N, d1, ...) (int64, or uint8 for
+    (C,) and (N, C) inputs).
     """
     reduction = _reduction_name(size_average, reduce, reduction)
-    _loss.check_class_index_targets(input, target, weight, ignore_index)
-    batched_input = input.view(1, -1) if input.dim() == 1 else input
-    target = target.reshape(1) if input.dim() == 1 else target
-    weight = None if weight is None else weight.reshape(-1)
-    target_weights, divisor = _loss.class_index_targets(batched_input, target.long(), weight, ignore_index, 0.0)
-    output = _loss.NLLLossFunction.apply(batched_input, target_weights, reduction, divisor)
+    batched, prepared = _class_index_target(input, target, weight, ignore_index, reduction)
+    output = _loss.NLLLossFunction.apply(batched, prepared, reduction)
     return _unbatched_output(output, input, reduction)
 
 
 def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", weight=None):
-    """Mean squared error as torch.nn.functional.mse_loss, through ``MSELossFunction``: ℓ = w ⊙ (x − y)²,
-    'mean' = Σ ℓ / numel, or Σ ℓ / Σ w with a weight (of the input's shape). Input and target broadcast, with
-    torch's warning when their sizes differ."""
+    """Mean squared error as torch.nn.functional.mse_loss: ℓ = (x − y)², 'mean' = Σ ℓ / numel
+    (``MSELossFunction``), or with a weight of the input's shape ℓ = (x − y)² · w, 'mean' = Σ ℓ / Σ w
+    (``WeightedMSELossFunction``). Input and target broadcast, with torch's warning when their sizes differ;
+    dtypes promote as torch's (the weighted loss also takes integers)."""
     if target.size() != input.size():
         warnings.warn(
             f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
@@ -369,21 +374,21 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
     expanded_input, expanded_target = torch.broadcast_tensors(input, target)
     if weight is None:
         reduction = _reduction_name(None, None, reduction)
-        dtype = torch.result_type(input, target)
+        dtype = torch.result_type(expanded_input, expanded_target)
         require_floating(dtype, "mse_cpu")
-        divisor = expanded_input.new_tensor(expanded_input.numel(), dtype=dtype) if reduction == "mean" else None
-    else:
-        if weight.size() != input.size():
-            raise ValueError("Weights and input must have the same size.")
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
-        dtype = torch.promote_types(torch.result_type(input, target), weight.dtype)
-        weight = weight.to(dtype)
-        divisor = weight.sum() if reduction == "mean" else None
-        weight = weight.expand(expanded_input.shape)
-    return _loss.MSELossFunction.apply(
-        expanded_input.to(dtype), expanded_target.to(dtype), weight, reduction, divisor
-    )
+        compute = opmath_dtype(dtype)
+        input, target = torch.broadcast_tensors(input.to(compute), target.to(compute))
+        return _loss.MSELossFunction.apply(input, target, reduction, dtype)
+    if weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    dtype, compute = _loss.weighted_mse_dtypes(expanded_input, expanded_target, weight, reduction)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"Invalid reduction mode: {reduction}. Expected one of 'none', 'mean', 'sum'.")
+    divisor = weight.sum() if reduction == "mean" else None  # in the weight's dtype, as torch's
+    if compute is not None:
+        input, target, weight = input.to(compute), target.to(compute), weight.to(compute)
+    input, target = torch.broadcast_tensors(input, target)
+    return _loss.WeightedMSELossFunction.apply(input, target, weight.expand(input.shape), reduction, divisor, dtype)
 
 
 # -------------------------------------------------------------------------------------------------- normalization

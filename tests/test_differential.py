@@ -84,21 +84,19 @@ def _dense_values(shape, layout, make):
     elif layout == "transposed":
         shape[-1], shape[-2] = shape[-2], shape[-1]
     values = make(shape)
-    return values.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else values
+    if layout != "channels_last":
+        return values
+    # allocated channels_last: .contiguous(memory_format=...) would leave a 1-channel tensor's NCHW strides
+    return torch.empty_like(values, memory_format=torch.channels_last).copy_(values)
 
 
 def random_values(shape, dtype, generator, low=-3, high=4):
-    """Random values of ``dtype``; floating ones normal, on a grid of 1/16, so that every floating dtype holds
-    them exactly (the float64 reference of a float16/bfloat16 call then sees the very same numbers, the
-    gradients from above included)."""
     if dtype == torch.bool:
         return torch.randint(0, 2, shape, generator=generator).bool()
     if not dtype.is_floating_point and not dtype.is_complex:
         return torch.randint(0 if dtype == torch.uint8 else low, high, shape, generator=generator).to(dtype)
-    values = torch.randn(shape, generator=generator, dtype=torch.complex128 if dtype.is_complex else torch.float64)
-    if dtype.is_complex:
-        return torch.complex(values.real.mul(16).round(), values.imag.mul(16).round()).div(16).to(dtype)
-    return values.mul(16).round().div(16).to(dtype)
+    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype) if not dtype.is_complex else (
+        torch.randn(shape, generator=generator, dtype=dtype))
 
 
 def inject_non_finite(values, generator, count):
@@ -197,8 +195,9 @@ def _tensor_args(call):
     return [value for value in (*call.args, *call.kwargs.values()) if isinstance(value, TensorArg)]
 
 
-def run(library, call, dtype_override=None):
-    """Run ``call`` through ``library`` (torch.nn.functional or manual_conv.functional)."""
+def run(library, call, dtype_override=None, grad_dtypes=None):
+    """Run ``call`` through ``library`` (torch.nn.functional or manual_conv.functional); ``dtype_override`` and
+    ``grad_dtypes`` make the float64 reference run (see ``_gradients``)."""
     leaves, arguments = {}, {}
     for arg in _tensor_args(call):
         dtype = None
@@ -217,7 +216,7 @@ def run(library, call, dtype_override=None):
         outputs = output if isinstance(output, tuple) else (output,)
         try:
             _apply_inplace(outputs[0], call.inplace)
-            grads = _gradients(outputs, list(leaves.values()), call)
+            grads = _gradients(outputs, list(leaves.values()), call, grad_dtypes)
         except Exception as error:  # noqa: BLE001
             return Outcome(type(error), "backward")
     compared = tuple(arg.grad_layout_compared for arg in _tensor_args(call) if leaves[id(arg)].requires_grad)
@@ -232,16 +231,23 @@ def _apply_inplace(output, inplace):
     target.mul_(2)
 
 
-def _gradients(outputs, leaves, call):
+def _gradients(outputs, leaves, call, grad_dtypes=None):
+    """The gradients of the leaves for random gradients arriving at the outputs, drawn in each output's dtype, or
+    in ``grad_dtypes`` (the dtypes of the measured run's outputs): the float64 reference then gets the very values
+    the float16/bfloat16 run got, rather than values that differ from them by a rounding (up to half an ulp of the
+    gradient, which a correctly rounded result would inherit as error)."""
     differentiable = [o for o in outputs if o.requires_grad]
     wanting = [leaf for leaf in leaves if leaf.requires_grad]
     if not differentiable or not wanting:
         return ()
     generator = torch.Generator().manual_seed(call.grad_seed)
     grad_outputs = []
-    for output in differentiable:
+    for position, output in enumerate(outputs):
+        if not output.requires_grad:
+            continue
         layout = call.grad_layout if _layout_fits(call.grad_layout, output.shape) else "contiguous"
-        make = lambda shape: random_values(shape, output.dtype, generator)  # noqa: E731
+        drawn = output.dtype if grad_dtypes is None else grad_dtypes[position]
+        make = lambda shape: random_values(shape, drawn, generator).to(output.dtype)  # noqa: E731
         values = _dense_values(output.shape, layout, make)
         values = inject_non_finite(values, generator, 2 if call.grad_non_finite else 0)
         grad_outputs.append(_view(values, layout))
@@ -337,7 +343,8 @@ def check(call, backend):
         ours = run(mF, call)
     reference = None
     if theirs.error is None and any(arg.values.dtype in HALF_DTYPES for arg in _tensor_args(call)):
-        reference = run(F, call, dtype_override={False: torch.float64, True: torch.complex128})
+        reference = run(F, call, dtype_override={False: torch.float64, True: torch.complex128},
+                        grad_dtypes=[output.dtype for output in theirs.outputs])
         reference = None if reference.error is not None else reference
     assert_same_outcome(ours, theirs, reference)
 
@@ -527,7 +534,9 @@ def dropout_calls(draw):
 # ----------------------------------------------------------------------------------------------- losses
 
 FLOATING = (torch.float32,) * 3 + (torch.float64, torch.float16, torch.bfloat16)
-TARGET_DTYPES = (torch.int64,) * 4 + (torch.uint8, torch.int32, torch.float32)
+# torch takes int64 and uint8 class indices and refuses every other dtype.
+TARGET_DTYPES = (torch.int64,) * 6 + (torch.uint8,) * 2 + (torch.int32, torch.int16, torch.int8, torch.bool,
+                                                            torch.float32)
 
 
 @st.composite
@@ -544,8 +553,9 @@ def class_index_target(draw, input_shape, ignore_index):
         target[special < 0.15] = ignore_index
         if draw(st.sampled_from((False, False, False, True))):
             target[special > 0.95] = classes + 150
-        return target.to(dtype) if dtype.is_floating_point else target.clamp(
-            torch.iinfo(dtype).min, torch.iinfo(dtype).max).to(dtype)
+        if dtype.is_floating_point or dtype == torch.bool:
+            return target.to(dtype)
+        return target.clamp(torch.iinfo(dtype).min, torch.iinfo(dtype).max).to(dtype)  # uint8: −100 → 0
 
     return draw(tensors(shape, dtype, differentiable=False, make=make, non_finite=False))
 
@@ -573,6 +583,29 @@ def reduction_kwargs(draw):
     return {"reduction": draw(st.sampled_from(("mean", "mean", "sum", "none")))}
 
 
+def torch_mishandles_byte_target(input_shape, kwargs):
+    """Calls with uint8 class indices for which torch's behaviour is a bug that manual_conv does not copy (it
+    takes them as int64 indices, or refuses them in the forward):
+
+    - (C,) or (N, C) input with reduction='none': torch prints an out-of-range uint8 target as a character
+      ("Target \\x05 is out of bounds.") and raises UnicodeDecodeError instead of IndexError for bytes ≥ 128;
+    - (N, C, d1, ...) input: torch's nll_loss2d reads int64 targets only and refuses uint8 ("expected scalar type
+      Long but found Byte"), except in the forward of an empty target with a reduction, whose backward then fails;
+    - cross_entropy with label smoothing, class weights and reduction='mean': torch gathers the weights with the
+      target, and gather refuses a uint8 index.
+    """
+    target = kwargs["target"].values
+    if target.dtype != torch.uint8:
+        return False
+    if kwargs.get("label_smoothing", 0) > 0 and "weight" in kwargs and kwargs["reduction"] == "mean":
+        return True
+    if len(input_shape) > 2:
+        return target.numel() == 0 and kwargs["reduction"] != "none"
+    classes = input_shape[0 if len(input_shape) == 1 else 1]
+    out_of_range = (target != kwargs.get("ignore_index", -100)) & (target >= classes)
+    return kwargs["reduction"] == "none" and bool(out_of_range.any())
+
+
 @st.composite
 def cross_entropy_calls(draw):
     dtype = draw(dtypes(FLOATING + (torch.int64,)))
@@ -580,7 +613,11 @@ def cross_entropy_calls(draw):
     kwargs = reduction_kwargs(draw)
     kwargs["label_smoothing"] = draw(st.sampled_from((0.0, 0.0, 0.1, 1.0, 1.5)))
     if draw(st.booleans()):
-        kwargs["target"] = draw(class_probability_target(shape, draw(dtypes(FLOATING))))
+        # torch computes the log-probabilities in the logits' dtype: with a wider target (float32 logits, float64
+        # probabilities) its loss has the wider dtype but the narrower one's rounding errors, which the wider
+        # dtype's tolerance cannot absorb. tests/test_loss.py compares those mixed dtypes at the logits' precision.
+        narrower = [d for d in FLOATING if dtype == torch.int64 or torch.promote_types(dtype, d) == dtype]
+        kwargs["target"] = draw(class_probability_target(shape, draw(dtypes(tuple(narrower)))))
     else:
         kwargs["ignore_index"] = draw(st.sampled_from((-100, -100, 0, 1)))
         kwargs["target"] = draw(class_index_target(shape, kwargs["ignore_index"]))
@@ -588,6 +625,7 @@ def cross_entropy_calls(draw):
         classes = shape[0 if len(shape) == 1 else 1]
         kwargs["weight"] = draw(tensors((classes,), dtype, layouts=("contiguous",),
                                         make=lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).to(dtype)))
+    assume(not torch_mishandles_byte_target(shape, kwargs))
     return Call("cross_entropy", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
 
 
@@ -602,7 +640,11 @@ def nll_loss_calls(draw):
         classes = shape[0 if len(shape) == 1 else 1]
         kwargs["weight"] = draw(tensors((classes,), dtype, differentiable=draw(st.booleans()), layouts=("contiguous",),
                                         make=lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).to(dtype)))
-    return Call("nll_loss", (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
+    assume(not torch_mishandles_byte_target(shape, kwargs))
+    # torch's nll_loss2d backward makes its input gradient like a 4-D input and then requires it contiguous: for a
+    # channels_last or transposed input it raises "grad_input must be contiguous" (manual_conv returns the gradient).
+    layouts = ("contiguous", "sliced") if len(shape) == 4 else LAYOUTS
+    return Call("nll_loss", (draw(tensors(shape, dtype, layouts=layouts)),), kwargs, **draw(call_options()))
 
 
 @st.composite
@@ -691,7 +733,7 @@ def test_every_public_function_is_drawn():
 
 # Families whose fixes have not landed yet (issue 12); each fix removes its functions from this set.
 NOT_YET_MATCHING = set(CALLS) - {"dropout", "conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-                                  "adaptive_avg_pool2d"}
+                                  "adaptive_avg_pool2d", "cross_entropy", "nll_loss", "mse_loss"}
 
 
 @pytest.mark.parametrize("function", [

@@ -1,21 +1,27 @@
 """Losses by hand: cross-entropy fused with its own log-softmax, negative log-likelihood, mean squared error.
 
-Every class-target loss is written over one dense "target weight" tensor q of the logits' shape (N, C, d1, ...),
-class dim 1, that carries the target, the class weights, label smoothing and ignore_index at once
-(``class_index_targets`` builds it from class indices, ``class_probability_targets`` from probabilities):
+Every loss follows PyTorch's own formulas operation for operation, products included (aten/src/ATen/native/
+LossNLL.cpp, LossNLL2d.cpp, Loss.cpp; torch.nn.functional.mse_loss with a weight), so that values, NaN positions and
+infinities are torch's (docs/derivations.md, "Losses"):
 
-    ℓ_i = −Σ_c q[i, c] · log p[i, c]     (cross-entropy, p = softmax over c)      CrossEntropyFunction
-    ℓ_i = −Σ_c q[i, c] · x[i, c]         (negative log-likelihood of log-probs x)  NLLLossFunction
+- class-index targets t_i: the target's log-probability is *picked* (a gather; the backward puts the gradient back
+  with a scatter), never multiplied by a one-hot row, and an ignored sample (t_i = ignore_index) gives an exact 0
+  whatever its inputs hold:  ℓ_i = −x[i, t_i] · w[t_i]  (``NLLLossFunction``; ``CrossEntropyFunction`` with
+  x = log softmax(z), plus torch's label-smoothing term, a product with every class, when ε > 0);
+- class-probability targets: a product with every class, as in torch, so 0 · (−∞) is NaN there:
+  ℓ_i = −Σ_c log p[i, c] · q[i, c]  (``CrossEntropyProbabilitiesFunction``);
+- mean squared error: ℓ = (x − y)² (``MSELossFunction``), or (x − y)² · w (``WeightedMSELossFunction``).
 
-with the convention 0 · (−∞) = 0 (a class of probability 0 that is not the target costs nothing, as in torch).
-The reduction: 'none' → ℓ, 'sum' → Σ_i ℓ_i, 'mean' → Σ_i ℓ_i / divisor (docs/derivations.md, "Losses").
-Each backward is made of differentiable tensor operations on the saved tensors, so double backward works.
+Reduction: 'none' → ℓ, 'sum' → Σ_i ℓ_i, 'mean' → Σ_i ℓ_i / D. float16/bfloat16 are computed in float32 and rounded
+once at the end, forward and backward. Each backward is made of differentiable tensor operations on saved tensors
+(the probabilities are recomputed from the saved logits), so double backward works.
 """
 import math
+from typing import NamedTuple
 
 import torch
 
-from ._utils import Function, require_floating, scalar_type_name
+from ._utils import Function, opmath_dtype, require_floating, scalar_type_name, with_memory_format
 
 
 def log_softmax(logits, dim):
@@ -24,153 +30,357 @@ def log_softmax(logits, dim):
     Subtracting the maximum leaves the value unchanged but keeps every exp(z_k − m) in (0, 1]: no overflow for
     logits of ±1000. m is a constant shift (d log p / dm = 0), so it is detached rather than differentiated.
     """
-    shifted = logits - logits.amax(dim, keepdim=True).detach()
+    shifted = logits - _max_logit(logits, dim)
     return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
 
-def class_index_targets(logits, target, weight, ignore_index, label_smoothing):
-    """q[i, c] = w_c · ((1 − ε) · [c = t_i] + ε / C) for kept samples (t_i ≠ ignore_index), 0 for ignored ones.
-
-    Also returns the divisor of reduction='mean', the weighted count of kept samples Σ_{kept i} w[t_i] (torch's
-    weighted mean). logits (N, C, d1, ...), target (N, d1, ...) int64 and already checked to be in range.
-    """
-    num_classes = logits.shape[1]
-    kept = target != ignore_index
-    safe_target = torch.where(kept, target, 0)  # any valid index: the row is zeroed by `kept` below
-    one_hot = torch.zeros_like(logits).scatter_(1, safe_target.unsqueeze(1), 1)
-    smoothed = one_hot * (1 - label_smoothing) + label_smoothing / num_classes if label_smoothing > 0 else one_hot
-    class_weight = logits.new_ones(num_classes) if weight is None else weight
-    per_class = class_weight.view(1, num_classes, *[1] * (logits.dim() - 2))
-    target_weights = smoothed * per_class * kept.unsqueeze(1)
-    divisor = (class_weight[safe_target] * kept).sum()
-    return target_weights, divisor
+def softmax(logits, dim):
+    """p_c = exp(z_c − m) / Σ_k exp(z_k − m), m = max_k z_k detached, as in ``log_softmax``: exp(log p) without
+    the log and the second exp (the same NaN and ±∞ positions: Σ_k lies in [1, C] unless a logit is NaN or ±∞)."""
+    exps = (logits - _max_logit(logits, dim)).exp()
+    return exps / exps.sum(dim, keepdim=True)
 
 
-def class_probability_targets(logits, target, weight, label_smoothing):
-    """q[i, c] = w_c · ((1 − ε) · target[i, c] + ε / C); divisor of reduction='mean': the number of samples
-    N · d1 · ... (torch's mean for probability targets is not weighted). Differentiable in target and weight."""
-    num_classes = logits.shape[1]
-    target_weights = target * (1 - label_smoothing) + label_smoothing / num_classes if label_smoothing > 0 else target
-    if weight is not None:
-        target_weights = target_weights * weight.view(1, num_classes, *[1] * (logits.dim() - 2))
-    return target_weights, logits.new_tensor(math.prod(logits.shape[:1] + logits.shape[2:]))
+def _max_logit(logits, dim):
+    """m = max_k z_k, detached, kept as a size-1 dim (0 for an empty dim, which has no maximum)."""
+    if logits.shape[dim] == 0:
+        return 0
+    return logits.amax(dim, keepdim=True).detach()
+
+
+def _per_class(weight, ndim):
+    """The class weights (C,) shaped to broadcast over the class dim 1 of an ndim-dimensional (N, C, d1, ...)."""
+    return weight.view(1, -1, *[1] * (ndim - 2))
 
 
 def _reduce(losses, reduction, divisor):
-    """'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / divisor."""
+    """'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / D (0 / 0 = NaN when nothing counts, as in torch)."""
     if reduction == "none":
         return losses
     total = losses.sum()
     return total / divisor if reduction == "mean" else total
 
 
-def _per_sample_grad(grad_output, reduction, divisor, scores):
-    """dL/dℓ_i for every sample i: g ('none'), g ('sum', broadcast), g / divisor ('mean', broadcast), shaped to
-    broadcast over the class dim 1 of ``scores`` (the (N, C, d…) input the losses ℓ (N, d…) were computed from).
-
-    When no sample is kept the mean is 0/0 = NaN (as in torch) but no sample contributed, so, as torch, the
-    gradient is 0 rather than NaN: a divisor of 0 passes no gradient.
-    """
-    if reduction == "mean":
-        grad_output = torch.where(divisor != 0, grad_output / divisor, 0)
-    if reduction != "none":
-        grad_output = grad_output.expand(scores.shape[:1] + scores.shape[2:])
-    return grad_output.unsqueeze(1)
+def _loss_grad(grad_output, reduction, divisor):
+    """G = dL/dℓ: g per sample ('none'), g ('sum'), g / D ('mean'); broadcasts against the per-sample losses."""
+    return grad_output / divisor if reduction == "mean" else grad_output
 
 
-def _weighted_sum(target_weights, values):
-    """Σ_c q[i, c] · v[i, c] over dim 1, with 0 · (±∞) taken as 0."""
-    return torch.where(target_weights == 0, 0, target_weights * values).sum(1)
+# ------------------------------------------------------------------------------------------ class-index targets
 
 
-class CrossEntropyFunction(Function):
-    """ℓ_i = −Σ_c q[i, c] · log softmax(z_i)_c, then reduced (see the module docstring); log-softmax by hand.
+class ClassIndexTarget(NamedTuple):
+    """A checked class-index target as the Functions use it (nothing in it is differentiable).
 
-    Backward, with G_i = dL/dℓ_i (g, or g / divisor for 'mean'), p = softmax(z), s_i = Σ_c q[i, c]:
-        dL/dz[i, c] = G_i · (s_i · p[i, c] − q[i, c])     (= G_i · (softmax − target) when q sums to 1)
-        dL/dq[i, c] = −G_i · log p[i, c]
-    The softmax term comes from d log p_k / dz_c = [k = c] − p_c, summed against q_k.
+    index (N, d1, ...) int64: t_i for kept samples, 0 (a valid class, never used) for ignored ones; ignored: t_i =
+    ignore_index; weight (C,) and sample_weight = w[t_i], in the compute dtype (None without class weights);
+    divisor: D of reduction='mean', torch's total weight Σ_{kept i} w[t_i] (or the number of kept samples), None for
+    the other reductions.
     """
 
-    @staticmethod
-    def forward(logits, target_weights, reduction, divisor):
-        losses = -_weighted_sum(target_weights, log_softmax(logits, 1))
-        return _reduce(losses, reduction, divisor)
+    index: torch.Tensor
+    ignored: torch.Tensor
+    weight: torch.Tensor
+    sample_weight: torch.Tensor
+    divisor: torch.Tensor
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        logits, target_weights, ctx.reduction, divisor = inputs
-        ctx.save_for_backward(logits, target_weights, divisor)
+    @classmethod
+    def prepare(cls, target, ignore_index, weight, num_classes, dtype, reduction):
+        """From class indices of any checked dtype (int64, or uint8 whose 156 is not −100: compared as integers);
+        raises torch's IndexError for a kept target outside [0, C)."""
+        target = target.long().contiguous()  # the per-sample losses come out contiguous, as torch's
+        ignored = target == ignore_index
+        index = target.masked_fill(ignored, 0)
+        if index.numel():
+            low, high = torch.aminmax(index)
+            if low.item() < 0 or high.item() >= num_classes:  # or C = 0, where the 0 of ignored samples is too
+                out_of_bounds = ~ignored & ((target < 0) | (target >= num_classes))
+                if out_of_bounds.any():
+                    raise IndexError(f"Target {target[out_of_bounds][0].item()} is out of bounds.")
+        weight = None if weight is None else weight.reshape(-1).to(dtype)
+        sample_weight = None if weight is None else weight.take(index)
+        divisor = None
+        if reduction == "mean":
+            divisor = index.numel() - ignored.sum() if weight is None else sample_weight.masked_fill(ignored, 0).sum()
+        return cls(index, ignored, weight, sample_weight, divisor)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        logits, target_weights, divisor = ctx.saved_tensors
-        grad_losses = _per_sample_grad(grad_output, ctx.reduction, divisor, logits)
-        log_probs = log_softmax(logits, 1)
-        grad_logits = grad_target_weights = None
-        if ctx.needs_input_grad[0]:
-            target_mass = target_weights.sum(1, keepdim=True)
-            grad_logits = grad_losses * (target_mass * log_probs.exp() - target_weights)
-        if ctx.needs_input_grad[1]:
-            grad_target_weights = -grad_losses * log_probs
-        return grad_logits, grad_target_weights, None, None
+
+def pick_classes(values, index):
+    """values[i, index_i] for every sample i: (N, C, d1, ...) and (N, d1, ...) → (N, d1, ...), a gather."""
+    if values.shape[1] == 0:  # no class: every sample is ignored (any other target was refused as out of bounds)
+        return values.new_zeros(index.shape)
+    return values.gather(1, index.unsqueeze(1)).squeeze(1)
+
+
+def place_at_classes(per_sample, index, num_classes):
+    """The adjoint of ``pick_classes``: an (N, C, d1, ...) tensor of zeros holding per_sample[i] at class index_i
+    (a scatter, so nothing is multiplied by the zeros)."""
+    zeros = per_sample.new_zeros((per_sample.shape[0], num_classes, *per_sample.shape[1:]))
+    return zeros.scatter(1, index.unsqueeze(1), per_sample.unsqueeze(1)) if num_classes else zeros
+
+
+def _nll_losses(log_probs, target):
+    """ℓ_i = −x[i, t_i] · w[t_i] for kept samples, an exact 0 for ignored ones (torch's nll_loss kernels)."""
+    picked = -pick_classes(log_probs, target.index)
+    return (picked if target.sample_weight is None else picked * target.sample_weight).masked_fill(target.ignored, 0)
+
+
+def _nll_grad(grad_output, reduction, target):
+    """dL/dx[i, t_i] = −G_i · w[t_i] for kept samples, 0 for ignored ones (torch's nll_loss_backward, products
+    included: for 'mean' with D = 0, −g / D is ±∞ and a kept sample's w · (−g / D) is NaN, as in torch)."""
+    grad = -_loss_grad(grad_output, reduction, target.divisor)
+    if target.sample_weight is not None:
+        grad = grad * target.sample_weight
+    return torch.where(target.ignored, 0, grad)
+
+
+def _smoothing_share(label_smoothing, num_classes):
+    """ε / C, torch's weight of the smoothing term (a double division: ∞ for C = 0)."""
+    return label_smoothing / num_classes if num_classes else math.inf
 
 
 class NLLLossFunction(Function):
-    """ℓ_i = −Σ_c q[i, c] · x[i, c] (x: log-probabilities; for class indices −w[t_i] · x[i, t_i]), then reduced.
+    """ℓ_i = −x[i, t_i] · w[t_i] for kept samples (x: log-probabilities (N, C, d1, ...), t_i ≠ ignore_index), 0 for
+    ignored ones, then reduced; 'mean' divides by D = Σ_{kept i} w[t_i] (torch's weighted mean).
 
-    Linear in x. Backward, with G_i = dL/dℓ_i:  dL/dx[i, c] = −G_i · q[i, c],  dL/dq[i, c] = −G_i · x[i, c].
+    Linear in x. Backward (torch's nll_loss_backward), with G_i = dL/dℓ_i (g, or g / D for 'mean'):
+        dL/dx[i, c] = −G_i · w[t_i]  at c = t_i of a kept sample,  0 everywhere else (scattered, not multiplied)
     """
 
     @staticmethod
-    def forward(input, target_weights, reduction, divisor):
-        return _reduce(-_weighted_sum(target_weights, input), reduction, divisor)
+    def forward(input, target, reduction):
+        losses = _nll_losses(input.to(opmath_dtype(input.dtype)), target)
+        return _reduce(losses, reduction, target.divisor).to(input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target_weights, ctx.reduction, divisor = inputs
-        ctx.save_for_backward(input, target_weights, divisor)
+        input, ctx.target, ctx.reduction = inputs
+        ctx.num_classes, ctx.dtype = input.shape[1], input.dtype
 
     @staticmethod
     def backward(ctx, grad_output):
-        input, target_weights, divisor = ctx.saved_tensors
-        grad_losses = _per_sample_grad(grad_output, ctx.reduction, divisor, input)
-        grad_input = -grad_losses * target_weights if ctx.needs_input_grad[0] else None
-        grad_target_weights = -grad_losses * input if ctx.needs_input_grad[1] else None
-        return grad_input, grad_target_weights, None, None
+        grad = _nll_grad(grad_output.to(opmath_dtype(ctx.dtype)), ctx.reduction, ctx.target)
+        return place_at_classes(grad, ctx.target.index, ctx.num_classes).to(ctx.dtype), None, None
 
 
-class MSELossFunction(Function):
-    """ℓ = w ⊙ (x − y)² elementwise (w = 1 without weight), then 'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / D with
-    D = numel (no weight) or D = Σ w (the weighted mean). x, y, w come broadcast to one shape; D (a tensor for
-    'mean', else None) is an input so that its own gradient reaches the weight.
+class CrossEntropyFunction(Function):
+    """Cross-entropy of logits z (N, C, d1, ...) with class indices, fused with its log-softmax: torch's
+    log_softmax → nll_loss and, for label smoothing ε > 0, its smoothing term, each reduced, then mixed:
 
-    Backward, with G = dL/dℓ (g, or g / D for 'mean'), e = x − y:
-        dL/dx = 2 · G · w ⊙ e,   dL/dy = −dL/dx,   dL/dw = G · e²,   dL/dD = −g · Σ(w ⊙ e²) / D²
+        L = R(ℓ)                                  ℓ_i = −log p[i, t_i] · w[t_i]           (kept; 0 if ignored)
+        L = (1 − ε) · R(ℓ) + R(s) · ε / C         s_i = −Σ_c log p[i, c] · w_c            (kept; 0 if ignored)
+
+    with R the reduction ('mean': Σ / D, D = Σ_{kept i} w[t_i]) and p = softmax(z) over the classes.
+
+    Backward, torch's chain: the gradient reaching log p, with G = dL/dℓ (g · (1 − ε), / D for 'mean') and
+    S = dL/ds (g · ε / C, / D for 'mean'), both 0 for ignored samples, is
+        γ[i, c] = −G_i · w[t_i] · [c = t_i]  (scattered)  −  S_i · w_c
+    and, since d log p_k / dz_c = [k = c] − p_c,   dL/dz[i, c] = γ[i, c] − p[i, c] · Σ_k γ[i, k]
+    (= G_i · w[t_i] · (p[i, c] − [c = t_i]) without smoothing: softmax minus the one-hot target).
     """
 
     @staticmethod
-    def forward(input, target, weight, reduction, divisor):
-        squared_error = (input - target) ** 2
-        return _reduce(squared_error if weight is None else weight * squared_error, reduction, divisor)
+    def forward(logits, target, reduction, label_smoothing):
+        log_probs = log_softmax(logits.contiguous().to(opmath_dtype(logits.dtype)), 1)
+        loss = _reduce(_nll_losses(log_probs, target), reduction, target.divisor)
+        if label_smoothing > 0:
+            smooth = -(log_probs if target.weight is None else log_probs * _per_class(target.weight, logits.dim()))
+            smooth = _reduce(smooth.sum(1).masked_fill(target.ignored, 0), reduction, target.divisor)
+            loss = (1 - label_smoothing) * loss + smooth * _smoothing_share(label_smoothing, logits.shape[1])
+        return loss.to(logits.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, weight, ctx.reduction, divisor = inputs
+        logits, ctx.target, ctx.reduction, ctx.label_smoothing = inputs
+        ctx.save_for_backward(logits)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (logits,) = ctx.saved_tensors
+        target, reduction, label_smoothing = ctx.target, ctx.reduction, ctx.label_smoothing
+        probs = softmax(logits.contiguous().to(opmath_dtype(logits.dtype)), 1)
+        grad_output = grad_output.to(probs.dtype)
+        nll_grad = _nll_grad(grad_output * (1 - label_smoothing) if label_smoothing > 0 else grad_output,
+                             reduction, target)
+        grad_log_probs = place_at_classes(nll_grad, target.index, logits.shape[1])  # γ without smoothing
+        grad_sum = nll_grad.unsqueeze(1)  # Σ_k γ[i, k]: one term per sample
+        if label_smoothing > 0:
+            smooth_grad = _loss_grad(grad_output * _smoothing_share(label_smoothing, logits.shape[1]), reduction,
+                                     target.divisor)
+            smooth_grad = -torch.where(target.ignored, 0, smooth_grad).unsqueeze(1)  # −S_i
+            grad_log_probs = grad_log_probs + (smooth_grad.expand_as(probs) if target.weight is None else
+                                               smooth_grad * _per_class(target.weight, logits.dim()))
+            grad_sum = grad_log_probs.sum(1, keepdim=True)
+        grad_logits = grad_log_probs - probs * grad_sum
+        return grad_logits.to(logits.dtype), None, None, None
+
+
+# ---------------------------------------------------------------------------------- class-probability targets
+
+
+def class_probability_weights(target, weight, label_smoothing, dtype):
+    """q[i, c] = ((1 − ε) · P[i, c] + ε / C) · w_c for a target P (N, C, d1, ...), in the compute dtype of the
+    loss's dtype ``dtype``, by ordinary tensor operations (the target and the weights get their gradients through
+    q, as in torch).
+
+    torch smooths the target in the target's own dtype; where that is narrower than ``dtype``, so do we (the loss
+    then carries the same roundings), else the smoothing is computed in the compute dtype.
+    """
+    compute = opmath_dtype(dtype)
+    smoothed = target if target.dtype != dtype else target.to(compute)
+    if label_smoothing > 0:
+        smoothed = smoothed * (1 - label_smoothing) + _smoothing_share(label_smoothing, target.shape[1])
+    target_weights = smoothed.to(compute)
+    return target_weights if weight is None else target_weights * _per_class(weight.to(compute), target.dim())
+
+
+def _log_probs_as_torch(logits, dtype):
+    """log softmax(z) over dim 1 in the compute dtype of ``dtype``, contiguous: computed in z's compute dtype, and
+    rounded to z's dtype first where that is narrower than ``dtype`` (torch's log-probabilities have z's dtype).
+    Integer logits are empty (torch refuses the others) and taken as ``dtype``."""
+    own = logits.dtype if logits.is_floating_point() else dtype
+    log_probs = log_softmax(logits.contiguous().to(opmath_dtype(own)), 1)
+    if own != dtype:
+        log_probs = log_probs.to(own)
+    return log_probs.to(opmath_dtype(dtype))
+
+
+def _samples(logits):
+    """The number of samples N · d1 · ..., the divisor of torch's 'mean' for probabilities (0 when there is no
+    element at all, so that the mean is NaN, as torch makes it)."""
+    return logits.numel() // logits.shape[1] if logits.numel() else 0
+
+
+class CrossEntropyProbabilitiesFunction(Function):
+    """Cross-entropy of logits z (N, C, d1, ...) with a target of class probabilities folded into q (see
+    ``class_probability_weights``): ℓ_i = −Σ_c log p[i, c] · q[i, c], p = softmax(z), then reduced, 'mean' by the
+    number of samples N · d1 · ... (NaN when there is none). torch's cross_entropy_loss_prob_target: a product for
+    every class, so a class of probability 0 and log-probability −∞ gives 0 · (−∞) = NaN, as in torch.
+
+    Backward, with G_i = dL/dℓ_i (g, or g / (N · d1 · ...) for 'mean'):
+        γ[i, c] = −G_i · q[i, c],   dL/dz[i, c] = γ[i, c] − p[i, c] · Σ_k γ[i, k],   dL/dq[i, c] = −G_i · log p[i, c]
+    """
+
+    @staticmethod
+    def forward(logits, target_weights, reduction, dtype):
+        losses = -(_log_probs_as_torch(logits, dtype) * target_weights).sum(1)
+        return _reduce(losses, reduction, _samples(logits)).to(dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target_weights, ctx.reduction, ctx.dtype = inputs
+        ctx.save_for_backward(logits, target_weights)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        logits, target_weights = ctx.saved_tensors
+        log_probs = _log_probs_as_torch(logits, ctx.dtype)
+        grad_losses = -_loss_grad(grad_output.to(log_probs.dtype), ctx.reduction, _samples(logits))
+        if ctx.reduction == "none":
+            grad_losses = grad_losses.unsqueeze(1)
+        grad_logits = grad_target_weights = None
+        if ctx.needs_input_grad[0]:
+            grad_log_probs = grad_losses * target_weights
+            grad_logits = grad_log_probs - log_probs.exp() * grad_log_probs.sum(1, keepdim=True)
+            grad_logits = grad_logits.contiguous().to(logits.dtype)  # contiguous as torch's, whatever q's layout
+        if ctx.needs_input_grad[1]:
+            grad_target_weights = grad_losses * log_probs
+        return grad_logits, grad_target_weights, None, None
+
+
+# ------------------------------------------------------------------------------------------ mean squared error
+
+
+class MSELossFunction(Function):
+    """ℓ = e · e elementwise, e = x − y (torch's mse_loss kernel), then 'none' → ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / n
+    (n the number of elements; NaN when there is none). x and y come broadcast to one shape, in the compute dtype.
+
+    Backward (torch's mse_loss_backward), with g = dL/dL and ν = 2/n for 'mean', else 2:
+        dL/dx = (ν · e) · g,   dL/dy = −dL/dx        (contiguous, as torch's)
+    """
+
+    @staticmethod
+    def forward(input, target, reduction, dtype):
+        error = input - target
+        return _reduce(error * error, reduction, error.numel()).to(dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, ctx.reduction, _ = inputs
+        ctx.save_for_backward(input, target)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, target = ctx.saved_tensors
+        numel = input.numel()
+        norm = 2 / numel if ctx.reduction == "mean" and numel else 2  # an empty input has an empty gradient
+        grad_input = with_memory_format(norm * (input - target) * grad_output.to(input.dtype), channels_last=False)
+        return (grad_input if ctx.needs_input_grad[0] else None, -grad_input if ctx.needs_input_grad[1] else None,
+                None, None)
+
+
+class WeightedMSELossFunction(Function):
+    """ℓ = (x − y)² · w elementwise (torch's weighted MSE, written in Python in torch.nn.functional), then 'none' →
+    ℓ, 'sum' → Σ ℓ, 'mean' → Σ ℓ / D with D = Σ w over the weight as given (an input here, so that its gradient
+    reaches w). x, y, w come broadcast to one shape, in the compute dtype (integers: as they are).
+
+    Backward as torch's autograd of that formula, products in its order, with G = dL/dℓ (g, or g / D̄ for 'mean'),
+    e = x − y and PyTorch's conjugate convention for complex tensors (z̄ the conjugate):
+        dL/dx = (G · w̄) · (2e)‾,   dL/dy = −dL/dx,   dL/dw = G · (e²)‾,   dL/dD = −g · ((Σℓ / D) / D)‾
+    """
+
+    @staticmethod
+    def forward(input, target, weight, reduction, divisor, dtype):
+        weighted = (input - target) ** 2 * weight
+        if reduction == "none":
+            return weighted.to(dtype)
+        total = weighted.sum()
+        return (total / divisor if reduction == "mean" else total).to(dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, target, weight, ctx.reduction, divisor, _ = inputs
         ctx.save_for_backward(input, target, weight, divisor)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, target, weight, divisor = ctx.saved_tensors
-        grad_losses = grad_output / divisor if ctx.reduction == "mean" else grad_output
+        grad_output = grad_output.to(input.dtype)
         error = input - target
-        weighted_error = error if weight is None else weight * error
-        needs_input, needs_target, needs_weight, _, needs_divisor = ctx.needs_input_grad
-        grad_input = 2 * grad_losses * weighted_error if needs_input or needs_target else None
-        grad_target = -grad_input if needs_target else None
-        grad_weight = grad_losses * error**2 if needs_weight else None
-        grad_divisor = -grad_losses * (weighted_error * error).sum() / divisor if needs_divisor else None
-        return grad_input if needs_input else None, grad_target, grad_weight, None, grad_divisor
+        grad_losses = grad_output / divisor.conj() if ctx.reduction == "mean" else grad_output
+        needs_input, needs_target, needs_weight, _, needs_divisor, _ = ctx.needs_input_grad
+        grad_input = grad_target = grad_weight = grad_divisor = None
+        if needs_input or needs_target:
+            grad_input = (grad_losses * weight.conj() * (2 * error).conj()).to(input.dtype)
+            grad_target = -grad_input if needs_target else None
+        if needs_weight:
+            grad_weight = (grad_losses * (error**2).conj()).to(weight.dtype)
+        if needs_divisor:
+            total = ((error**2) * weight).sum()
+            grad_divisor = (-grad_output * ((total / divisor) / divisor).conj()).to(divisor.dtype)
+        return grad_input if needs_input else None, grad_target, grad_weight, None, grad_divisor, None
+
+
+def weighted_mse_dtypes(input, target, weight, reduction):
+    """(the result's dtype, the compute dtype of (x − y)² · w, None for integers) of torch's weighted MSE: its type
+    promotion of (x − y)² · w and of the mean Σ / Σw (a 0-d weight does not widen a tensor of its own category;
+    integers divide into floating point), worked out on meta tensors. x and y are broadcast. A bool operand of the
+    subtraction gets torch's error."""
+    if input.dtype == target.dtype == torch.bool:
+        raise NotImplementedError(
+            "Subtraction, the `-` operator, with two bool tensors is not supported. "
+            "Use the `^` or `logical_xor()` operator instead."
+        )
+    if torch.bool in (input.dtype, target.dtype):
+        raise NotImplementedError(
+            "Subtraction, the `-` operator, with a bool tensor is not supported. "
+            "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead."
+        )
+    x, y, w = (tensor.to("meta") for tensor in (input, target, weight))
+    weighted = (x - y) ** 2 * w
+    result = {"none": weighted, "sum": weighted.sum()}.get(reduction, weighted.sum() / w.sum())
+    computes = weighted.is_floating_point() or weighted.is_complex()
+    return result.dtype, opmath_dtype(weighted.dtype) if computes else None
 
 
 # Argument checks with PyTorch's errors, in the order PyTorch makes them (messages and exception classes as
@@ -198,14 +408,15 @@ def check_probability_targets(input, target, weight, ignore_index, label_smoothi
             f"cross_entropy: weight tensor should be defined either for all {num_classes} classes or no classes "
             f"but got weight tensor of shape: {list(weight.shape)}"
         )
+    if input.numel():  # torch's log_softmax returns an empty integer input as it is
+        require_floating(input.dtype, "log_softmax_lastdim_kernel_impl")
     check_label_smoothing(label_smoothing)
-    require_floating(input.dtype, "log_softmax_lastdim_kernel_impl")
 
 
-def check_class_index_targets(input, target, weight, ignore_index):
-    """nll_loss's checks on class-index targets: (C,) with () or (1,), (N, C) with (N,), (N, C, d1, ...) with
-    (N, d1, ...); target int64 or uint8; weight (C,) of the input's dtype, never requiring grad; targets in
-    [0, C) unless equal to ignore_index."""
+def check_class_index_targets(input, target, weight):
+    """nll_loss's checks on class-index targets, in torch's order: (C,) with () or (1,), (N, C) with (N,),
+    (N, C, d1, ...) with (N, d1, ...); target int64 (or uint8 for inputs (C,) and (N, C)); weight (C,) of the
+    input's dtype, never requiring grad. Targets out of [0, C) are refused by ``ClassIndexTarget.prepare``."""
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(
             "The function 'nll_loss_forward' is not differentiable with respect to argument 'weight'. "
@@ -222,13 +433,11 @@ def check_class_index_targets(input, target, weight, ignore_index):
         _check_flat_targets(input, target, weight)
     else:
         _check_spatial_targets(input, target, weight)
-    num_classes = input.shape[0 if input.dim() == 1 else 1]
-    out_of_range = (target != ignore_index) & ((target < 0) | (target >= num_classes))
-    if out_of_range.any():
-        raise IndexError(f"Target {target[out_of_range][0].item()} is out of bounds.")
 
 
 def _check_target_dtype(target):
+    """Class indices are int64 or uint8; every other integer dtype (int32, int16, int8, bool) and floating point
+    is refused."""
     if target.dtype not in (torch.int64, torch.uint8):
         raise RuntimeError(f"expected target dtype to be Long or Byte, but got {scalar_type_name(target.dtype)}")
 
@@ -253,12 +462,13 @@ def _check_flat_targets(input, target, weight):
             f"weight tensor should be defined either for all {num_classes} classes or no classes but got "
             f"weight tensor of shape: {list(weight.shape)}"
         )
-    _check_weight_dtype(input, weight)
     require_floating(input.dtype, "nll_loss_out_frame")
+    _check_weight_dtype(input, weight)
 
 
 def _check_spatial_targets(input, target, weight):
-    """Input (N, C, d1, ...): torch's nll_loss2d kernel, on (N, C, H, W) or on other ranks reshaped to it."""
+    """Input (N, C, d1, ...): torch's nll_loss2d kernel, on (N, C, H, W) or on other ranks reshaped to it. Its
+    kernel reads int64 targets only, so a uint8 target passes the dtype check and is refused after it."""
     if input.dim() != 4 and list(target.shape[1:]) != list(input.shape[2:]):
         raise RuntimeError(f"Expected target size {[input.shape[0], *input.shape[2:]]}, got {list(target.shape)}")
     if target.dim() != input.dim() - 1:
@@ -270,5 +480,7 @@ def _check_spatial_targets(input, target, weight):
         raise RuntimeError("weight tensor should be defined either for all or no classes")
     if list(target.shape) != [input.shape[0], *input.shape[2:]]:
         raise RuntimeError(f"size mismatch (got input: {list(input.shape)} , target: {list(target.shape)}")
-    _check_weight_dtype(input, weight)
     require_floating(input.dtype, "nll_loss2d_forward_out_frame")
+    _check_weight_dtype(input, weight)
+    if target.dtype == torch.uint8:
+        raise RuntimeError("expected scalar type Long but found Byte")
