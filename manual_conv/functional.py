@@ -76,7 +76,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     H_out = (H − 1)·stride − 2·padding + dilation·(kH − 1) + output_padding + 1.
     """
     if isinstance(padding, str):
-        raise TypeError(f"conv_transpose2d(): argument 'padding' must be tuple of ints, not str")
+        raise TypeError("conv_transpose2d(): argument 'padding' must be tuple of ints, not str")
     stride, padding, dilation = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
     output_padding = _pair(output_padding, "output_padding")
     _conv.check_conv2d_args("conv_transpose2d", input, weight, bias, stride, padding, dilation, groups, transposed=True)

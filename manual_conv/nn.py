@@ -13,7 +13,7 @@ import sys
 import torch.nn.functional as F
 from torch import nn
 
-from . import functional
+from . import functional  # noqa: F401  (manual_conv.nn.functional, as torch.nn.functional)
 from . import functional as mF
 from . import torch_names
 

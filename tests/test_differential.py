@@ -15,7 +15,6 @@ backend) from identical inputs, and the two must agree on:
 
 The examples are derandomized (tests/conftest.py's profile), so a failure reproduces.
 """
-import contextlib
 import dataclasses
 import math
 import warnings

@@ -18,7 +18,6 @@ import numbers
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from ..backend import conv_kernels, get_backend
 from ._utils import Function, not_implemented_for, opmath_dtype, suggests_channels_last, with_memory_format
