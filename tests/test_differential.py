@@ -494,17 +494,26 @@ def elementwise_calls(draw, function):
 
 @st.composite
 def gelu_calls(draw):
-    return Call("gelu", (draw(tensors(any_shape(draw), draw(dtypes()))),),
-                {"approximate": draw(st.sampled_from(("none", "tanh", "tanh", "exact")))}, **draw(call_options()))
+    input = draw(tensors(any_shape(draw), draw(dtypes())))
+    approximate = draw(st.sampled_from(("none", "tanh", "tanh", "exact")))
+    if approximate == "none" and input.values.is_floating_point():
+        # torch's bug, not copied: its vectorised float32/bfloat16 CPU kernel gives gelu(+inf) = NaN, where its
+        # strided path, float64 and float16 give +inf, the limit of x·Φ(x). So no +inf here.
+        input.values.masked_fill_(input.values == math.inf, -math.inf)
+    return Call("gelu", (input,), {"approximate": approximate}, **draw(call_options()))
 
 
 @st.composite
 def softmax_calls(draw, function):
     shape = any_shape(draw)
+    dtype = draw(dtypes())
     kwargs = {"dim": draw(st.integers(-len(shape) - 1, len(shape)))}
     if draw(st.booleans()):
-        kwargs["dtype"] = draw(st.sampled_from((torch.float32, torch.float64)))
-    return Call(function, (draw(tensors(shape, draw(dtypes()))),), kwargs, **draw(call_options()))
+        # Not float64 → float32: the float64 input's gradient would have float32's precision, and torch's float32
+        # softmax kernels use their own exp, so the gradients differ by more than the float64 tolerance.
+        kwargs["dtype"] = draw(st.sampled_from((torch.float64,) if dtype == torch.float64 else
+                                               (torch.float32, torch.float64)))
+    return Call(function, (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
 
 
 # ------------------------------------------------------------------------------------------ linear, dropout
@@ -732,7 +741,8 @@ def test_every_public_function_is_drawn():
 
 # Families whose fixes have not landed yet (issue 12); each fix removes its functions from this set.
 NOT_YET_MATCHING = set(CALLS) - {"dropout", "conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-                                  "adaptive_avg_pool2d", "cross_entropy", "nll_loss", "mse_loss"}
+                                  "adaptive_avg_pool2d", "cross_entropy", "nll_loss", "mse_loss", "relu", "relu_",
+                                  "sigmoid", "tanh", "gelu", "softmax", "log_softmax"}
 
 
 @pytest.mark.parametrize("function", [
