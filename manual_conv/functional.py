@@ -420,20 +420,16 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 # -------------------------------------------------------------------------------------------------- normalization
 
 
-def _as_dtype(tensor, dtype):
-    return None if tensor is None else tensor.to(dtype)
-
-
-def _per_channel(tensor, dtype):
-    """A (C,) vector of ``dtype``, or None (torch.batch_norm accepts any shape holding C values)."""
-    return None if tensor is None else (tensor if tensor.dim() == 1 else tensor.reshape(-1)).to(dtype)
+def _per_channel(tensor):
+    """A (C,) view, or None (torch.batch_norm accepts any shape holding C values)."""
+    return None if tensor is None else tensor.reshape(-1)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-05):
     """Layer normalization as torch.nn.functional.layer_norm, through ``LayerNormFunction``:
-    y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and the biased σ² over the trailing dims given by normalized_shape."""
+    y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and the biased σ² over the trailing dims given by normalized_shape.
+    γ and β of the input's dtype, or float32 ones for a float16/bfloat16 input (mixed precision)."""
     normalized_shape = _norm.check_layer_norm_args(input, normalized_shape, weight, bias)
-    weight, bias = _as_dtype(weight, input.dtype), _as_dtype(bias, input.dtype)  # mixed precision: float32 γ, β
     return _norm.LayerNormFunction.apply(input, len(normalized_shape), weight, bias, eps)
 
 
@@ -443,22 +439,25 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training=True: normalize with the batch's mean and biased variance over (N, d1, ...) (``BatchNormFunction``)
     and, when given, update running_mean/running_var in place: r ← (1 − momentum)·r + momentum·batch statistic,
     with the unbiased variance. training=False: normalize with the running statistics
-    (``BatchNormEvalFunction``, an affine map).
+    (``BatchNormEvalFunction``, an affine map). Parameters and running statistics of the input's dtype, or float32
+    ones for a float16/bfloat16 input (mixed precision).
     """
+    _norm.check_batch_norm_args(input, training, eps)
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(
             f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
         )
-    _norm.check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
-    weight, bias = _per_channel(weight, input.dtype), _per_channel(bias, input.dtype)
     if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
         output = input.clone()
-        output = output if weight is None else output * weight[0]
-        return output if bias is None else output + bias[0]
+        output = output if weight is None else output * weight.select(0, 0)
+        return output if bias is None else output + bias.select(0, 0)
+    _norm.check_batch_norm_inputs(input, running_mean, running_var, weight, bias, training)
+    folded = _norm.batch_norm_folds(input, weight, bias, running_mean, running_var)
+    weight, bias = _per_channel(weight), _per_channel(bias)
     if not training:
-        running_mean, running_var = _per_channel(running_mean, input.dtype), _per_channel(running_var, input.dtype)
-        return _norm.BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps)
-    output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps)
+        running_mean, running_var = _per_channel(running_mean), _per_channel(running_var)
+        return _norm.BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps, folded)
+    output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps, folded)
     if running_mean is not None:
         values_per_channel = input.numel() // input.shape[1]
         _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
