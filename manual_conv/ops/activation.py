@@ -6,7 +6,8 @@ tanh' = 1 − y²). Softmax couples a whole slice along ``dim``; its backward is
 form, never the n × n Jacobian.
 
 Precision and dtypes, as torch's CPU kernels: float16/bfloat16 are computed in float32 (``opmath_dtype``) and rounded
-once at the end, forward and backward. Complex sigmoid and tanh follow PyTorch's convention for gradients
+once at the end, forward and backward; the backwards written through y then recompute y in float32 from x
+(``_output_in_opmath``). Complex sigmoid and tanh follow PyTorch's convention for gradients
 (conjugate Wirtinger): ∂L/∂x = δ ⊙ conj(f'(x)). Each formula is written so that inf and NaN land where PyTorch's
 kernel puts them (0 · ∞ = NaN where torch's kernel multiplies, a selection where it selects).
 
@@ -30,6 +31,20 @@ def _in_opmath(tensor, **kwargs):
 def _conj(tensor):
     """conj(t) for complex t; real t itself (conjugate-Wirtinger gradients reduce to the usual ones)."""
     return tensor.conj() if tensor.is_complex() else tensor
+
+
+def _save_output_and_reduced_input(ctx, input, output):
+    """Save y, which the backward uses, as torch's does (so that modifying y in place before the backward raises, as
+    in torch); and x too when it is float16/bfloat16, for ``_output_in_opmath``."""
+    ctx.save_for_backward(output, *([input] if opmath_dtype(input.dtype) != input.dtype else []))
+
+
+def _output_in_opmath(ctx, function, *args):
+    """y for the backward: the saved y, or for float16/bfloat16 y recomputed in float32 from the saved x by
+    ``function`` (differentiable, for the double backward). The rounded y would carry its rounding into the gradient,
+    amplified where the gradient's terms cancel, and could land farther from the exact gradient than torch's."""
+    output, *input = ctx.saved_tensors
+    return function.apply(_in_opmath(input[0]), *args) if input else output
 
 
 class ReLUFunction(Function):
@@ -68,10 +83,7 @@ class ReLUFunction(Function):
 class SigmoidFunction(Function):
     """y = σ(x) = 1 / (1 + e^{−x}) (for x → −∞, e^{−x} → ∞ and y → 0 without overflow trouble); complex x too.
 
-    Backward: σ'(x) = e^{−x} / (1 + e^{−x})² = σ(x)(1 − σ(x)), so ∂L/∂x = δ ⊙ conj((1 − y) ⊙ y), from the saved y as
-    torch's kernel. float16: y is recomputed in float32 from x, saved too: torch's float16 kernel rounds after every
-    operation, and from the rounded y our single rounding would not always be as close as its. y is saved in every
-    dtype, so that modifying it in place before the backward raises, as in torch.
+    Backward: σ'(x) = e^{−x} / (1 + e^{−x})² = σ(x)(1 − σ(x)), so ∂L/∂x = δ ⊙ conj((1 − y) ⊙ y).
     """
 
     @staticmethod
@@ -80,13 +92,11 @@ class SigmoidFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        (input,) = inputs
-        ctx.save_for_backward(output, *([input] if input.dtype == torch.float16 else []))
+        _save_output_and_reduced_input(ctx, inputs[0], output)
 
     @staticmethod
     def backward(ctx, grad_output):
-        output, *input = ctx.saved_tensors
-        y = SigmoidFunction.apply(_in_opmath(input[0])) if input else _in_opmath(output)
+        y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
         return (_in_opmath(grad_output) * _conj((1 - y) * y)).to(grad_output.dtype)
 
 
@@ -113,12 +123,11 @@ class TanhFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(output)
+        _save_output_and_reduced_input(ctx, inputs[0], output)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (output,) = ctx.saved_tensors
-        y = _in_opmath(output)
+        y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
         return (_in_opmath(grad_output) * _conj(1 - y * y)).to(grad_output.dtype)
 
 
@@ -190,15 +199,15 @@ class SoftmaxFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.dim = inputs[1]
-        ctx.save_for_backward(output)
+        input, ctx.dim = inputs
+        _save_output_and_reduced_input(ctx, input, output)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (output,) = ctx.saved_tensors
-        y, grad = _in_opmath(output), _in_opmath(grad_output, memory_format=torch.contiguous_format)
+        y = _in_opmath(_output_in_opmath(ctx, SoftmaxFunction, ctx.dim))
+        grad = _in_opmath(grad_output, memory_format=torch.contiguous_format)
         grad_input = y * (grad - (grad * y).sum(ctx.dim, keepdim=True))
-        return laid_out_like(grad_input, output, torch.contiguous_format, output.dtype), None
+        return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
 
 class LogSoftmaxFunction(Function):
@@ -218,15 +227,15 @@ class LogSoftmaxFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.dim = inputs[1]
-        ctx.save_for_backward(output)
+        input, ctx.dim = inputs
+        _save_output_and_reduced_input(ctx, input, output)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (output,) = ctx.saved_tensors
+        y = _in_opmath(_output_in_opmath(ctx, LogSoftmaxFunction, ctx.dim))
         grad = _in_opmath(grad_output, memory_format=torch.contiguous_format)
-        grad_input = grad - torch.exp(_in_opmath(output)) * grad.sum(ctx.dim, keepdim=True)
-        return laid_out_like(grad_input, output, torch.contiguous_format, output.dtype), None
+        grad_input = grad - torch.exp(y) * grad.sum(ctx.dim, keepdim=True)
+        return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
 
 def _max_along(input, dim):
