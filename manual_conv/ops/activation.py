@@ -113,13 +113,14 @@ class TanhFunction(Function):
     @staticmethod
     def forward(input):
         x = _in_opmath(input)
+        if not x.is_complex():  # s·x = |x|; in place on fresh tensors: three of x's size at most
+            t = torch.expm1(x.abs().mul_(-2))
+            return torch.div(t, t + 2).neg_().copysign_(x).to(input.dtype)
         sign = torch.copysign(torch.ones((), dtype=x.real.dtype), x.real)
-        t = torch.expm1(-2 * sign * x)
-        output = sign * (-t / (2 + t))
-        if x.is_complex():
-            output = torch.where(x.real.isinf(), sign.to(x.dtype), output)
-            output = torch.where(x.real.isnan() & (x.imag == 0), x, output)
-        return output.to(input.dtype)
+        t = torch.expm1(x * sign * -2)
+        output = torch.div(t, t + 2).neg_().mul_(sign)
+        output = torch.where(x.real.isinf(), sign.to(x.dtype), output)
+        return torch.where(x.real.isnan() & (x.imag == 0), x, output).to(input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
