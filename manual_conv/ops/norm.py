@@ -103,8 +103,8 @@ def _parameter_grad(grad, dtype):
 
 
 # BatchNorm. torch's CPU kernel takes one of two arrangements: when the input is contiguous or channels_last and the
-# parameters contiguous, the folded one, y = x·α + β per channel (α = r·γ, β = β − μ·α); otherwise the centered one,
-# y = ((x − μ)·r)·γ + β. Equal values, but not the same inf/NaN: with γ = inf, x·α + β is NaN where x and μ have the
+# parameters contiguous, the folded one, y = x·α + b per channel (α = r·γ, b = β − μ·α); otherwise the centered one,
+# y = ((x − μ)·r)·γ + β. Equal values, but not the same inf/NaN: with γ = inf, x·α + b is NaN where x and μ have the
 # same sign, ((x − μ)·r)·γ is ±inf. ``folded`` says which; the output's layout follows the same choice.
 
 
@@ -158,11 +158,11 @@ def _grad_input_format(input, grad_output):
 
 
 def _normalize_per_channel(input, mean, invstd, weight, bias, folded):
-    """y = x·α + β with α = r·γ, β = β − μ·α (folded), or y = ((x − μ)·r)·γ + β; μ, r, γ, β of shape (1, C, 1, ...)."""
+    """y = x·α + b with α = r·γ, b = β − μ·α (folded), or y = ((x − μ)·r)·γ + β; μ, r, γ, β of shape (1, C, 1, ...)."""
     if folded:
         alpha = invstd if weight is None else invstd * weight
-        beta = -(mean * alpha) if bias is None else bias - mean * alpha
-        return input * alpha + beta
+        shift = -(mean * alpha) if bias is None else bias - mean * alpha
+        return input * alpha + shift
     return _affine((input - mean) * invstd, weight, bias)
 
 
