@@ -55,7 +55,9 @@ class ReLUFunction(Function):
     A selection rather than δ ⊙ mask, so an infinite δ at a dropped position gives 0, not NaN. The gradient is laid
     out as y, as threshold_backward's is.
 
-    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point), else torch.where.
+    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point) when δ and y are
+    laid out alike, as in a network; else torch.where, whose TensorIterator lays the gradient out as torch's
+    threshold_backward does (the kernel keeps only a layout its operands share).
     """
 
     @staticmethod
@@ -72,12 +74,25 @@ class ReLUFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
-        if compiled_layers(output):
-            if grad_output.stride() != output.stride():
-                # the kernel keeps a layout its two operands share; empty_like gives output's when it is dense
-                grad_output = torch.empty_like(output).copy_(grad_output)
-            return torch.ops.manual_conv.relu_backward(grad_output, output), None
-        return torch.where(output <= 0, 0.0, grad_output), None
+        if compiled_layers(output) and grad_output.stride() == output.stride():
+            grad_input = torch.ops.manual_conv.relu_backward(grad_output, output)
+        else:
+            grad_input = torch.where(output <= 0, 0.0, grad_output)
+        if 1 in output.shape:
+            grad_input = _laid_out_as_elementwise(grad_input, output, grad_output)
+        return grad_input, None
+
+
+def _laid_out_as_elementwise(result, *operands):
+    """``result`` with the strides torch's elementwise kernels give it (TensorIterator's fast setup): standard
+    contiguous strides when every operand is contiguous, channels_last ones when every one is channels_last
+    (contiguous winning a tie), else as it is. The strides of size-1 dims, which ``where`` and the compiled kernel
+    take from the operands, decide whether a 1-channel tensor counts as channels_last."""
+    if all(operand.is_contiguous() for operand in operands):
+        return laid_out_like(result, result, torch.contiguous_format, result.dtype)
+    if all(operand.dim() == 4 and operand.is_contiguous(memory_format=torch.channels_last) for operand in operands):
+        return laid_out_like(result, result, torch.channels_last, result.dtype)
+    return result
 
 
 class SigmoidFunction(Function):
