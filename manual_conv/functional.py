@@ -148,6 +148,10 @@ def relu(input, inplace=False):
     """max(x, 0) element-wise, through ``ReLUFunction``; inplace=True overwrites and returns input, as torch does."""
     if input.dtype == torch.bool:
         raise NotImplementedError("Boolean inputs not supported for relu")
+    if inplace:
+        _check_inplace_allowed(input)
+    if input.is_complex():
+        raise NotImplementedError("clamp is not supported for complex types")
     return _activation.ReLUFunction.apply(input, inplace)
 
 
@@ -156,18 +160,30 @@ def relu_(input):
     return relu(input, inplace=True)
 
 
+def _check_inplace_allowed(input):
+    """PyTorch's errors, raised before anything is written, for an in-place op on a leaf that requires grad or on
+    a view of one."""
+    if not (torch.is_grad_enabled() and input.requires_grad):
+        return
+    if input._base is not None and input._base.is_leaf:
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+    if input.is_leaf:
+        raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+
+
 def _floating(input):
-    """Integer and bool inputs are computed in the default floating dtype, as torch.sigmoid/torch.tanh promote."""
-    return input if input.is_floating_point() else input.to(torch.get_default_dtype())
+    """Integer and bool inputs are computed in the default floating dtype, as torch.sigmoid/torch.tanh promote;
+    floating and complex inputs as they are."""
+    return input if input.is_floating_point() or input.is_complex() else input.to(torch.get_default_dtype())
 
 
 def sigmoid(input):
-    """1 / (1 + e^{−x}) element-wise, through ``SigmoidFunction``."""
+    """1 / (1 + e^{−x}) element-wise (complex too), through ``SigmoidFunction``."""
     return _activation.SigmoidFunction.apply(_floating(input))
 
 
 def tanh(input):
-    """tanh(x) element-wise, through ``TanhFunction``."""
+    """tanh(x) element-wise (complex too), through ``TanhFunction``."""
     return _activation.TanhFunction.apply(_floating(input))
 
 
@@ -193,26 +209,36 @@ def _softmax_dim(name, ndim, stacklevel):
 
 
 def _softmax_input(name, input, dim, stacklevel, dtype):
-    """(input cast to dtype, dim), with torch's implicit dim and its error for non-floating input."""
+    """(input cast to dtype, dim wrapped), with torch's implicit dim and its errors, in torch's order: dim out of
+    range (IndexError), then a non-floating input that has elements (NotImplementedError)."""
     if dim is None:
         dim = _softmax_dim(name, input.dim(), stacklevel + 1)
     if dtype is not None:
         input = input.to(dtype)
-    if not input.is_floating_point():
-        last_dim = dim in (-1, max(input.dim(), 1) - 1)
-        raise not_implemented_for(f"{name}{'_lastdim' if last_dim else ''}_kernel_impl", input.dtype)
-    return input, dim
+    ndim = max(input.dim(), 1)  # a 0-dim tensor is softmaxed as one of shape (1,)
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], but got {dim})")
+    if not input.is_floating_point() and input.numel() > 0:
+        kernel = "_lastdim_kernel_impl" if dim % ndim == ndim - 1 else "_kernel_impl"
+        raise not_implemented_for(name + kernel, input.dtype)
+    if input.is_complex() and input.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"_{name} does not support automatic differentiation for outputs with complex dtype.")
+    return input, dim % ndim
 
 
 def softmax(input, dim=None, _stacklevel=3, dtype=None):
     """e^{x_i} / Σ_k e^{x_k} along dim (computed after subtracting the max), through ``SoftmaxFunction``."""
     input, dim = _softmax_input("softmax", input, dim, _stacklevel, dtype)
+    if not input.is_floating_point():  # empty: torch returns an empty tensor of the input's dtype
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
     return _activation.SoftmaxFunction.apply(input, dim)
 
 
 def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     """x_i − log Σ_k e^{x_k} along dim (computed after subtracting the max), through ``LogSoftmaxFunction``."""
     input, dim = _softmax_input("log_softmax", input, dim, _stacklevel, dtype)
+    if not input.is_floating_point():  # empty: torch returns an empty tensor of the input's dtype
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
     return _activation.LogSoftmaxFunction.apply(input, dim)
 
 # --------------------------------------------------------------------------------------- linear, dropout, flatten
@@ -394,20 +420,16 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
 # -------------------------------------------------------------------------------------------------- normalization
 
 
-def _as_dtype(tensor, dtype):
-    return None if tensor is None else tensor.to(dtype)
-
-
-def _per_channel(tensor, dtype):
-    """A (C,) vector of ``dtype``, or None (torch.batch_norm accepts any shape holding C values)."""
-    return None if tensor is None else (tensor if tensor.dim() == 1 else tensor.reshape(-1)).to(dtype)
+def _per_channel(tensor):
+    """A (C,) view, or None (torch.batch_norm accepts any shape holding C values)."""
+    return None if tensor is None else tensor.reshape(-1)
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-05):
     """Layer normalization as torch.nn.functional.layer_norm, through ``LayerNormFunction``:
-    y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and the biased σ² over the trailing dims given by normalized_shape."""
+    y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and the biased σ² over the trailing dims given by normalized_shape.
+    γ and β of the input's dtype, or float32 ones for a float16/bfloat16 input (mixed precision)."""
     normalized_shape = _norm.check_layer_norm_args(input, normalized_shape, weight, bias)
-    weight, bias = _as_dtype(weight, input.dtype), _as_dtype(bias, input.dtype)  # mixed precision: float32 γ, β
     return _norm.LayerNormFunction.apply(input, len(normalized_shape), weight, bias, eps)
 
 
@@ -417,22 +439,25 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training=True: normalize with the batch's mean and biased variance over (N, d1, ...) (``BatchNormFunction``)
     and, when given, update running_mean/running_var in place: r ← (1 − momentum)·r + momentum·batch statistic,
     with the unbiased variance. training=False: normalize with the running statistics
-    (``BatchNormEvalFunction``, an affine map).
+    (``BatchNormEvalFunction``, an affine map). Parameters and running statistics of the input's dtype, or float32
+    ones for a float16/bfloat16 input (mixed precision).
     """
+    _norm.check_batch_norm_args(input, training, eps)
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(
             f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
         )
-    _norm.check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
-    weight, bias = _per_channel(weight, input.dtype), _per_channel(bias, input.dtype)
     if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
         output = input.clone()
-        output = output if weight is None else output * weight[0]
-        return output if bias is None else output + bias[0]
+        output = output if weight is None else output * weight.select(0, 0)
+        return output if bias is None else output + bias.select(0, 0)
+    _norm.check_batch_norm_inputs(input, running_mean, running_var, weight, bias, training)
+    folded = _norm.batch_norm_folds(input, weight, bias, running_mean, running_var)
+    weight, bias = _per_channel(weight), _per_channel(bias)
     if not training:
-        running_mean, running_var = _per_channel(running_mean, input.dtype), _per_channel(running_var, input.dtype)
-        return _norm.BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps)
-    output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps)
+        running_mean, running_var = _per_channel(running_mean), _per_channel(running_var)
+        return _norm.BatchNormEvalFunction.apply(input, running_mean, running_var, weight, bias, eps, folded)
+    output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps, folded)
     if running_mean is not None:
         values_per_channel = input.numel() // input.shape[1]
         _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)

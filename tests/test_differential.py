@@ -494,17 +494,26 @@ def elementwise_calls(draw, function):
 
 @st.composite
 def gelu_calls(draw):
-    return Call("gelu", (draw(tensors(any_shape(draw), draw(dtypes()))),),
-                {"approximate": draw(st.sampled_from(("none", "tanh", "tanh", "exact")))}, **draw(call_options()))
+    input = draw(tensors(any_shape(draw), draw(dtypes())))
+    approximate = draw(st.sampled_from(("none", "tanh", "tanh", "exact")))
+    if approximate == "none" and input.values.is_floating_point():
+        # torch's bug, not copied: its vectorised float32/bfloat16 CPU kernel gives gelu(+inf) = NaN, where its
+        # strided path, float64 and float16 give +inf, the limit of x·Φ(x). So no +inf here.
+        input.values.masked_fill_(input.values == math.inf, -math.inf)
+    return Call("gelu", (input,), {"approximate": approximate}, **draw(call_options()))
 
 
 @st.composite
 def softmax_calls(draw, function):
     shape = any_shape(draw)
+    dtype = draw(dtypes())
     kwargs = {"dim": draw(st.integers(-len(shape) - 1, len(shape)))}
     if draw(st.booleans()):
-        kwargs["dtype"] = draw(st.sampled_from((torch.float32, torch.float64)))
-    return Call(function, (draw(tensors(shape, draw(dtypes()))),), kwargs, **draw(call_options()))
+        # Not float64 → float32: the float64 input's gradient would have float32's precision, and torch's float32
+        # softmax kernels use their own exp, so the gradients differ by more than the float64 tolerance.
+        kwargs["dtype"] = draw(st.sampled_from((torch.float64,) if dtype == torch.float64 else
+                                               (torch.float32, torch.float64)))
+    return Call(function, (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
 
 
 # ------------------------------------------------------------------------------------------ linear, dropout
@@ -662,6 +671,14 @@ def mse_loss_calls(draw):
 # -------------------------------------------------------------------------------------------- normalization
 
 
+# One or two values per normalized group: x̂ ≡ 0 or x̂ = ±1, and the input's gradient r·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))
+# is 0 up to ε (with one value γ's, Σ g ⊙ x̂, is 0 too). What torch returns there is rounding noise: its kernels get
+# x̂ from fused multiply-adds, r·x − r·μ, whose residual for x = μ is not 0 (in float32 torch's own error exceeds the
+# tolerance in one call in ten), and an infinite γ or gradient from above times that residual gives ±inf where
+# 0·inf is NaN. Those gradients are not compared, and one value per group gets no inf/NaN in γ or from above.
+DEGENERATE_GROUPS = (1, 2)
+
+
 @st.composite
 def layer_norm_calls(draw):
     dtype = draw(dtypes())
@@ -671,10 +688,20 @@ def layer_norm_calls(draw):
         normalized = [size + 1 for size in normalized]
     kwargs = {"eps": draw(st.sampled_from((1e-5, 1e-5, 0.1)))}
     parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
+    group = math.prod(normalized)
     for name in ("weight", "bias"):
         if draw(st.booleans()):
-            kwargs[name] = draw(tensors(normalized, parameter_dtype))
-    return Call("layer_norm", (draw(tensors(shape, dtype)), normalized), kwargs, **draw(call_options()))
+            plain = name == "weight" and group == 1
+            kwargs[name] = draw(tensors(normalized, parameter_dtype, differentiable=not plain, non_finite=not plain))
+    # torch's bug: with a float16/bfloat16 input, a float32 bias and no weight, its backward raises "expected scalar
+    # type Half but found Float" (unless there are no rows to normalize).
+    rows = math.prod(shape[:len(shape) - len(normalized)])
+    assume(not (dtype in HALF_DTYPES and parameter_dtype == torch.float32 and "weight" not in kwargs
+                and "bias" in kwargs and rows > 0))
+    options = draw(call_options())
+    options["grad_non_finite"] &= group != 1
+    input = draw(tensors(shape, dtype, differentiable=group not in DEGENERATE_GROUPS))
+    return Call("layer_norm", (input, normalized), kwargs, **options)
 
 
 @st.composite
@@ -686,7 +713,8 @@ def batch_norm_calls(draw):
     parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
     positive = lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).add(0.5).to(parameter_dtype)  # noqa: E731
     running = draw(st.sampled_from((True, True, not training)))
-    args = [draw(tensors(shape, dtype))]
+    group = math.prod(shape[:1] + shape[2:])
+    args = [draw(tensors(shape, dtype, differentiable=not (training and group in DEGENERATE_GROUPS)))]
     for make in (None, positive):
         args.append(draw(tensors((channels,), parameter_dtype, differentiable=False, layouts=("contiguous",),
                                  make=make, non_finite=False)) if running else None)
@@ -732,7 +760,8 @@ def test_every_public_function_is_drawn():
 
 # Families whose fixes have not landed yet (issue 12); each fix removes its functions from this set.
 NOT_YET_MATCHING = set(CALLS) - {"dropout", "conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-                                  "adaptive_avg_pool2d", "cross_entropy", "nll_loss", "mse_loss"}
+                                  "adaptive_avg_pool2d", "cross_entropy", "nll_loss", "mse_loss", "relu", "relu_",
+                                  "sigmoid", "tanh", "gelu", "softmax", "log_softmax"}
 
 
 @pytest.mark.parametrize("function", [

@@ -2,9 +2,12 @@
 
 gradcheck/gradgradcheck prove the compact closed-form backwards and their own backwards (double backward) against
 finite differences of our forwards; parity tests compare values, gradients and running statistics with torch on
-randomized shapes and options; bad arguments must raise what torch raises.
+randomized shapes and options; bad arguments must raise what torch raises, in torch's order. Issue 12's examples:
+float16/bfloat16 (and float32 parameters with them) no less precise than torch against float64 at realistic sizes,
+running statistics in their dtype, the layouts of outputs and gradients, and inf/NaN landing where torch's do.
 """
 import copy
+import math
 
 import hypothesis.strategies as st
 import pytest
@@ -16,6 +19,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import manual_conv.functional as mF
 import manual_conv.nn as mnn
 from manual_conv.ops.norm import BatchNormEvalFunction, BatchNormFunction, LayerNormFunction
+from test_differential import assert_no_less_precise
 
 # float32: a single normalized value has x − μ = 0 up to rounding, which 1/√ε (≈ 316) magnifies in torch's kernel
 TOLERANCES = {torch.float64: (1e-9, 1e-11), torch.float32: (1e-4, 1e-4)}
@@ -178,6 +182,197 @@ def test_empty_batch_leaves_running_stats_alone():
     assert torch.equal(running_mean, expected_mean) and torch.equal(running_var, expected_var)
 
 
+# ---------------------------------------------------------------------------- float16 and bfloat16 precision
+
+
+def errors_against_float64(function, inputs, upstream):
+    """{'ours', 'torch', 'reference'}: (output, *gradients of the inputs) of function(mF or F, *inputs) in the
+    inputs' dtypes, and of F in float64 (the same values, the same gradient from above)."""
+    results = {}
+    for key, library in (("ours", mF), ("torch", F), ("reference", F)):
+        leaves = [t.double() if key == "reference" else t.clone() for t in inputs]
+        leaves = [t.requires_grad_() for t in leaves]
+        output = function(library, *leaves)
+        grads = torch.autograd.grad(output, leaves, upstream.to(output.dtype))
+        results[key] = [t.detach() for t in (output, *grads)]
+    return results
+
+
+def scaled_ulp_error(values, reference):
+    """The largest |values − reference| in ulps of values' dtype at the larger of |reference| and its RMS: a
+    norm-wise error. A result that cancels (x·α ≈ −β) carries float32's absolute rounding error, in torch's kernels
+    as in ours, which in ulps of its own tiny magnitude is noise."""
+    info = torch.finfo(values.dtype)
+    reference = reference.double()
+    magnitude = reference.abs().clamp(min=reference.square().mean().sqrt().item(), max=info.max)
+    ulp = info.eps * torch.exp2(torch.floor(torch.log2(magnitude)))
+    return ((values.double() - reference) / ulp).abs().max().item()
+
+
+def assert_as_exact_as_torch(results):
+    """Each float16/bfloat16 output and gradient no less precise than torch's against float64, give or take
+    float32's own error in a result rounded once from float32 (0.05 ulp, as the differential harness); each float32
+    one (the parameters' gradients in mixed precision, which torch sums partly in the input's half precision) no
+    less precise than torch's or within float32's tolerance of float64 (2e-5, as the harness)."""
+    for index, (ours, theirs, reference) in enumerate(zip(*results.values())):
+        assert ours.dtype == theirs.dtype
+        error, torch_error = scaled_ulp_error(ours, reference), scaled_ulp_error(theirs, reference)
+        if ours.dtype in (torch.float16, torch.bfloat16):
+            allowed = max(torch_error, 0.5) + 0.05
+        else:
+            allowed = max(torch_error, 2e-5 / torch.finfo(ours.dtype).eps)
+        assert error <= allowed, f"result {index}: {error:.3f} ulp, torch's {torch_error:.3f}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("parameter_dtype", ["same", "float32"])
+def test_layer_norm_over_768_features_in_half_precision_is_as_exact_as_torchs(dtype, parameter_dtype):
+    """Item 8: float16/bfloat16 computed in float32 and rounded once (γ, β of the input's dtype or float32), over
+    the 768 features of a transformer's tokens, forward and backward."""
+    generator = torch.Generator().manual_seed(0)
+    parameter_dtype = dtype if parameter_dtype == "same" else torch.float32
+    input = (torch.randn(4, 32, 768, generator=generator, dtype=torch.float64) * 2 + 1).to(dtype)
+    weight, bias = (torch.randn(768, generator=generator, dtype=torch.float64).to(parameter_dtype) for _ in range(2))
+    upstream = torch.randn(4, 32, 768, generator=generator, dtype=torch.float64).to(dtype)
+    results = errors_against_float64(lambda f, *args: f.layer_norm(args[0], (768,), *args[1:]),
+                                     (input, weight, bias), upstream)
+    assert_as_exact_as_torch(results)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+def test_batch_norm_of_a_64x32x26x26_batch_in_half_precision_is_as_exact_as_torchs(dtype, training):
+    """Item 8: the MNIST net's first activations in float16/bfloat16 with float32 parameters and running statistics
+    (mixed precision), forward and backward; the running statistics stay float32 and end as torch's."""
+    generator = torch.Generator().manual_seed(0)
+    input = (torch.randn(64, 32, 26, 26, generator=generator, dtype=torch.float64) * 2 + 1).to(dtype)
+    weight, bias = torch.randn(2, 32, generator=generator)
+    upstream = torch.randn(64, 32, 26, 26, generator=generator, dtype=torch.float64).to(dtype)
+    start = torch.randn(32, generator=generator), torch.rand(32, generator=generator) + 0.5
+    running = []
+
+    def batch_norm(library, input, weight, bias):
+        running.append([statistic.to(weight.dtype) for statistic in start])
+        return library.batch_norm(input, *running[-1], weight, bias, training=training)
+
+    results = errors_against_float64(batch_norm, (input, weight, bias), upstream)
+    assert_as_exact_as_torch(results)
+    for ours, theirs in zip(*running[:2]):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("statistics_dtype", [torch.float32, torch.bfloat16])
+def test_batch_norm_running_statistics_of_a_bfloat16_input_are_updated_as_torchs(statistics_dtype):
+    """float32 running statistics of a bfloat16 input stay float32 and equal torch's (the batch's statistics in
+    float32, not rounded to bfloat16 first); bfloat16 ones are updated in float32 and rounded once (torch multiplies
+    and adds them in bfloat16), no farther from the float64 update than torch's."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randn(16, 8, 5, 5, generator=generator, dtype=torch.float64).to(torch.bfloat16)
+    start = torch.randn(8, generator=generator), torch.rand(8, generator=generator) + 0.5
+    results = {}
+    for key, library, dtype in (("ours", mF, statistics_dtype), ("torch", F, statistics_dtype),
+                                ("reference", F, torch.float64)):
+        mean, var = (statistic.to(dtype) for statistic in start)
+        library.batch_norm(input.to(torch.float64 if key == "reference" else torch.bfloat16), mean, var,
+                           training=True, momentum=0.3)
+        results[key] = mean, var
+    for what, ours, theirs, reference in zip(("running mean", "running var"), *results.values()):
+        assert ours.dtype == statistics_dtype
+        if statistics_dtype == torch.float32:
+            torch.testing.assert_close(ours, theirs)
+        else:
+            assert_no_less_precise(ours, theirs, reference, what)
+
+
+# ------------------------------------------------------------------------------------- layouts, inf and NaN
+
+
+@pytest.mark.parametrize("layout", ["transposed", "channels_last", "sliced"])
+def test_layer_norm_output_and_gradient_are_contiguous_like_torch(layout):
+    """Item 7: layer_norm of a transposed, channels_last or strided input is contiguous, as torch's, and so is the
+    input's gradient."""
+    base = torch.randn(2, 3, 4, 6)
+    input = {"transposed": base.transpose(1, 2), "channels_last": base.contiguous(memory_format=torch.channels_last),
+             "sliced": base[..., ::2]}[layout].requires_grad_()
+    upstream = torch.randn(input.shape).contiguous(memory_format=torch.channels_last)
+    output, expected = mF.layer_norm(input, input.shape[-1:]), F.layer_norm(input, input.shape[-1:])
+    assert output.stride() == expected.stride() == torch.empty(input.shape).stride()
+    (grad,) = torch.autograd.grad(output, input, upstream)
+    (expected_grad,) = torch.autograd.grad(expected, input, upstream)
+    assert grad.stride() == expected_grad.stride()
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+@pytest.mark.parametrize("layout", ["channels_last", "one-channel-channels_last", "transposed", "sliced"])
+def test_batch_norm_output_and_gradient_are_laid_out_like_torch(training, layout):
+    """Item 7: batch_norm keeps a channels_last input channels_last, output and input gradient (a 1-channel one is
+    contiguous, as torch decides the tie), and lays out a strided input's output as torch does."""
+    channels = 1 if layout.startswith("one") else 3
+    base = torch.randn(2, channels, 4, 6)
+    input = {"transposed": base.transpose(2, 3), "sliced": base[..., ::2]}.get(
+        layout, base.contiguous(memory_format=torch.channels_last)).requires_grad_()
+    upstream, weight = torch.randn(input.shape), torch.randn(channels)
+    results = []
+    for library in (mF, F):
+        output = library.batch_norm(input, torch.zeros(channels), torch.ones(channels), weight, training=training)
+        results.append((output, *torch.autograd.grad(output, input, upstream)))
+    for ours, theirs in zip(*results):
+        assert ours.stride() == theirs.stride()
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+@pytest.mark.parametrize("layout", ["contiguous", "sliced"])
+def test_batch_norm_inf_and_nan_land_where_torchs_do(training, layout):
+    """Item 4: torch folds a contiguous input's channel into y = x·α + β (α = r·γ, β = β − μ·α) and computes a
+    strided one as ((x − μ)·r)·γ + β; an infinite γ gives NaN where x and μ share a sign in the first, ±inf in the
+    second. Ours lands inf and NaN where torch's do, in the output and in the gradients (inf and NaN from above)."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(4, 3, 5, 8, generator=generator) + 0.5
+    input = base if layout == "contiguous" else base[..., ::2]
+    weight = torch.tensor([math.inf, -1.0, 2.0])
+    bias = torch.tensor([0.5, -math.inf, 1.0])
+    upstream = torch.randn(input.shape, generator=generator)
+    upstream[0, 2, 1, 1], upstream[1, 2, 0, 3] = math.inf, math.nan
+    results = []
+    for library in (mF, F):
+        leaves = [t.clone().requires_grad_() for t in (input, weight, bias)]
+        output = library.batch_norm(leaves[0], torch.full((3,), 0.25), torch.ones(3), *leaves[1:], training=training)
+        results.append((output, *torch.autograd.grad(output, leaves, upstream)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+def test_layer_norm_inf_and_nan_land_where_torchs_do():
+    """Item 4: the backward in torch's arrangement, dL/dx = r·ĝ + b·x + c, spreads an inf or NaN from above or
+    in γ exactly as torch's does."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randn(4, 6, generator=generator)
+    weight, bias = torch.randn(6, generator=generator), torch.randn(6, generator=generator)
+    weight[1], bias[2], input[3, 4] = -math.inf, math.nan, math.inf
+    upstream = torch.randn(4, 6, generator=generator)
+    upstream[0, 0], upstream[2, 5] = math.inf, -math.inf
+    results = []
+    for library in (mF, F):
+        leaves = [t.clone().requires_grad_() for t in (input, weight, bias)]
+        output = library.layer_norm(leaves[0], (6,), *leaves[1:])
+        results.append((output, *torch.autograd.grad(output, leaves, upstream)))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+
+def test_batch_norm_of_an_empty_batch_computes_as_torch():
+    """Item 8: no element, no dtype check: an empty integer batch times a float32 γ is an empty float32 tensor, as
+    torch's input.clone() · γ[0] + β[0]."""
+    input = torch.ones(0, 3, dtype=torch.int64)
+    output = mF.batch_norm(input, None, None, torch.ones(3), torch.zeros(3), training=True)
+    expected = F.batch_norm(input, None, None, torch.ones(3), torch.zeros(3), training=True)
+    assert output.dtype == expected.dtype == torch.float32 and output.shape == expected.shape
+
+
 def test_grad_fn_is_ours():
     input = leaf(4, 3, 2)
     assert isinstance(mF.layer_norm(input, (3, 2)).grad_fn, LayerNormFunction._backward_cls)
@@ -289,6 +484,25 @@ BAD_CALLS = {
     "layer-norm-bias-shape": ("layer_norm", (X, (2,)), dict(bias=torch.ones(3))),
     "layer-norm-weight-dtype": ("layer_norm", (X, (2,)), dict(weight=torch.ones(2, dtype=torch.float64))),
     "layer-norm-integer-input": ("layer_norm", (torch.ones(3, 2, dtype=torch.long), (2,)), {}),
+    "layer-norm-integer-input-without-rows": ("layer_norm", (torch.ones(0, 2, dtype=torch.long), (2,)), {}),
+    "layer-norm-complex-input": ("layer_norm", (torch.ones(3, 2, dtype=torch.complex64), (2,)), {}),
+    "layer-norm-bool-input-float-weight": ("layer_norm", (torch.ones(3, 2, dtype=torch.bool), (2,)),
+                                           dict(weight=torch.ones(2))),
+    "layer-norm-mixed-dtype-before-shape": ("layer_norm", (X.double(), (3,)), dict(weight=torch.ones(2))),
+    "layer-norm-half-weight-float-input": ("layer_norm", (X, (2,)), dict(weight=torch.ones(2).half())),
+    "layer-norm-weight-and-bias-dtypes": ("layer_norm", (X.bfloat16(), (2,)),
+                                          dict(weight=torch.ones(2).bfloat16(), bias=torch.ones(2))),
+    "strided-integer-input-training": ("batch_norm", (torch.ones(3, 4, dtype=torch.long).t(), None, None),
+                                       dict(training=True)),
+    "strided-integer-input-float-weight": ("batch_norm", (torch.ones(3, 4, dtype=torch.long).t(), None, None),
+                                           dict(weight=torch.ones(4), training=True)),
+    "complex-input": ("batch_norm", (X.to(torch.complex64), RM, RV), {}),
+    "input-float-weight-double": ("batch_norm", (X, None, None), dict(weight=torch.ones(3).double(), training=True)),
+    "weight-float-bias-double": ("batch_norm", (X, RM, RV), dict(weight=torch.ones(3), bias=torch.ones(3).double())),
+    "1d-input-training": ("batch_norm", (torch.randn(3), None, None), dict(training=True)),
+    "1d-input-without-channels": ("batch_norm", (torch.randn(3), torch.zeros(0), torch.ones(0)), {}),
+    "0d-input-training": ("batch_norm", (torch.randn(()), None, None), dict(training=True)),
+    "empty-batch-empty-weight": ("batch_norm", (torch.randn(3, 0, 2), None, None), dict(weight=torch.ones(0))),
 }
 
 

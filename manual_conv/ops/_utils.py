@@ -26,7 +26,8 @@ def _pair(value, name, dims=2):
 
 _SCALAR_TYPE_NAMES = {torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short",
                       torch.int32: "Int", torch.int64: "Long", torch.float16: "Half", torch.bfloat16: "BFloat16",
-                      torch.float32: "Float", torch.float64: "Double"}
+                      torch.float32: "Float", torch.float64: "Double", torch.complex64: "ComplexFloat",
+                      torch.complex128: "ComplexDouble"}
 
 
 def scalar_type_name(dtype):
@@ -95,3 +96,15 @@ class Function(torch.autograd.Function):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.forward.__signature__ = inspect.signature(cls.forward)
+
+
+def laid_out_like(tensor, like, memory_format, dtype):
+    """``tensor`` (of ``like``'s shape) as ``dtype`` and with the strides of ``torch.empty_like(like,
+    memory_format=memory_format)``: the layout torch's kernels allocate their outputs and gradients in, exactly (the
+    strides of size-1 dims included: they decide whether a 1-channel tensor counts as channels_last). ``tensor``
+    itself when it already is so; else a copy, the only one (rounding to float16/bfloat16 needs a new tensor anyway).
+    """
+    strides = torch.empty_like(like, memory_format=memory_format, device="meta").stride()
+    if tensor.dtype == dtype and tensor.stride() == strides:
+        return tensor
+    return torch.empty_strided(like.shape, strides, dtype=dtype, device=tensor.device).copy_(tensor)

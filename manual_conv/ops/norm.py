@@ -1,49 +1,39 @@
 """LayerNorm and BatchNorm by hand: normalize, scale and shift, with the compact closed-form backward.
 
-Both normalize x over a set of dims R (LayerNorm: the trailing ``normalized_shape`` dims of each sample;
+Both normalize x over a set R of n values (LayerNorm: the trailing ``normalized_shape`` dims of each sample;
 BatchNorm in training: every dim but the channel, i.e. (N, H, W) per channel) and then apply an affine map:
 
-    μ = mean_R(x),  σ² = mean_R((x − μ)²)  (biased),  x̂ = (x − μ) / √(σ² + ε),  y = γ ⊙ x̂ + β.
+    μ = mean_R(x),  σ² = mean_R((x − μ)²)  (biased),  r = 1/√(σ² + ε),  x̂ = (x − μ)·r,  y = γ ⊙ x̂ + β.
 
 Backward (docs/derivations.md, "Normalization"), with g = dL/dy and ĝ = g ⊙ γ:
 
-    dL/dx = (1/σ) · (ĝ − mean_R(ĝ) − x̂ ⊙ mean_R(ĝ ⊙ x̂))      σ = √(σ² + ε)
+    dL/dx = r · (ĝ − mean_R(ĝ) − x̂ ⊙ mean_R(ĝ ⊙ x̂))
     dL/dγ = Σ g ⊙ x̂,   dL/dβ = Σ g                          (summed over the dims γ is broadcast along)
 
-instead of autograd through the forward's mean/variance graph. Each backward recomputes x̂ and 1/σ from the
+instead of autograd through the forward's mean/variance graph. Each formula is evaluated in the arrangement of
+PyTorch's CPU kernel (given in each Function's docstring): the same value, and the same terms multiplied and added,
+so an inf or NaN in x, γ, β or g spreads to the same places as in torch. Each backward recomputes μ and r from the
 saved input with differentiable tensor operations, so the backward is itself differentiable: double backward
-(gradgradcheck) works, as in PyTorch. BatchNorm in evaluation mode normalizes with the running statistics,
-constants: an affine map per channel with its own one-line backward.
+(gradgradcheck) works, as in PyTorch. float16/bfloat16 inputs are computed in float32 and rounded once, with
+parameters of their dtype or float32 ones (torch's mixed precision).
 """
 import math
 
 import torch
 
-from ._utils import Function, require_floating
+from ._utils import (Function, laid_out_like, not_implemented_for, opmath_dtype, require_floating, scalar_type_name,
+                     suggests_channels_last)
 
 
-def normalize(input, dims, eps):
-    """x̂ = (x − μ) / √(σ² + ε) over ``dims``; returns x̂, μ, the biased σ² and 1/√(σ² + ε) (kept dims)."""
-    mean = input.mean(dims, keepdim=True)
+def mean_and_variance(input, dims):
+    """μ and the biased σ² of ``input`` over ``dims`` (kept), in the dtype torch's kernels compute in."""
+    mean = input.mean(dims, keepdim=True, dtype=opmath_dtype(input.dtype))
     centered = input - mean
-    var = (centered * centered).mean(dims, keepdim=True)
-    inv_std = (var + eps).rsqrt()
-    return centered * inv_std, mean, var, inv_std
-
-
-def normalize_backward(grad_normalized, normalized, inv_std, dims):
-    """dL/dx = (1/σ) · (ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)) over ``dims``, ĝ = dL/dx̂.
-
-    x̂ depends on x directly and through μ and σ; the two mean terms are those two paths: shifting x moves μ
-    (removing mean(ĝ)), scaling it moves σ (removing the component along x̂).
-    """
-    mean_grad = grad_normalized.mean(dims, keepdim=True)
-    mean_grad_dot = (grad_normalized * normalized).mean(dims, keepdim=True)
-    return inv_std * (grad_normalized - mean_grad - normalized * mean_grad_dot)
+    return mean, (centered * centered).mean(dims, keepdim=True)
 
 
 def _affine(normalized, weight, bias):
-    """y = γ ⊙ x̂ + β, γ and β optional and already broadcastable."""
+    """y = x̂ ⊙ γ + β, γ and β optional and already broadcastable."""
     output = normalized if weight is None else normalized * weight
     return output if bias is None else output + bias
 
@@ -54,152 +44,259 @@ def _sum_over(tensor, dims):
     return tensor.sum(dims) if dims else tensor
 
 
+class LayerNormFunction(Function):
+    """y = ((x − μ)·r)·γ + β, μ and σ² (r = 1/√(σ² + ε)) over R, the last ``normalized_ndim`` dims of each sample
+    (n values); γ, β of shape normalized_shape, optional. The output is contiguous, as torch's.
+
+    Backward, with g = dL/dy, ĝ = g ⊙ γ, sums over R, arranged as torch's kernel (x itself rather than x − μ):
+        ds = Σ ĝ ⊙ x,   db = Σ ĝ,   b = (db·μ − ds)·r³/n,   c = −b·μ − db·r/n
+        dL/dx = r·ĝ + b·x + c                           (= r·(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)), expanded)
+        dL/dγ = Σ_{leading dims} g ⊙ (r·x − r·μ),   dL/dβ = Σ_{leading dims} g
+    """
+
+    @staticmethod
+    def forward(input, normalized_ndim, weight, bias, eps):
+        mean, variance = mean_and_variance(input, _last_dims(normalized_ndim))
+        output = _affine((input - mean) * torch.rsqrt(variance + eps), weight, bias)
+        return laid_out_like(output, input, torch.contiguous_format, input.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.normalized_ndim, weight, bias, ctx.eps = inputs
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        dims = _last_dims(ctx.normalized_ndim)
+        count = math.prod(input.shape[input.dim() - ctx.normalized_ndim:])
+        mean, variance = mean_and_variance(input, dims)
+        rstd = torch.rsqrt(variance + ctx.eps)
+        grad = grad_output.to(opmath_dtype(grad_output.dtype))
+        needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            grad_normalized = grad if weight is None else grad * weight
+            ds = (grad_normalized * input).sum(dims, keepdim=True)
+            db = grad_normalized.sum(dims, keepdim=True)
+            b = (db * mean - ds) * rstd * rstd * rstd / count
+            c = -b * mean - db * rstd / count
+            grad_input = laid_out_like(rstd * grad_normalized + b * input + c, input, torch.contiguous_format,
+                                       input.dtype)
+        leading_dims = tuple(range(input.dim() - ctx.normalized_ndim))
+        if needs_weight:
+            grad_weight = _parameter_grad(_sum_over(grad * (rstd * input - rstd * mean), leading_dims), weight.dtype)
+        if needs_bias:
+            grad_bias = _parameter_grad(_sum_over(grad, leading_dims), ctx.bias_dtype)
+        return grad_input, None, grad_weight, grad_bias, None
+
+
+def _last_dims(count):
+    return tuple(range(-count, 0))
+
+
+def _parameter_grad(grad, dtype):
+    """A parameter's gradient contiguous and in the parameter's dtype, as torch's (unbatched input: nothing summed,
+    the gradient from above could have any layout)."""
+    return laid_out_like(grad, grad, torch.contiguous_format, dtype)
+
+
+# BatchNorm. torch's CPU kernel takes one of two arrangements: when the input is contiguous or channels_last and the
+# parameters contiguous, the folded one, y = x·α + b per channel (α = r·γ, b = β − μ·α); otherwise the centered one,
+# y = ((x − μ)·r)·γ + β. Equal values, but not the same inf/NaN: with γ = inf, x·α + b is NaN where x and μ have the
+# same sign, ((x − μ)·r)·γ is ±inf. ``folded`` says which; the output's layout follows the same choice.
+
+
+def _channel_dims(input):
+    """Every dim of an (N, C, d1, ...) input but the channel."""
+    return (0, *range(2, input.dim()))
+
+
 def _channel_view(parameter, ndim):
     """(C,) → (1, C, 1, ...) to broadcast along every dim of an (N, C, ...) input but the channel."""
     return None if parameter is None else parameter.view(1, -1, *[1] * (ndim - 2))
 
 
-class LayerNormFunction(Function):
-    """y = γ ⊙ (x − μ) / √(σ² + ε) + β, μ and σ² over the last ``len(normalized_shape)`` dims of each sample;
-    γ, β of shape normalized_shape (optional).
+def _is_dense(tensor):
+    """Contiguous or channels_last (ATen's ``is_contiguous`` in Normalization.cpp)."""
+    channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim())
+    return tensor.is_contiguous() or (channels_last is not None and tensor.is_contiguous(memory_format=channels_last))
 
-    Backward, with g = dL/dy, ĝ = g ⊙ γ, R the normalized dims:
-        dL/dx = (1/σ) · (ĝ − mean_R(ĝ) − x̂ ⊙ mean_R(ĝ ⊙ x̂))
-        dL/dγ = Σ_{leading dims} g ⊙ x̂,   dL/dβ = Σ_{leading dims} g
-    """
 
-    @staticmethod
-    def forward(input, normalized_ndim, weight, bias, eps):
-        dims = tuple(range(-normalized_ndim, 0))
-        return _affine(normalize(input, dims, eps)[0], weight, bias)
+def _dense_format(tensor):
+    """The format of a dense tensor, contiguous winning a tie (ATen's ``suggest_memory_format_contig``)."""
+    if tensor.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last_3d if tensor.dim() == 5 else torch.channels_last
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, ctx.normalized_ndim, weight, _, ctx.eps = inputs
-        ctx.save_for_backward(input, weight)
 
-    @staticmethod
-    def backward(ctx, grad_output):
-        input, weight = ctx.saved_tensors
-        dims = tuple(range(-ctx.normalized_ndim, 0))
-        leading_dims = tuple(range(input.dim() - ctx.normalized_ndim))
-        normalized, _, _, inv_std = normalize(input, dims, ctx.eps)
-        needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
-        grad_input = grad_weight = grad_bias = None
-        if needs_input:
-            grad_normalized = grad_output if weight is None else grad_output * weight
-            grad_input = normalize_backward(grad_normalized, normalized, inv_std, dims)
-        if needs_weight:
-            grad_weight = _sum_over(grad_output * normalized, leading_dims)
-        if needs_bias:
-            grad_bias = _sum_over(grad_output, leading_dims)
-        return grad_input, None, grad_weight, grad_bias, None
+def _suggested_format(tensor):
+    """``tensor.suggest_memory_format()``: c10's rule for 4-D tensors; channels_last_3d for a 5-D tensor laid out so."""
+    if suggests_channels_last(tensor):
+        return torch.channels_last
+    if tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
+def batch_norm_folds(input, *parameters):
+    """Whether torch's CPU batch_norm takes the folded arrangement for this call (see above)."""
+    return _is_dense(input) and all(parameter is None or parameter.is_contiguous() for parameter in parameters)
+
+
+def _output_format(input, folded):
+    return _dense_format(input) if folded else _suggested_format(input)
+
+
+def _grad_input_format(input, grad_output):
+    """The layout of torch's batch_norm input gradient: the input's, contiguous winning a tie when input and
+    gradient are both dense and alike."""
+    if _is_dense(input) and _is_dense(grad_output) and _suggested_format(input) == _suggested_format(grad_output):
+        return _dense_format(input)
+    return _suggested_format(input)
+
+
+def _normalize_per_channel(input, mean, invstd, weight, bias, folded):
+    """y = x·α + b with α = r·γ, b = β − μ·α (folded), or y = ((x − μ)·r)·γ + β; μ, r, γ, β of shape (1, C, 1, ...)."""
+    if folded:
+        alpha = invstd if weight is None else invstd * weight
+        shift = -(mean * alpha) if bias is None else bias - mean * alpha
+        return input * alpha + shift
+    return _affine((input - mean) * invstd, weight, bias)
 
 
 class BatchNormFunction(Function):
-    """Training mode: y = γ_c · (x − μ_c) / √(σ²_c + ε) + β_c, μ_c and the biased σ²_c over (N, d1, ...) for each
-    channel c of an (N, C, d1, ...) input. Also returns μ_c and σ²_c (not differentiable) for the running stats.
+    """Training mode: y = γ_c · (x − μ_c) · r_c + β_c, μ_c and the biased σ²_c (r_c = 1/√(σ²_c + ε)) over
+    R = (N, d1, ...) (n values) for each channel c of an (N, C, d1, ...) input, arranged as torch's kernel (see
+    ``folded`` above). Also returns μ_c and σ²_c (not differentiable) for the running statistics.
 
-    Backward, with g = dL/dy, ĝ = γ_c · g, R = (N, d1, ...):
-        dL/dx = (1/σ_c) · (ĝ − mean_R(ĝ) − x̂ ⊙ mean_R(ĝ ⊙ x̂))
-        dL/dγ_c = Σ_R g ⊙ x̂,   dL/dβ_c = Σ_R g
+    Backward, with g = dL/dy, arranged as torch's kernel:
+        k_c = (Σ_R (x − μ_c)·g)·r_c²/n
+        dL/dx = ((g − Σ_R g / n) − (x − μ_c)·k_c)·r_c·γ_c   (= γ_c r_c (g − mean_R(g) − x̂ ⊙ mean_R(g ⊙ x̂)))
+        dL/dγ_c = (Σ_R (x − μ_c)·g)·r_c,   dL/dβ_c = Σ_R g
     """
 
     @staticmethod
-    def forward(input, weight, bias, eps):
-        dims = (0, *range(2, input.dim()))
-        normalized, mean, var, _ = normalize(input, dims, eps)
-        output = _affine(normalized, _channel_view(weight, input.dim()), _channel_view(bias, input.dim()))
-        return output, mean.flatten(), var.flatten()
+    def forward(input, weight, bias, eps, folded):
+        ndim = input.dim()
+        mean, variance = mean_and_variance(input, _channel_dims(input))
+        output = _normalize_per_channel(input, mean, torch.rsqrt(variance + eps), _channel_view(weight, ndim),
+                                        _channel_view(bias, ndim), folded)
+        output = laid_out_like(output, input, _output_format(input, folded), input.dtype)
+        return output, mean.flatten(), variance.flatten()
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
-        input, weight, _, ctx.eps = inputs
+        input, weight, bias, ctx.eps, _ = inputs
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(input, weight)
         ctx.mark_non_differentiable(*outputs[1:])
 
     @staticmethod
-    def backward(ctx, grad_output, _grad_mean, _grad_var):
+    def backward(ctx, grad_output, _grad_mean, _grad_variance):
         input, weight = ctx.saved_tensors
-        dims = (0, *range(2, input.dim()))
-        normalized, _, _, inv_std = normalize(input, dims, ctx.eps)
-        needs_input, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        dims, count = _channel_dims(input), input.numel() // input.shape[1]
+        mean, variance = mean_and_variance(input, dims)
+        invstd = torch.rsqrt(variance + ctx.eps)
+        centered = input - mean
+        grad_sum = grad_output.sum(dims, keepdim=True, dtype=invstd.dtype)
+        dot = (centered * grad_output).sum(dims, keepdim=True)
+        needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            grad_normalized = grad_output if weight is None else grad_output * _channel_view(weight, input.dim())
-            grad_input = normalize_backward(grad_normalized, normalized, inv_std, dims)
+            k = dot * invstd * invstd / count
+            grad_input = (grad_output - grad_sum / count - centered * k) * invstd
+            grad_input = grad_input if weight is None else grad_input * _channel_view(weight, input.dim())
+            grad_input = laid_out_like(grad_input, input, _grad_input_format(input, grad_output), input.dtype)
         if needs_weight:
-            grad_weight = (grad_output * normalized).sum(dims)
+            grad_weight = (dot * invstd).flatten().to(weight.dtype)
         if needs_bias:
-            grad_bias = grad_output.sum(dims)
-        return grad_input, grad_weight, grad_bias, None
+            grad_bias = grad_sum.flatten().to(ctx.bias_dtype)
+        return grad_input, grad_weight, grad_bias, None, None
 
 
 class BatchNormEvalFunction(Function):
-    """Evaluation mode: y = a_c · x + b_c, an affine map per channel with the running statistics as constants:
-    a_c = γ_c / √(v_c + ε), b_c = β_c − a_c · m_c (m, v the running mean and variance).
+    """Evaluation mode: y = γ_c · (x − m_c) · r_c + β_c with the running statistics m, v as constants,
+    r_c = 1/√(v_c + ε): an affine map per channel, arranged as torch's kernel (see ``folded`` above).
 
     Backward, with g = dL/dy, R = (N, d1, ...):
-        dL/dx = a_c · g,   dL/dγ_c = Σ_R g · (x − m_c) / √(v_c + ε),   dL/dβ_c = Σ_R g
+        dL/dx = g·r_c·γ_c,   dL/dγ_c = (Σ_R (x − m_c)·g)·r_c,   dL/dβ_c = Σ_R g
     """
 
     @staticmethod
-    def forward(input, running_mean, running_var, weight, bias, eps):
+    def forward(input, running_mean, running_var, weight, bias, eps, folded):
         ndim = input.dim()
-        normalized = (input - _channel_view(running_mean, ndim)) * _channel_view((running_var + eps).rsqrt(), ndim)
-        return _affine(normalized, _channel_view(weight, ndim), _channel_view(bias, ndim))
+        mean, invstd = _running_statistics(running_mean, running_var, eps, ndim)
+        output = _normalize_per_channel(input, mean, invstd, _channel_view(weight, ndim), _channel_view(bias, ndim),
+                                        folded)
+        return laid_out_like(output, input, _output_format(input, folded), input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, running_mean, running_var, weight, _, ctx.eps = inputs
+        input, running_mean, running_var, weight, bias, ctx.eps, _ = inputs
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(input, running_mean, running_var, weight)
 
     @staticmethod
     def backward(ctx, grad_output):
         input, running_mean, running_var, weight = ctx.saved_tensors
-        ndim, dims = input.dim(), (0, *range(2, input.dim()))
-        inv_std = _channel_view((running_var + ctx.eps).rsqrt(), ndim)
-        needs_input, _, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        ndim, dims = input.dim(), _channel_dims(input)
+        mean, invstd = _running_statistics(running_mean, running_var, ctx.eps, ndim)
+        needs_input, _, _, needs_weight, needs_bias = ctx.needs_input_grad[:5]
         grad_input = grad_weight = grad_bias = None
         if needs_input:
-            scale = inv_std if weight is None else inv_std * _channel_view(weight, ndim)
-            grad_input = grad_output * scale
+            grad_input = grad_output * invstd
+            grad_input = grad_input if weight is None else grad_input * _channel_view(weight, ndim)
+            grad_input = laid_out_like(grad_input, input, _grad_input_format(input, grad_output), input.dtype)
         if needs_weight:
-            grad_weight = (grad_output * (input - _channel_view(running_mean, ndim)) * inv_std).sum(dims)
+            grad_weight = (((input - mean) * grad_output).sum(dims) * invstd.flatten()).to(weight.dtype)
         if needs_bias:
-            grad_bias = grad_output.sum(dims)
-        return grad_input, None, None, grad_weight, grad_bias, None
+            grad_bias = grad_output.sum(dims, dtype=invstd.dtype).to(ctx.bias_dtype)
+        return grad_input, None, None, grad_weight, grad_bias, None, None
+
+
+def _running_statistics(running_mean, running_var, eps, ndim):
+    """m and r = 1/√(v + ε) as (1, C, 1, ...), in the dtype torch computes them in."""
+    dtype = opmath_dtype(running_mean.dtype)
+    mean, variance = running_mean.to(dtype), running_var.to(dtype)
+    return _channel_view(mean, ndim), _channel_view(torch.rsqrt(variance + eps), ndim)
 
 
 def update_running_stats(running_mean, running_var, batch_mean, batch_var, count, momentum):
-    """m ← (1 − momentum) · m + momentum · μ_batch,  v ← (1 − momentum) · v + momentum · σ²_batch · n / (n − 1).
+    """m ← momentum · μ_batch + (1 − momentum) · m,  v ← momentum · σ²_batch · n / (n − 1) + (1 − momentum) · v.
 
-    The running variance takes the unbiased estimate (n values per channel), normalisation the biased one.
+    The running variance takes the unbiased estimate (n values per channel), normalisation the biased one. Computed
+    in the batch statistics' dtype (float32 at least) and rounded once into the statistics' own dtype.
     """
     with torch.no_grad():
-        running_mean.mul_(1 - momentum).add_(batch_mean, alpha=momentum)
-        running_var.mul_(1 - momentum).add_(batch_var * (count / (count - 1)), alpha=momentum)
+        for running, batch in ((running_mean, batch_mean), (running_var, batch_var * (count / (count - 1)))):
+            running.copy_(momentum * batch + (1 - momentum) * running.to(batch.dtype))
 
 
 # Argument checks with PyTorch's errors and exception classes, in PyTorch's order.
 
 
 def check_parameter_dtypes(input, *parameters):
-    """Parameters share the input's dtype; a half/bfloat16 input may have float32 parameters (mixed precision)."""
-    dtypes = {parameter.dtype for parameter in parameters if parameter is not None}
-    if not dtypes or dtypes == {input.dtype}:
+    """ATen's CPU rule (mixed_data_type.h): the parameters given share the input's dtype, or, when the first of
+    them does not, all are float32 and the input float16/bfloat16 (mixed precision)."""
+    dtypes = [parameter.dtype for parameter in parameters if parameter is not None]
+    if not dtypes:
         return
-    if input.dtype in (torch.float16, torch.bfloat16) and dtypes == {torch.float32}:
+    if dtypes[0] != input.dtype:
+        if any(dtype != torch.float32 for dtype in dtypes):
+            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+        if input.dtype not in (torch.float16, torch.bfloat16):
+            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
         return
-    raise RuntimeError(
-        "mixed dtype (CPU): all inputs must share same datatype."
-        if input.dtype == torch.float64
-        else "mixed dtype (CPU): expect parameter to have scalar type of Float"
-    )
+    for dtype in dtypes:
+        if dtype != input.dtype:
+            raise RuntimeError(
+                f"expected scalar type {scalar_type_name(input.dtype)} but found {scalar_type_name(dtype)}")
 
 
 def check_layer_norm_args(input, normalized_shape, weight, bias):
-    """normalized_shape a non-empty sequence of ints that ends the input's shape; γ, β of that shape."""
+    """normalized_shape a non-empty sequence of ints that ends the input's shape; γ, β of that shape; dtypes."""
     if isinstance(normalized_shape, torch.Size):
         normalized_shape = list(normalized_shape)
     if not isinstance(normalized_shape, (list, tuple)):
@@ -214,6 +311,7 @@ def check_layer_norm_args(input, normalized_shape, weight, bias):
                 f"of type {type(size).__name__} at pos {position}"
             )
     normalized_shape = [int(size) for size in normalized_shape]
+    check_parameter_dtypes(input, weight, bias)
     if not normalized_shape:
         raise RuntimeError(
             "Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one element, "
@@ -233,23 +331,26 @@ def check_layer_norm_args(input, normalized_shape, weight, bias):
             f"[*, {', '.join(map(str, normalized_shape))}], but got input of size{list(input.shape)}"
         )
     require_floating(input.dtype, "LayerNormKernelImpl")
-    check_parameter_dtypes(input, weight, bias)
     return normalized_shape
 
 
-def check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps):
-    """What torch.nn.functional.batch_norm and its kernel reject, with their messages."""
+def check_batch_norm_args(input, training, eps):
+    """What torch.nn.functional.batch_norm itself rejects, before torch.batch_norm parses its arguments."""
+    if training and input.dim() == 0:
+        raise IndexError("tuple index out of range")
     if training and math.prod(input.shape[:1] + input.shape[2:]) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    if training and (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
-    if input.dim() < 2 and running_mean is None and weight is None and bias is None:
-        raise IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
-    num_features = input.shape[1] if input.dim() > 1 else 0
+
+
+def check_batch_norm_inputs(input, running_mean, running_var, weight, bias, training):
+    """What ATen's batch_norm rejects in an input with elements, with its messages, in its order: sizes, running
+    statistics that require grad or come alone, the batch mean of an integer input laid out neither contiguous nor
+    channels_last, dtypes."""
+    num_features = input.shape[1] if input.dim() > 1 else 0  # ATen reads a 1-D input's channel count as 0
     for name, tensor in (("running_mean", running_mean), ("running_var", running_var)):
         if tensor is None and not training:
             raise RuntimeError(f"{name} must be defined in evaluation mode")
@@ -264,5 +365,19 @@ def check_batch_norm_args(input, running_mean, running_var, weight, bias, traini
                 f"The function 'native_batch_norm' is not differentiable with respect to argument '{name}'. "
                 "This input cannot have requires_grad True."
             )
-    require_floating(input.dtype, "batch_norm")
-    check_parameter_dtypes(input, running_mean, running_var, weight, bias)
+    if training and (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    out_of_range = IndexError("Dimension out of range (expected to be in range of [-1, 0], but got 1)")
+    if training and input.dim() < 2:
+        raise out_of_range
+    parameters = (weight, bias, running_mean, running_var)
+    mixed = any(parameter is not None for parameter in parameters) and next(
+        parameter.dtype for parameter in parameters if parameter is not None) != input.dtype
+    if training and not _is_dense(input) and not mixed and not (input.is_floating_point() or input.is_complex()):
+        raise RuntimeError("mean(): could not infer output dtype. Input dtype must be either a floating point or "
+                           f"complex dtype. Got: {scalar_type_name(input.dtype)}")
+    if not input.is_floating_point():
+        raise not_implemented_for("batch_norm", input.dtype)
+    check_parameter_dtypes(input, *parameters)
+    if input.dim() < 2:
+        raise out_of_range
