@@ -296,6 +296,12 @@ def assert_same_tensor(actual, expected, reference, what, layout_compared=True):
     tolerance = {torch.float32: 2e-5, torch.complex64: 2e-5}.get(expected.dtype, 1e-10)
     finite = expected.isfinite()
     scale = max(1.0, expected[finite].abs().max().item()) if finite.any() else 1.0
+    if reference is not None and expected.is_floating_point() and not torch.allclose(
+            actual[finite], expected[finite], rtol=tolerance, atol=tolerance * scale):
+        # A float32 result of a float16/bfloat16 call (mixed precision: a float32 parameter's gradient, running
+        # statistics) that torch computes partly at the half precision: ours may be closer to float64 than that.
+        assert_no_less_precise(actual, expected, reference, what)
+        return
     torch.testing.assert_close(actual[finite], expected[finite], rtol=tolerance, atol=tolerance * scale,
                                msg=lambda message: f"{what}: {message}")
 
@@ -758,15 +764,7 @@ def test_every_public_function_is_drawn():
     assert ours == set(CALLS)
 
 
-# Families whose fixes have not landed yet (issue 12); each fix removes its functions from this set.
-NOT_YET_MATCHING = set(CALLS) - {"dropout", "conv2d", "conv_transpose2d", "linear", "max_pool2d", "avg_pool2d",
-                                  "adaptive_avg_pool2d", "cross_entropy", "nll_loss", "mse_loss", "relu", "relu_",
-                                  "sigmoid", "tanh", "gelu", "softmax", "log_softmax"}
-
-
-@pytest.mark.parametrize("function", [
-    pytest.param(name, marks=pytest.mark.xfail(reason="being fixed", strict=False)) if name in NOT_YET_MATCHING
-    else name for name in CALLS])
+@pytest.mark.parametrize("function", CALLS)
 @settings(max_examples=60)
 @given(data=st.data())
 def test_matches_torch(backend, function, data):

@@ -73,16 +73,6 @@ def suggests_channels_last(tensor):
     return True
 
 
-def with_memory_format(tensor, channels_last):
-    """``tensor`` laid out channels_last (``channels_last`` true) or contiguous, as ``suggests_channels_last``
-    judges a layout: itself when it already is, else a copy. ``Tensor.contiguous(memory_format=...)`` would not
-    do for 1-channel tensors, which it counts as both and leaves as they are."""
-    if channels_last == suggests_channels_last(tensor) and (channels_last or tensor.is_contiguous()):
-        return tensor
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty_like(tensor, memory_format=memory_format).copy_(tensor)
-
-
 class Function(torch.autograd.Function):
     """torch.autograd.Function whose subclasses' forward signature is worked out once, when the class is made.
 

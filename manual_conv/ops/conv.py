@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from ..backend import conv_kernels, get_backend
-from ._utils import Function, not_implemented_for, opmath_dtype, suggests_channels_last, with_memory_format
+from ._utils import Function, laid_out_like, not_implemented_for, opmath_dtype, suggests_channels_last
 from .conv_reference import first_rows_and_columns
 
 
@@ -29,7 +29,9 @@ def _same_memory_format(output, input, weight):
     the input or the weight suggests channels_last (``Tensor.suggest_memory_format``, which settles 1-channel
     tensors by their strides); so do we, allocating in that format (a 1-channel result gets channels_last
     strides too)."""
-    return with_memory_format(output, suggests_channels_last(input) or suggests_channels_last(weight))
+    channels_last = suggests_channels_last(input) or suggests_channels_last(weight)
+    return laid_out_like(output, output, torch.channels_last if channels_last else torch.contiguous_format,
+                         output.dtype)
 
 
 def _in_opmath(kernel, *args):

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._utils import Function, opmath_dtype, require_floating, scalar_type_name, with_memory_format
+from ._utils import Function, laid_out_like, opmath_dtype, require_floating, scalar_type_name
 
 
 def log_softmax(logits, dim):
@@ -314,7 +314,8 @@ class MSELossFunction(Function):
         input, target = ctx.saved_tensors
         numel = input.numel()
         norm = 2 / numel if ctx.reduction == "mean" and numel else 2  # an empty input has an empty gradient
-        grad_input = with_memory_format(norm * (input - target) * grad_output.to(input.dtype), channels_last=False)
+        grad_input = norm * (input - target) * grad_output.to(input.dtype)
+        grad_input = laid_out_like(grad_input, grad_input, torch.contiguous_format, grad_input.dtype)
         return (grad_input if ctx.needs_input_grad[0] else None, -grad_input if ctx.needs_input_grad[1] else None,
                 None, None)
 
