@@ -78,7 +78,7 @@ def test_a_missing_library_is_rebuilt(project):
     assert setup_runs(project) == {"build"}
 
 
-def test_cuda_settings_rebuild_and_a_new_torch_pin_reinstalls_and_rebuilds(project):
+def test_build_settings_rebuild_and_a_new_torch_pin_reinstalls_and_rebuilds(project):
     setup_runs(project)
     assert setup_runs(project, "FORCE_CUDA=1") == {"build"}
     assert setup_runs(project, "FORCE_CUDA=1") == set()
