@@ -1,5 +1,6 @@
 """The Makefile's set-up is idempotent in time: pip installs only when the pins change, and the extension is rebuilt
-only when csrc/, setup.py, the torch pin or the CUDA build settings change, or its library is missing.
+only when csrc/, setup.py, the torch pin or the CUDA build settings change, or its library is missing; `make demo`
+runs the demo.
 
 Run on a copy of the Makefile in a scratch folder, with a stand-in for .venv/bin/python that records its commands
 (and, for the editable install, leaves a library behind as the real build does): make itself is what is tested."""
@@ -36,22 +37,25 @@ def project(tmp_path):
     return tmp_path
 
 
-def setup_runs(project, *overrides):
-    """`make setup` in the scratch project; what the python stand-in was asked to do: 'deps', 'build' or both."""
+def python_calls(project, target, *overrides):
+    """`make TARGET` in the scratch project: the python stand-in's command lines."""
     calls = project / ".venv" / "bin" / "calls"
     calls.unlink(missing_ok=True)
     environment = {key: value for key, value in os.environ.items()
                    if key not in ("FORCE_CUDA", "TORCH_CUDA_ARCH_LIST", "MAKEFLAGS", "MAKELEVEL")}
-    subprocess.run(["make", "--no-print-directory", "setup", *overrides], cwd=project, env=environment,
+    subprocess.run(["make", "--no-print-directory", target, *overrides], cwd=project, env=environment,
                    check=True, capture_output=True, text=True)
-    done = {"build" if " -e ." in line else "deps" for line in calls.read_text().splitlines()} if calls.exists() \
-        else set()
     # Everything ten seconds back, in the same order: a change the test makes next is newer than any stamp, however
     # coarse the file system's clock.
     for path in [project, *project.rglob("*")]:
         times = path.stat()
         os.utime(path, ns=(times.st_atime_ns, times.st_mtime_ns - 10**10))
-    return done
+    return calls.read_text().splitlines() if calls.exists() else []
+
+
+def setup_runs(project, *overrides):
+    """What `make setup` asked the python stand-in to do: 'deps' (pip install of the pins), 'build' or both."""
+    return {"build" if " -e ." in line else "deps" for line in python_calls(project, "setup", *overrides)}
 
 
 def test_first_setup_installs_and_builds_then_a_second_does_nothing(project):
@@ -89,3 +93,8 @@ def test_build_settings_rebuild_and_a_new_torch_pin_reinstalls_and_rebuilds(proj
 def test_a_new_test_dependency_installs_without_rebuilding(project):
     setup_runs(project)
     assert setup_runs(project, "DEPS=pytest hypothesis ninja numpy tqdm matplotlib expecttest rich") == {"deps"}
+
+
+def test_make_demo_runs_the_demo_after_the_set_up(project):
+    setup_runs(project)
+    assert python_calls(project, "demo") == ["-m manual_conv.demo"]
