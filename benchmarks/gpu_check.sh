@@ -32,7 +32,9 @@ step() {
         *) outcome="FAIL ($status)" ;;
     esac
     [ "$outcome" = PASS ] || failed=1
-    summary+=("$(printf '%-13s %-9s %4d s  %s' "$name" "$outcome" $((SECONDS - begin)) "$(tail -n 1 "$LOGS/$name.log")")")
+    local last_line
+    last_line=$(tail -n 1 "$LOGS/$name.log")
+    summary+=("$(printf '%-13s %-9s %4d s  %s' "$name" "$outcome" $((SECONDS - begin)) "$last_line")")
 }
 
 # ------------------------------------------------------------------------------------------ is there a GPU at all?
@@ -52,7 +54,8 @@ if not torch.cuda.is_available():
     reason = "torch is a CPU-only build" if torch.version.cuda is None else "torch sees no CUDA device"
     print(f"gpu_check: no GPU present ({reason}): nothing to check")
     sys.exit(10)
-print(f"GPU: {torch.cuda.get_device_name()}, compute capability {'.'.join(map(str, torch.cuda.get_device_capability()))}")
+major, minor = torch.cuda.get_device_capability()
+print(f"GPU: {torch.cuda.get_device_name()}, compute capability {major}.{minor}")
 EOF
 case $? in
     0) ;;

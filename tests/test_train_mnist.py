@@ -171,11 +171,12 @@ def test_kfold_plot_draws_every_fold_and_the_mean_with_a_std_band():
     assert "mean ± std of 3 folds" in mean.get_label()
 
 
-def test_the_run_header_and_plot_title_name_data_set_impl_backend_and_device(tmp_path, capsys):
+def test_the_run_header_names_data_set_sizes_impl_backend_and_device(tmp_path, capsys):
     folder = write_synthetic_dataset(tmp_path / "idx", train_count=32, test_count=16)
     assert train_mnist.main(["--data-dir", str(folder), "--epochs", "1", "--device", "cpu"]) == 0
     header = capsys.readouterr().out.splitlines()[0]
-    assert header == f"mnist: 32 training / 16 test images; impl manual, backend {manual_conv.get_backend()}, cpu x 1 process"
+    backend = manual_conv.get_backend()
+    assert header == f"mnist: 32 training / 16 test images; impl manual, backend {backend}, cpu x 1 process"
 
 
 # --------------------------------------------------------------------------------------------------- training
