@@ -73,6 +73,8 @@ setup(
     name="manual_conv",
     version="0.1.0",
     description="CNN backpropagation written by hand: conv2d and every CNN layer as torch.autograd.Functions",
+    license="MIT",
+    license_files=["LICENSE"],
     packages=find_packages(include=["manual_conv", "manual_conv.*"]),
     python_requires=">=3.10",
     install_requires=["torch"],

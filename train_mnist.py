@@ -22,10 +22,13 @@ import json
 import math
 import os
 import random
+import stat
 import struct
 import sys
 import tempfile
 import time
+import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -60,6 +63,12 @@ class UsageError(Exception):
 
 # ------------------------------------------------------------------------------------------------- command line
 
+# What a checkpoint must agree on with the command line for --resume to reproduce the uninterrupted run ...
+RUN_IDENTITY = ("dataset", "seed", "batch_size", "lr", "limit_train")
+# ... and every setting a resumed run takes from its checkpoint when the command line does not give it.
+RUN_SETTINGS = RUN_IDENTITY + ("epochs", "impl", "backend", "data_dir", "limit_test", "test_batch_size")
+NOT_GIVEN = object()  # the parser's default for RUN_SETTINGS, to tell a flag left out from one given its default
+
 
 def positive_int(text):
     value = int(text)
@@ -68,11 +77,38 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def seed_value(text):
+    """torch.manual_seed takes -2**63 .. 2**64-1, and the sampler seeds each epoch with seed + epoch: 0 .. 2**63-1
+    leaves room for any number of epochs."""
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63-1, got {text}")
+    return value
+
+
+def learning_rate(text):
+    """Adadelta rejects a negative or NaN rate; an infinite one would turn every weight into NaN at the first step."""
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
+        prog="train_mnist.py",
         description="Train pytorch/examples' MNIST CNN whose every layer's forward and backward is written by hand "
         "(manual_conv). Runs data-parallel when started by torchrun.",
-        epilog="Learning rate decays by 0.7 after every epoch (StepLR). Only rank 0 prints and writes files.",
+        epilog="Learning rate decays by 0.7 after every epoch (StepLR). Only rank 0 prints and writes files. "
+        "A bad value, file or request ends the script with one error line on stderr (after the usage, for a flag "
+        "argparse rejects) and exit code 2.",
     )
     parser.add_argument("--epochs", type=positive_int, default=14, metavar="N",
                         help="number of epochs to train (default: 14)")
@@ -80,8 +116,8 @@ def parse_args(argv=None):
                         help="training batch size per process (default: 64)")
     parser.add_argument("--test-batch-size", type=positive_int, default=1000, metavar="N",
                         help="evaluation batch size (default: 1000)")
-    parser.add_argument("--lr", type=float, default=1.0, help="Adadelta learning rate (default: 1.0)")
-    parser.add_argument("--seed", type=int, default=1,
+    parser.add_argument("--lr", type=learning_rate, default=1.0, help="Adadelta learning rate (default: 1.0)")
+    parser.add_argument("--seed", type=seed_value, default=1,
                         help="random seed: weights, dropout and the data order of every epoch (default: 1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="where to train; auto picks cuda when a GPU is available (default: auto)")
@@ -93,7 +129,8 @@ def parse_args(argv=None):
                         "(the reference); default: cpp when the extension is built, else python")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist",
                         help="handwritten digits (mnist) or Zalando's clothing images (fashion-mnist) "
-                        "(default: mnist)")
+                        "(default: mnist, as in pytorch/examples; `make train` uses fashion-mnist, which Debian "
+                        "packages for machines that cannot download)")
     parser.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                         help="folder holding the four IDX files (gzipped or not) or torchvision's layout "
                         "(DIR/MNIST/raw/...); missing data is downloaded there when the network allows "
@@ -103,7 +140,7 @@ def parse_args(argv=None):
                         help="use only the first N training images (quick runs)")
     parser.add_argument("--limit-test", type=positive_int, default=None, metavar="N",
                         help="use only the first N test images (quick runs)")
-    parser.add_argument("--num-workers", type=int, default=0, metavar="N",
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, metavar="N",
                         help="DataLoader worker processes; the data sits in memory, so 0 is usually fastest "
                         "(default: 0)")
     parser.add_argument("--save-model", type=Path, default=None, metavar="PATH",
@@ -112,8 +149,10 @@ def parse_args(argv=None):
                         "pytorch/examples' Net")
     parser.add_argument("--resume", type=Path, default=None, metavar="PATH",
                         help="continue the run checkpointed in PATH at its next epoch (same seed and data order, "
-                        "so the result equals an uninterrupted run); keeps checkpointing to PATH unless "
-                        "--save-model says otherwise")
+                        "so the result equals an uninterrupted run); the settings the command line leaves out "
+                        "(data set and data folder, seed, batch sizes, lr, epochs, impl, backend, limits) come "
+                        "from the checkpoint, and one that contradicts it is an error; keeps checkpointing to PATH "
+                        "unless --save-model says otherwise")
     parser.add_argument("--metrics", type=Path, default=None, metavar="PATH",
                         help="write JSON metrics to PATH after every epoch: one record per epoch (train loss, "
                         "test loss, test accuracy, seconds, images/s), the final test_accuracy (0..1), device, "
@@ -123,12 +162,30 @@ def parse_args(argv=None):
     parser.add_argument("--kfold", type=positive_int, default=None, metavar="K",
                         help="K-fold cross-validation on the training set instead of train/test: trains K models, "
                         "reports each fold's validation accuracy and their mean ± std (K >= 2)")
+    defaults = {key: parser.get_default(key) for key in RUN_SETTINGS}
+    parser.set_defaults(**dict.fromkeys(RUN_SETTINGS, NOT_GIVEN))
     args = parser.parse_args(argv)
     if args.kfold is not None and args.kfold < 2:
         parser.error("--kfold needs K >= 2")
     if args.kfold is not None and (args.resume or args.save_model):
         parser.error("--kfold trains K throw-away models: it does not take --save-model or --resume")
-    return args
+    checkpoint = read_checkpoint(args.resume) if args.resume else None
+    complete_settings(args, defaults, checkpoint["run"] if checkpoint else {})
+    return args, checkpoint
+
+
+def complete_settings(args, defaults, saved):
+    """Fill the RUN_SETTINGS the command line left out from ``saved`` (a checkpoint's, with --resume), else from
+    the parser's defaults. UsageError when a given RUN_IDENTITY setting contradicts ``saved``."""
+    given = {key for key in RUN_SETTINGS if getattr(args, key) is not NOT_GIVEN}
+    different = [f"--{key.replace('_', '-')} {saved[key]} (now {getattr(args, key)})" for key in RUN_IDENTITY
+                 if key in given and key in saved and saved[key] != getattr(args, key)]
+    if different:
+        raise UsageError(f"--resume {args.resume}: the checkpoint was trained with " + ", ".join(different))
+    for key in set(RUN_SETTINGS) - given:
+        setattr(args, key, saved.get(key, defaults[key]))
+    if args.data_dir is not None:
+        args.data_dir = Path(args.data_dir)  # a checkpoint holds it as text
 
 
 # ------------------------------------------------------------------------------------------------------- data
@@ -141,15 +198,20 @@ def read_idx(path):
     d big-endian uint32 sizes, then the values in row-major order.
     """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as file:
-        raw = file.read()
-    zero, dtype_code, ndim = struct.unpack_from(">HBB", raw)
-    if zero != 0 or dtype_code != 0x08:
+    try:
+        with opener(path, "rb") as file:
+            raw = file.read()
+    except (OSError, EOFError, zlib.error) as error:  # unreadable, or a damaged or cut gzip stream
+        raise DataUnavailable(f"{path} cannot be read: {error}") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
         raise DataUnavailable(f"{path} is not an unsigned-byte IDX file (header {raw[:4].hex()})")
-    shape = struct.unpack_from(f">{ndim}I", raw, 4)
+    ndim = raw[3]
     offset = 4 + 4 * ndim
+    if len(raw) < offset:
+        raise DataUnavailable(f"{path} is truncated inside its header")
+    shape = struct.unpack_from(f">{ndim}I", raw, 4)
     if len(raw) - offset != math.prod(shape):
-        raise DataUnavailable(f"{path} is truncated: the header announces shape {shape}")
+        raise DataUnavailable(f"{path} is truncated or too long: the header announces shape {shape}")
     return torch.frombuffer(bytearray(raw[offset:]), dtype=torch.uint8).reshape(shape)
 
 
@@ -207,6 +269,8 @@ def locate_data(dataset, data_dir, allow_download=True):
             f"Looked for {stems} in:\n{looked_in}\n"
             f"Provide them with --data-dir DIR: a folder with those four files{hint}, or torchvision's layout "
             f"DIR/{class_name}/raw/."
+            + ("\nOr train on Fashion-MNIST, which Debian packages: --dataset fashion-mnist." if dataset == "mnist"
+               else "")
         )
     return folder
 
@@ -232,9 +296,11 @@ def load_split(folder, split, mean_std, limit):
     """One split as an InMemoryDataset: pixels / 255, then (x - mean) / std, as ToTensor + Normalize would."""
     images_stem, labels_stem = IDX_FILES[split]
     images, labels = read_idx(find_idx_file(folder, images_stem)), read_idx(find_idx_file(folder, labels_stem))
-    if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-        raise DataUnavailable(f"{folder}: {split} images {tuple(images.shape)} do not match labels "
-                              f"{tuple(labels.shape)}")
+    if images.shape[1:] != (28, 28) or labels.dim() != 1 or len(images) != len(labels):
+        raise DataUnavailable(f"{folder}: the {split} images {tuple(images.shape)} are not 28x28 images matching "
+                              f"the labels {tuple(labels.shape)}")
+    if len(labels) and labels.max() >= 10:
+        raise DataUnavailable(f"{folder}: the {split} labels go up to {labels.max().item()}, beyond the 10 classes")
     images, labels = images[:limit], labels[:limit]
     mean, std = mean_std
     normalised = (images.unsqueeze(1).float() / 255 - mean) / std
@@ -337,6 +403,9 @@ def start_process(device_choice):
     if device_choice == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
     use_cuda = device_choice != "cpu" and torch.cuda.is_available()
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        raise UsageError(f"process {local_rank} of this machine has no GPU of its own: there are "
+                         f"{torch.cuda.device_count()} (start as many processes, or use --device cpu)")
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -397,6 +466,16 @@ def restore_rng_states(states, process):
         torch.cuda.set_rng_state(states["cuda"], process.device)
 
 
+def new_file_mode(path):
+    """The permissions ``path`` keeps when it exists, else those open() would give a new file under the user's
+    umask (mkstemp's own 0600 would make every result private)."""
+    if path.exists():
+        return stat.S_IMODE(path.stat().st_mode)
+    umask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def save_atomically(path, write):
     """write(file) into a temporary file beside ``path``, then rename it over ``path``: an interrupted run leaves
     either the previous file or the new one, never half of one."""
@@ -404,6 +483,7 @@ def save_atomically(path, write):
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(descriptor, new_file_mode(path))
         with os.fdopen(descriptor, "wb") as file:
             write(file)
             file.flush()
@@ -414,21 +494,32 @@ def save_atomically(path, write):
         raise
 
 
-# What a checkpoint must agree on with the command line for --resume to reproduce the uninterrupted run.
-RUN_IDENTITY = ("dataset", "seed", "batch_size", "lr", "limit_train")
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "history", "run")
 
 
-def load_checkpoint(path, args):
+def read_checkpoint(path):
+    """The checkpoint that --save-model wrote to path. UsageError for a missing or unreadable file, and for one
+    that is truncated or something else (torch.load raises RuntimeError, UnpicklingError, EOFError, ... there)."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. about a foreign file's pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"--resume {path}: no such file") from None
-    saved = checkpoint["run"]
-    different = [f"--{key.replace('_', '-')} {saved[key]} (now {getattr(args, key)})" for key in RUN_IDENTITY
-                 if saved[key] != getattr(args, key)]
-    if different:
-        raise UsageError(f"--resume {path}: the checkpoint was trained with " + ", ".join(different))
+    except OSError as error:
+        raise UsageError(f"--resume {path}: {error.strerror or error}") from None
+    except Exception:
+        checkpoint = None
+    if not (isinstance(checkpoint, dict) and all(key in checkpoint for key in CHECKPOINT_KEYS)):
+        raise UsageError(f"--resume {path}: not a checkpoint written by train_mnist.py --save-model "
+                         "(truncated, or another kind of file)")
     return checkpoint
+
+
+def run_settings(args):
+    """RUN_SETTINGS as a checkpoint keeps them: paths as text (a weights_only torch.load takes no Path)."""
+    return {key: str(value) if isinstance(value, Path) else value
+            for key, value in ((key, getattr(args, key)) for key in RUN_SETTINGS)}
 
 
 def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, on_epoch_end=lambda history: None):
@@ -468,7 +559,7 @@ def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, 
         if process.is_main and checkpoint_path is not None:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_states(process),
-                     "history": history, "run": {key: getattr(args, key) for key in RUN_IDENTITY}}
+                     "history": history, "run": run_settings(args)}
             save_atomically(checkpoint_path, lambda file: torch.save(state, file))
         on_epoch_end(history)
     return model, history
@@ -490,35 +581,50 @@ def write_metrics(path, summary):
     save_atomically(path, lambda file: file.write(json.dumps(summary, indent=2).encode() + b"\n"))
 
 
-def plot_curves(path, runs, eval_name):
-    """Loss (train and evaluation) and accuracy per epoch, one pair of curves per run (per fold with --kfold)."""
-    import matplotlib
+def plot_curves(path, histories, eval_name, title):
+    """A PNG of draw_curves' figure at path."""
+    figure = draw_curves(histories, eval_name, title)
+    save_atomically(path, lambda file: figure.savefig(file, format="png", dpi=110))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for index, (label, history) in enumerate(runs):
-        epochs = [record["epoch"] for record in history]
-        colour = f"C{index}"
-        loss_axes.plot(epochs, [r["train_loss"] for r in history], color=colour, linestyle="--",
-                       label=f"{label}train")
-        loss_axes.plot(epochs, [r[f"{eval_name}_loss"] for r in history], color=colour, label=f"{label}{eval_name}")
-        accuracy_axes.plot(epochs, [100 * r[f"{eval_name}_accuracy"] for r in history], color=colour, marker="o",
-                           label=f"{label}{eval_name}")
-    loss_axes.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
-    accuracy_axes.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{eval_name.capitalize()} accuracy")
+def draw_curves(histories, eval_name, title):
+    """A figure of the loss (train and evaluation) and the evaluation accuracy per epoch, every epoch a point on an
+    integer axis. Several histories (--kfold's folds): each one thin, their mean with points and a band of ± one
+    standard deviation."""
+    from matplotlib.figure import Figure  # outside pyplot: no GUI backend to pick, no figure to close
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [record["epoch"] for record in histories[0]]
+    figure = Figure(figsize=(11, 4.4), layout="tight")
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    curves = ((loss_axes, "train_loss", 1, "C0", "--", "train"),
+              (loss_axes, f"{eval_name}_loss", 1, "C1", "-", eval_name),
+              (accuracy_axes, f"{eval_name}_accuracy", 100, "C1", "-", eval_name))
+    for axes, key, scale, colour, style, label in curves:
+        values = torch.tensor([[scale * record[key] for record in history] for history in histories],
+                              dtype=torch.float64)
+        mean = values.mean(0)
+        if len(histories) > 1:
+            for fold, row in enumerate(values):
+                axes.plot(epochs, row, color=colour, linestyle=style, linewidth=0.8, alpha=0.35,
+                          label=f"{label}, each fold" if fold == 0 else None)
+            std = values.std(0)
+            axes.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15)
+            label = f"{label}, mean ± std of {len(histories)} folds"
+        axes.plot(epochs, mean, color=colour, linestyle=style, marker="o", markersize=4, label=label)
+    loss_axes.set(ylabel="cross-entropy", title="Loss")
+    accuracy_axes.set(ylabel="accuracy (%)", title=f"{eval_name.capitalize()} accuracy")
     for axes in (loss_axes, accuracy_axes):
-        axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axes.set(xlabel="epoch", xlim=(epochs[0] - 0.5, epochs[-1] + 0.5))
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-    figure.tight_layout()
-    save_atomically(path, lambda file: figure.savefig(file, format="png", dpi=110))
-    plt.close(figure)
+    figure.suptitle(title)
+    return figure
 
 
 def setup_text(args, process):
-    """E.g. 'impl manual, backend cpp, cpu x 1 process'."""
+    """E.g. 'impl manual, backend cpp, cpu x 1 process': also the plots' title, after the data set."""
     backend = f", backend {manual_conv.get_backend()}" if args.impl == "manual" else ""
     processes = f"{process.world_size} process" + ("es" if process.world_size > 1 else "")
     return f"impl {args.impl}{backend}, {process.device} x {processes}"
@@ -531,8 +637,9 @@ def describe(args, process):
             "lr": args.lr, "seed": args.seed}
 
 
-def run_train_test(args, process, train_set, test_set):
-    checkpoint = load_checkpoint(args.resume, args) if args.resume else None
+def run_train_test(args, process, train_set, test_set, checkpoint):
+    process.log(f"{args.dataset}: {len(train_set)} training / {len(test_set)} test images; "
+                f"{setup_text(args, process)}")
     summary = describe(args, process)
 
     def report(history):
@@ -545,7 +652,7 @@ def run_train_test(args, process, train_set, test_set):
         summary["max_parameter_difference_between_ranks"] = parameter_spread(model, process)
     report(history)  # also when a resumed run had no epoch left to train
     if process.is_main and args.plot:
-        plot_curves(args.plot, [("", history)], "test")
+        plot_curves(args.plot, [history], "test", f"{args.dataset}: {setup_text(args, process)}")
     epochs = f"{len(history)} epoch" + ("s" if len(history) > 1 else "")
     process.log(f"Test accuracy: {100 * history[-1]['test_accuracy']:.2f}% after {epochs} "
                 f"({args.dataset}; {setup_text(args, process)})")
@@ -553,16 +660,23 @@ def run_train_test(args, process, train_set, test_set):
 
 def run_kfold(args, process, train_set):
     """K-fold cross-validation: shuffle the training set once (seeded), cut it into K folds; fold k trains on the
-    other K-1 and validates on fold k."""
+    other K-1 and validates on fold k. The test set is not used."""
+    if args.kfold > len(train_set):
+        raise UsageError(f"--kfold {args.kfold}: more folds than the {len(train_set)} training images")
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed))
     folds = order.tensor_split(args.kfold)
+    sizes = sorted({len(fold) for fold in folds})
+    held_out = "-".join(str(size) for size in sizes)
+    process.log(f"{args.dataset}: {args.kfold}-fold cross-validation on {len(train_set)} training images, each fold "
+                f"validating on {held_out} held-out ones and training on the rest (the test images are not used); "
+                f"{setup_text(args, process)}")
     summary = {**describe(args, process), "kfold": args.kfold, "folds": []}
-    runs = []
+    histories = []
     for index, validation in enumerate(folds):
         training = torch.cat([fold for other, fold in enumerate(folds) if other != index])
         _, history = fit(args, process, train_set.subset(training), train_set.subset(validation), "validation",
                          tag=f" (fold {index + 1}/{args.kfold})")
-        runs.append((f"fold {index + 1} ", history))
+        histories.append(history)
         summary["folds"].append({"fold": index + 1, "validation_accuracy": history[-1]["validation_accuracy"],
                                  "epochs": history})
         accuracies = torch.tensor([fold["validation_accuracy"] for fold in summary["folds"]], dtype=torch.float64)
@@ -571,13 +685,30 @@ def run_kfold(args, process, train_set):
         if process.is_main and args.metrics:
             write_metrics(args.metrics, summary)
     if process.is_main and args.plot:
-        plot_curves(args.plot, runs, "validation")
+        plot_curves(args.plot, histories, "validation",
+                    f"{args.dataset}, {args.kfold}-fold cross-validation: {setup_text(args, process)}")
     per_fold = ", ".join(f"{100 * fold['validation_accuracy']:.2f}%" for fold in summary["folds"])
     process.log(f"{args.kfold}-fold validation accuracy: {100 * summary['validation_accuracy_mean']:.2f}% ± "
                 f"{100 * summary['validation_accuracy_std']:.2f}% (folds: {per_fold})")
 
 
-def run(args):
+def check_writable(flag, path):
+    """UsageError now, rather than after an epoch of training, when path cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{flag} {path}: cannot create its folder ({error.strerror or error})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: its folder is not writable")
+
+
+def run(args, checkpoint):
+    outputs = {"--metrics": args.metrics, "--plot": args.plot, "--save-model": args.save_model or args.resume}
+    for flag, path in outputs.items():
+        if path is not None:
+            check_writable(flag, path)
     process = start_process(args.device)
     try:
         if args.impl == "manual" and args.backend is not None:
@@ -588,27 +719,26 @@ def run(args):
         torch.manual_seed(args.seed)
         random.seed(args.seed)
         train_set, test_set = load_datasets(args, process.rank, process.world_size)
-        process.log(f"{args.dataset}: {len(train_set)} training / {len(test_set)} test images; "
-                    f"{setup_text(args, process)}")
         if args.kfold:
             run_kfold(args, process, train_set)
         else:
-            run_train_test(args, process, train_set, test_set)
+            run_train_test(args, process, train_set, test_set, checkpoint)
     finally:
         if process.world_size > 1:
             dist.destroy_process_group()
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = None
     try:
-        run(args)
+        args, checkpoint = parse_args(argv)
+        run(args, checkpoint)
     except (DataUnavailable, UsageError) as error:
         print(f"train_mnist.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        checkpoint = args.save_model or args.resume
-        hint = f"; resume with --resume {checkpoint}" if checkpoint else ""
+        checkpoint_path = args and (args.save_model or args.resume)
+        hint = f"; resume with --resume {checkpoint_path}" if checkpoint_path else ""
         print(f"\nInterrupted{hint}", file=sys.stderr)
         return 130
     return 0

@@ -1,5 +1,7 @@
-"""train_mnist.py end to end: IDX loading, the offline error, a real short training on Fashion-MNIST, resume,
-data-parallel training with two gloo processes, and a training graph made only of manual_conv's Functions."""
+"""train_mnist.py end to end: IDX loading, the offline error, a real short training on Fashion-MNIST, resume (which
+takes the settings left out from the checkpoint), one line and exit code 2 for every bad flag value, file or
+request, results written under the user's umask, the plots, data-parallel training with two gloo processes, and a
+training graph made only of manual_conv's Functions."""
 import gzip
 import json
 import os
@@ -100,6 +102,24 @@ def test_plain_folder_is_found_and_normalised_like_to_tensor_then_normalize(tmp_
     torch.testing.assert_close(images, expected)
 
 
+def test_damaged_or_foreign_data_gives_data_unavailable(tmp_path):
+    damaged = tmp_path / "images.gz"
+    write_idx(damaged, torch.zeros(4, 28, 28, dtype=torch.uint8))
+    damaged.write_bytes(damaged.read_bytes()[:-9])  # a cut gzip stream
+    with pytest.raises(train_mnist.DataUnavailable, match="cannot be read"):
+        train_mnist.read_idx(damaged)
+    (tmp_path / "short").write_bytes(b"\x00\x00")
+    with pytest.raises(train_mnist.DataUnavailable, match="not an unsigned-byte IDX file"):
+        train_mnist.read_idx(tmp_path / "short")
+    small = write_synthetic_dataset(tmp_path / "small")
+    write_idx(small / "t10k-images-idx3-ubyte", torch.zeros(128, 14, 14, dtype=torch.uint8))
+    with pytest.raises(train_mnist.DataUnavailable, match="not 28x28 images"):
+        train_mnist.load_split(small, "test", (0.5, 0.5), limit=None)
+    write_idx(small / "train-labels-idx1-ubyte", torch.full((256,), 10, dtype=torch.uint8))
+    with pytest.raises(train_mnist.DataUnavailable, match="labels go up to 10"):
+        train_mnist.load_split(small, "train", (0.5, 0.5), limit=None)
+
+
 def test_torchvision_layout_is_found(tmp_path):
     raw = write_synthetic_dataset(tmp_path / "FashionMNIST" / "raw")
     assert train_mnist.locate_data("fashion-mnist", tmp_path, allow_download=False) == raw
@@ -118,7 +138,45 @@ def test_missing_data_offline_gives_one_message_and_exit_code_2(tmp_path):
     message = result.stderr
     assert message.count("train_mnist.py: error:") == 1
     assert "train-images-idx3-ubyte" in message and str(empty) in message and "--data-dir" in message
+    assert "--dataset fashion-mnist" in message, "MNIST's message names the data set that needs no download"
     assert not empty.exists(), "the failed download left empty folders behind"
+
+
+# ------------------------------------------------------------------------------------------------------ plots
+
+
+def fake_history(epochs, eval_name, shift=0.0):
+    return [{"epoch": epoch, "train_loss": 1 / epoch + shift, f"{eval_name}_loss": 0.8 / epoch + shift,
+             f"{eval_name}_accuracy": 0.8 + 0.01 * epoch - shift} for epoch in range(1, epochs + 1)]
+
+
+def test_one_epoch_plot_shows_its_points_on_an_integer_epoch_axis():
+    figure = train_mnist.draw_curves([fake_history(1, "test")], "test", "fashion-mnist: impl manual, backend cpp")
+    assert figure.get_suptitle() == "fashion-mnist: impl manual, backend cpp"
+    for axes in figure.axes:
+        assert axes.lines and all(line.get_marker() == "o" for line in axes.lines)
+        low, high = axes.get_xlim()
+        assert [tick for tick in axes.get_xticks() if low <= tick <= high] == [1]
+
+
+def test_kfold_plot_draws_every_fold_and_the_mean_with_a_std_band():
+    histories = [fake_history(3, "validation", shift) for shift in (0.0, 0.01, 0.03)]
+    figure = train_mnist.draw_curves(histories, "validation", "k-fold")
+    loss_axes, accuracy_axes = figure.axes
+    assert len(loss_axes.lines) == 2 * (3 + 1) and len(accuracy_axes.lines) == 3 + 1  # 3 folds + the mean, per curve
+    assert len(loss_axes.collections) == 2 and len(accuracy_axes.collections) == 1  # one ±std band per curve
+    mean = accuracy_axes.lines[-1]
+    expected = torch.tensor([[100 * r["validation_accuracy"] for r in h] for h in histories]).mean(0)
+    torch.testing.assert_close(torch.tensor(mean.get_ydata(), dtype=torch.float32), expected)
+    assert "mean ± std of 3 folds" in mean.get_label()
+
+
+def test_the_run_header_names_data_set_sizes_impl_backend_and_device(tmp_path, capsys):
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=32, test_count=16)
+    assert train_mnist.main(["--data-dir", str(folder), "--epochs", "1", "--device", "cpu"]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    backend = manual_conv.get_backend()
+    assert header == f"mnist: 32 training / 16 test images; impl manual, backend {backend}, cpu x 1 process"
 
 
 # --------------------------------------------------------------------------------------------------- training
@@ -144,7 +202,10 @@ def test_metrics_plot_and_kfold_on_a_tiny_set(tmp_path, capsys):
     accuracies = torch.tensor([fold["validation_accuracy"] for fold in kfold["folds"]], dtype=torch.float64)
     assert kfold["validation_accuracy_mean"] == pytest.approx(accuracies.mean().item())
     assert (tmp_path / "k.png").is_file()
-    assert "3-fold validation accuracy" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "3-fold cross-validation on 192 training images, each fold validating on 64 held-out ones" in output
+    assert "test images are not used" in output and "64 test" not in output
+    assert "3-fold validation accuracy" in output
 
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
@@ -170,6 +231,26 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     assert not list(tmp_path.glob(".*.tmp")), "a temporary checkpoint file was left behind"
 
 
+def test_resume_takes_the_settings_left_out_from_the_checkpoint(tmp_path, capsys):
+    # The issue's case: a `make train` checkpoint (fashion-mnist) resumed with only --resume and --epochs.
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=96, test_count=48)
+    checkpoint = tmp_path / "run.pt"
+    assert train_mnist.main(["--dataset", "fashion-mnist", "--data-dir", str(folder), "--epochs", "1",
+                             "--batch-size", "32", "--seed", "3", "--lr", "0.5", "--limit-test", "40",
+                             "--impl", "native", "--save-model", str(checkpoint)]) == 0
+    capsys.readouterr()
+    assert train_mnist.main(["--resume", str(checkpoint), "--epochs", "2", "--metrics", str(tmp_path / "m.json")]) == 0
+    metrics = read_metrics(tmp_path / "m.json")
+    assert {key: metrics[key] for key in ("dataset", "batch_size", "seed", "lr", "impl", "epochs_planned")} == {
+        "dataset": "fashion-mnist", "batch_size": 32, "seed": 3, "lr": 0.5, "impl": "native", "epochs_planned": 2}
+    assert [record["epoch"] for record in metrics["epochs"]] == [1, 2]
+    assert "/40), " in capsys.readouterr().out, "the resumed run evaluates on --limit-test's 40 images"
+    assert torch.load(checkpoint)["epoch"] == 2
+    # Without --epochs the checkpoint's plan holds too: nothing is left to train.
+    assert train_mnist.main(["--resume", str(checkpoint), "--metrics", str(tmp_path / "again.json")]) == 0
+    assert read_metrics(tmp_path / "again.json")["epochs_planned"] == 2
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
     folder = write_synthetic_dataset(tmp_path / "idx", train_count=64, test_count=32)
     checkpoint = tmp_path / "run.pt"
@@ -177,6 +258,78 @@ def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, capsys):
     assert train_mnist.main(["--data-dir", str(folder), "--epochs", "2", "--seed", "7",
                              "--resume", str(checkpoint)]) == 2
     assert "--seed 1 (now 7)" in capsys.readouterr().err
+
+
+def one_error_line(capsys):
+    """The single line the script printed to stderr (its stdout may hold the run's header)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train_mnist.py: error: "), lines
+    return lines[0]
+
+
+def test_a_damaged_or_foreign_resume_file_gives_one_line_and_exit_2(tmp_path, capsys):
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=32, test_count=16)
+    checkpoint = tmp_path / "run.pt"
+    assert train_mnist.main(["--data-dir", str(folder), "--epochs", "1", "--save-model", str(checkpoint)]) == 0
+    capsys.readouterr()
+    whole = checkpoint.read_bytes()
+    foreign = {"truncated.pt": whole[: len(whole) // 2], "empty.pt": b"", "text.pt": b"epoch 1, loss 0.3\n",
+               "pickle.pt": b"\x80\x04K\x01."}  # a plain pickle: 'Unsupported operand' for weights_only
+    for name, content in foreign.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"model": {}}, tmp_path / "state_dict.pt")  # a torch file, but not a checkpoint of ours
+    (tmp_path / "folder.pt").mkdir()
+    for name in [*foreign, "state_dict.pt"]:
+        assert train_mnist.main(["--resume", str(tmp_path / name)]) == 2, name
+        assert "not a checkpoint written by train_mnist.py --save-model" in one_error_line(capsys), name
+    assert train_mnist.main(["--resume", str(tmp_path / "folder.pt")]) == 2
+    assert "folder.pt: Is a directory" in one_error_line(capsys)
+    # The whole of stderr, warnings included, as a user sees it.
+    result = subprocess.run([sys.executable, SCRIPT, "--resume", str(tmp_path / "pickle.pt")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--lr", "-1"), ("--lr", "nan"), ("--lr", "inf"), ("--num-workers", "-1"),
+                                         ("--seed", "-1"), ("--seed", str(2**64)), ("--epochs", "0"),
+                                         ("--batch-size", "-5"), ("--kfold", "1")])
+def test_a_bad_flag_value_exits_2_before_anything_runs(flag, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_mnist.main([flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and error.strip().splitlines()[-1].startswith("train_mnist.py: error: ")
+    assert flag in error.strip().splitlines()[-1]
+
+
+def test_unwritable_outputs_and_too_many_folds_exit_2_before_training(tmp_path, capsys):
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=16, test_count=16)
+    common = ["--data-dir", str(folder), "--epochs", "1"]
+    (tmp_path / "a-file").write_text("")
+    assert train_mnist.main(common + ["--metrics", str(tmp_path)]) == 2
+    assert "--metrics" in one_error_line(capsys)
+    assert train_mnist.main(common + ["--plot", str(tmp_path / "a-file" / "curves.png")]) == 2
+    assert "--plot" in one_error_line(capsys)
+    assert train_mnist.main(common + ["--save-model", str(tmp_path / "idx")]) == 2
+    assert "--save-model" in one_error_line(capsys)
+    assert train_mnist.main(common + ["--kfold", "17"]) == 2
+    assert "more folds than the 16 training images" in one_error_line(capsys)
+
+
+def test_results_honour_the_umask_and_keep_an_existing_files_mode(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        train_mnist.save_atomically(tmp_path / "new.json", lambda file: file.write(b"{}"))
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        train_mnist.save_atomically(tmp_path / "other.json", lambda file: file.write(b"{}"))
+        assert (tmp_path / "other.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "new.json").chmod(0o600)
+        train_mnist.save_atomically(tmp_path / "new.json", lambda file: file.write(b"[]"))
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "new.json").read_bytes() == b"[]"
+    finally:
+        os.umask(previous)
 
 
 def test_requests_that_cannot_be_honoured_exit_2_with_a_message(tmp_path, capsys):
