@@ -1,14 +1,19 @@
 """convert(model): run an existing PyTorch model on manual_conv's hand-written layers.
 
 Every torch.nn layer that has a twin in ``manual_conv.nn`` (a subclass of the torch.nn class of the same name,
-overriding only the computation) is swapped for it; everything else stays as it is.
+overriding only the computation) is swapped for it; everything else stays as it is. The model's forward then runs
+under ``manual_conv.enable()``, so that the torch functions model code calls itself (F.relu, F.layer_norm,
+x.softmax(-1)) run by hand too.
 """
 import copy
+import inspect
+import types
 import warnings
 
 from torch import nn
 
 from . import nn as manual_nn
+from .enable import enable, native_function_names
 from .torch_names import runs_natively
 
 # Modules that only hold other modules: convert looks inside them. Any module whose class is not from torch.nn
@@ -36,7 +41,7 @@ def _is_torch_nn_layer(module):
     )
 
 
-def convert(module, inplace=False):
+def convert(module, inplace=False, functional=True):
     """Swap every supported torch.nn layer of ``module`` (and ``module`` itself, if it is one) for its
     manual_conv.nn twin, and return the converted module.
 
@@ -44,22 +49,50 @@ def convert(module, inplace=False):
     Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
     Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, and the Lazy variants of
     Conv2d, ConvTranspose2d, Linear, BatchNorm1d and BatchNorm2d. Containers and modules
-    that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. ReLU6, Dropout2d, and
-    subclasses of supported layers) stay as they are and are named in one UserWarning: they run natively.
+    that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. Dropout2d, and subclasses of
+    supported layers) stay as they are; those that run natively are named in one UserWarning.
+
+    With ``functional=True`` (the default) the converted module's forward runs under ``manual_conv.enable()``:
+    the torch functions that model code calls itself (torchvision's DenseNet ``F.relu``, Swin ``F.linear`` and
+    ``F.softmax``) run their manual_conv.functional twins, and so does the forward of a layer convert leaves. A
+    subclass of a supported layer (ConvNeXt's LayerNorm2d, a LayerNorm whose forward permutes and calls
+    ``F.layer_norm``) then runs by hand, and convert does not warn about it, when the code of its own classes (the
+    classes of its MRO before the supported one, and the module-level functions they call) names no function that
+    enable() leaves to torch (``enable.native_function_names``: hardswish while it has no twin, interpolate, pad,
+    the in-place sigmoid_, ...): its computation is the supported layer's, which calls its twin's function, and
+    its own code's. Every other layer left (a torch.nn layer without a twin, or a subclass naming such a function)
+    is named in the warning: it runs natively. With ``functional=False`` the forward is left alone, and every
+    torch.nn layer left, subclasses included, is named.
 
     By default the model is deep-copied first (as torch.ao.quantization.convert does) and ``module`` is left
     untouched. With ``inplace=True`` ``module`` itself is converted: a twin adds no state of its own, so each
     layer becomes its twin by a change of class, keeping its very Parameter and buffer objects (an optimizer
-    built before the swap keeps working), its hooks and its state_dict keys (state_dicts load both ways).
+    built before the swap keeps working), its hooks and its state_dict keys (state_dicts load both ways). The
+    forward under enable() is an instance attribute ``forward`` (a ``ForwardUnderEnable``), which deep copies and
+    pickles with the module and leaves its class, state_dict and hooks alone; converting again adds no second one.
     """
     if not inplace:
         module = copy.deepcopy(module)
     twins = _twins()
     unsupported = []
-    _convert_in_place(module, "", twins, unsupported)
+    _convert_in_place(module, "", twins, unsupported, functional)
     if unsupported:
         warnings.warn(_unsupported_message(unsupported), UserWarning, stacklevel=2)
+    if functional and not isinstance(vars(module).get("forward"), ForwardUnderEnable):
+        module.forward = ForwardUnderEnable(module.forward)
     return module
+
+
+class ForwardUnderEnable:
+    """A module's forward, run under manual_conv.enable(): ``convert(functional=True)`` sets one as the converted
+    module's ``forward``. ``forward`` is the bound forward it replaces."""
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        with enable():
+            return self.forward(*args, **kwargs)
 
 
 def _unsupported_message(unsupported):
@@ -74,15 +107,45 @@ def _unsupported_message(unsupported):
     return f"manual_conv.convert: {runs_natively('torch.nn layers', classes)}"
 
 
-def _convert_in_place(module, path, twins, unsupported):
+def _convert_in_place(module, path, twins, unsupported, functional):
     """Give ``module`` its twin's class, or look inside it, or record it as unsupported."""
     module_type = type(module)
     if module_type in twins:
         module.__class__ = twins[module_type]
     elif module_type in twins.values() or isinstance(module, _NO_COMPUTATION):
         pass  # already converted, or nothing to convert
-    elif _is_torch_nn_layer(module):
+    elif _is_torch_nn_layer(module) and not (functional and _runs_by_hand_under_enable(module_type, twins)):
         unsupported.append((path, module_type.__name__))
     else:
         for name, child in module.named_children():
-            _convert_in_place(child, f"{path}.{name}" if path else name, twins, unsupported)
+            _convert_in_place(child, f"{path}.{name}" if path else name, twins, unsupported, functional)
+
+
+def _runs_by_hand_under_enable(module_type, twins):
+    """Whether a layer convert leaves computes by hand under enable(): a subclass of a supported layer whose own
+    classes' code (see convert) names no function that enable() leaves to torch."""
+    supported = next((cls for cls in module_type.__mro__ if cls in twins), None)
+    if supported is None:
+        return False
+    own_classes = module_type.__mro__[:module_type.__mro__.index(supported)]
+    functions = [value for cls in own_classes for value in vars(cls).values() if inspect.isfunction(value)]
+    return not _names_used(functions) & native_function_names()
+
+
+def _names_used(functions):
+    """Every global and attribute name the code of ``functions`` uses (nested functions and comprehensions
+    included), and that of the module-level Python functions outside torch they name, recursively."""
+    names, seen = set(), set()
+    codes = [(function.__code__, function.__globals__) for function in functions]
+    while codes:
+        code, scope = codes.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        names.update(code.co_names)
+        codes.extend((constant, scope) for constant in code.co_consts if isinstance(constant, types.CodeType))
+        for name in code.co_names:
+            value = scope.get(name)
+            if inspect.isfunction(value) and (value.__module__ or "").partition(".")[0] != "torch":
+                codes.append((value.__code__, value.__globals__))
+    return names

@@ -190,8 +190,12 @@ def test_a_supported_layer_itself_and_subclasses_of_supported_layers():
     class MyLinear(nn.Linear):
         pass
 
-    with pytest.warns(UserWarning, match=r"MyLinear ×1 \(<root>\)"):
+    # Under enable() (the default) MyLinear's forward, torch's F.linear, runs by hand: no warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         assert type(manual_conv.convert(MyLinear(2, 3))) is MyLinear
+    with pytest.warns(UserWarning, match=r"MyLinear ×1 \(<root>\)"):
+        assert type(manual_conv.convert(MyLinear(2, 3), functional=False)) is MyLinear
 
 
 def test_user_modules_are_searched():
