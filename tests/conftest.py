@@ -51,3 +51,7 @@ def with_threads():
             torch.set_num_threads(threads)
 
     return run
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: beyond CI's time; runs with MANUAL_CONV_SLOW=1 (see test_model_zoo)")

@@ -1,0 +1,189 @@
+"""Every torchvision classification model, converted, trains exactly like the native one and runs by hand.
+
+For each model of ``torchvision.models.list_models(module=torchvision.models)`` (random weights, 10 classes, a batch
+of 4 at the smallest input the model accepts in training and in evaluation mode), in training mode and then in
+evaluation mode:
+  - ``convert()`` leaves no layer (it warns for any layer it leaves: here a warning is an error);
+  - the converted model's outputs, the input gradient and every parameter gradient match the native model's, and
+    after one SGD step so do the parameters and the BatchNorm statistics: in float32 to a tolerance relative to each
+    tensor's scale, or, where float32 rounding disagrees (a BatchNorm over 2 values per channel turns rounding
+    into O(1) differences), in float64 from the same start, to float64 rounding;
+  - the autograd graph of the forward and backward holds no node of torch's own layer ops (convolution, linear's
+    addmm, pooling, normalisation, softmax, activations, dropout, attention), only manual_conv's Functions and
+    building blocks (add, mul, matmul, view, cat, mean, ...), while the native model's graph does hold them.
+
+CI runs every model once, on alternating backends ('cpp' for the first model, 'python' for the second, ...); the
+other backend of each model is marked slow and runs with MANUAL_CONV_SLOW=1:
+    MANUAL_CONV_SLOW=1 python -m pytest tests/test_model_zoo.py
+"""
+import copy
+import os
+import warnings
+
+import pytest
+import torch
+import torchvision
+
+import manual_conv
+
+MODELS = torchvision.models.list_models(module=torchvision.models)
+
+# The smallest square input (height = width) each model accepts in both modes, found by trying every size from 1
+# up (ViT and MaxViT take their input size as a builder argument, so it is set here to their smallest: one patch
+# for ViT; MaxViT's grid and window partitions of 7 × 7 need 224). Models not listed accept size 1 (their padded
+# convolutions and pools never shrink a map below 1 × 1).
+INPUT_SIZES = {
+    "alexnet": 63, "googlenet": 15, "inception_v3": 299, "maxvit_t": 224, "squeezenet1_0": 21, "squeezenet1_1": 17,
+    **dict.fromkeys(["convnext_tiny", "convnext_small", "convnext_base", "convnext_large"], 32),
+    **dict.fromkeys(["densenet121", "densenet161", "densenet169", "densenet201"], 29),
+    **dict.fromkeys(["swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"], 4),
+    **{name: 32 for name in MODELS if name.startswith("vgg")},
+    "vit_b_16": 16, "vit_b_32": 32, "vit_l_16": 16, "vit_l_32": 32, "vit_h_14": 14,
+}
+# Builder arguments that set the input size the model is built for.
+SIZE_ARGUMENTS = {"vit_": "image_size", "maxvit": "input_size"}
+# Batch 4: a BatchNorm in training over a 1 × 1 map normalises 4 values per channel. Over 2 its outputs are ±1
+# whatever its input, so the gradient it passes back is exactly 0 and in practice rounding noise amplified ~1e4×.
+BATCH = 4
+
+# Substrings of the names of torch's autograd nodes for the layer ops that must run by hand.
+NATIVE_LAYER_NODES = (
+    "Convolution", "Addmm", "Linear", "Pool", "BatchNorm", "LayerNorm", "GroupNorm", "Softmax", "Relu", "Threshold",
+    "Hardtanh", "Gelu", "Silu", "Hardswish", "Hardsigmoid", "LeakyRelu", "Elu", "Mish", "Softplus", "Sigmoid",
+    "Tanh", "Dropout", "Attention", "Normalize",
+)
+
+SLOW = os.environ.get("MANUAL_CONV_SLOW") == "1"
+
+
+def model_cases():
+    """(model, backend): each model on one backend in CI, alternating, and on the other one marked slow."""
+    for index, name in enumerate(MODELS):
+        in_ci = ("cpp", "python")[index % 2]
+        for backend in ("cpp", "python"):
+            marks = [] if backend == in_ci else [
+                pytest.mark.slow, pytest.mark.skipif(not SLOW, reason="slow: run with MANUAL_CONV_SLOW=1")]
+            yield pytest.param(name, backend, marks=marks, id=f"{name}-{backend}")
+
+
+def build(name, dtype=torch.float32):
+    size = INPUT_SIZES.get(name, 1)
+    arguments = {"num_classes": 10}
+    for prefix, argument in SIZE_ARGUMENTS.items():
+        if name.startswith(prefix):
+            arguments[argument] = size if argument == "image_size" else (size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GoogLeNet's and Inception's FutureWarning about init_weights
+        return torchvision.models.get_model(name, weights=None, **arguments).to(dtype)
+
+
+def is_ours(node):
+    """A node of one of manual_conv's autograd Functions."""
+    return getattr(getattr(node, "_forward_cls", None), "__module__", "").startswith("manual_conv.")
+
+
+def native_layer_nodes(tensor):
+    """The names of torch's layer-op nodes in the autograd graph of ``tensor``."""
+    found, seen, stack = set(), set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        name = type(node).__name__
+        if not is_ours(node) and any(part in name for part in NATIVE_LAYER_NODES):
+            found.add(name)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return found
+
+
+def outputs_of(result):
+    """The model's output tensors: one, or GoogLeNet's and Inception's (logits, auxiliary logits) in training."""
+    return [result] if isinstance(result, torch.Tensor) else [tensor for tensor in result if tensor is not None]
+
+
+def step(model, input, seed):
+    """Forward (dropout masks and stochastic depth drawn from ``seed``), a loss weighing every output by fixed random
+    weights, backward, one SGD step. Returns ({name: tensor} to compare, the loss). The gradients and the state
+    after the step are the model's own tensors, not copies (the largest models hold 2.5 GB of parameters)."""
+    input = input.detach().clone().requires_grad_()
+    torch.manual_seed(seed)
+    outputs = outputs_of(model(input))
+    generator = torch.Generator().manual_seed(seed)
+    loss = sum((output * torch.randn(output.shape, generator=generator, dtype=output.dtype)).sum()
+               for output in outputs)
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    results = {f"output {index}": output.detach() for index, output in enumerate(outputs)}
+    results["input gradient"] = input.grad
+    results.update((f"gradient of {name}", parameter.grad) for name, parameter in model.named_parameters()
+                   if parameter.grad is not None)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter -= 0.1 * parameter.grad
+    results.update((f"{name} after the step", value) for name, value in model.state_dict().items())
+    return results, loss
+
+
+def mismatches(actual, expected, relative):
+    """The names whose tensors differ by more than ``relative`` × (the expected tensor's largest magnitude + 1):
+    the two implementations round differently, by amounts relative to a tensor's scale."""
+    assert actual.keys() == expected.keys()
+    wrong = []
+    for name, value in expected.items():
+        if not value.is_floating_point():
+            if not torch.equal(actual[name], value):
+                wrong.append(name)
+            continue
+        atol = relative * (value.nan_to_num().abs().max().item() + 1) if value.numel() else 0
+        if not torch.allclose(actual[name], value, rtol=0, atol=atol, equal_nan=True):
+            wrong.append(name)
+    return wrong
+
+
+def reset(model, parameters, buffers):
+    with torch.no_grad():
+        for parameter, value in zip(model.parameters(), parameters):
+            parameter.copy_(value)
+        for buffer, value in zip(model.buffers(), buffers):
+            buffer.copy_(value)
+
+
+@pytest.mark.parametrize("name, backend", list(model_cases()))
+def test_model_matches_native_and_runs_by_hand(name, backend):
+    if backend == "cpp" and not manual_conv.extension_available():
+        pytest.skip("the compiled extension manual_conv._C is not built")
+    torch.manual_seed(0)
+    native = build(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # convert warns for every layer it leaves native
+        converted = manual_conv.convert(native)
+    initial = [parameter.detach().clone() for parameter in native.parameters()]
+    size = INPUT_SIZES.get(name, 1)
+    input = torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+    with manual_conv.use_backend(backend):
+        # Each mode starts from the initial parameters (after a step, gradients of ~1e4 from BatchNorms over a few
+        # values leave a network that overflows) and the buffers as they are: evaluation uses the running
+        # statistics the training step left.
+        for seed, mode in enumerate(("train", "eval"), start=2):
+            buffers = [buffer.clone() for buffer in native.buffers()]
+            for model in (native, converted):
+                reset(model, initial, buffers)
+                getattr(model, mode)()
+            expected, native_loss = step(native, input, seed)
+            actual, loss = step(converted, input, seed)
+            assert native_layer_nodes(loss) == set(), f"{mode}: torch's layer ops in the graph"
+            assert native_layer_nodes(native_loss), "the check sees torch's nodes"
+            wrong = mismatches(actual, expected, relative=1e-4)
+            del actual, expected, loss, native_loss
+            if wrong:  # float32 rounding amplified: the same step in float64, from the same start
+                native64, converted64 = (copy.deepcopy(model).double() for model in (native, converted))
+                for model in (native64, converted64):
+                    reset(model, initial, buffers)
+                expected, _ = step(native64, input.double(), seed)
+                actual, _ = step(converted64, input.double(), seed)
+                still_wrong = mismatches(actual, expected, relative=1e-7)
+                assert not still_wrong, f"{mode}: differ in float64 too: {still_wrong[:5]}"
+                del native64, converted64, actual, expected
