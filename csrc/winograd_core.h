@@ -7,7 +7,8 @@
 // 1-D transforms of winograd_tile.h, and registers the ops with register_winograd_ops below.
 //
 // Buffers: in the Winograd domain every point (xi, nu) is one matrix, so a chunk of P tiles of a C-channel
-// tensor is a (16, C, P) tensor (point, channel, tile), contiguous: the layout at::bmm multiplies point by point.
+// tensor is a (16, C, P) tensor (point, channel, tile): each point's (C, P) matrix contiguous, the points
+// tensor.stride(0) apart (a little more than C * P), the layout at::bmm multiplies point by point.
 #pragma once
 
 #include <functional>
@@ -31,7 +32,7 @@ struct WinogradKernels {
   void (*for_each_block)(int64_t items, const std::function<void(int64_t, int64_t)>& block);
   int64_t (*parallel_blocks)();
   int64_t chunk_bytes;
-  // kernels (16, outputs.count, inputs.count)  <-  G w G^T for the weight's block outputs x inputs (contiguous).
+  // kernels (16, outputs.count, inputs.count)  <-  G w G^T for the weight's block outputs x inputs.
   void (*weight_transform)(const at::Tensor& weight, const ChannelBlock& outputs, const ChannelBlock& inputs,
                            at::Tensor& kernels);
   // patches (16, C, P)  <-  B^T d B for every channel and every tile of the chunk, d read from `input` (NCHW).

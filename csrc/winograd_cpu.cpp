@@ -271,11 +271,12 @@ template <typename T>
   }
 }
 
-// kernels[(4i + j) * stride + e]  <-  (G g G^T)[i][j] for the kernels g[a][b] = taps[(3a + b) * stride + e], e < count.
+// kernels[(4i + j) * point_stride + e]  <-  (G g G^T)[i][j] for the kernels g[a][b] = taps[(3a + b) * tap_stride + e],
+// e < count.
 template <typename T>
-[[gnu::always_inline]] inline void kernel_points(const T* __restrict taps, int64_t stride, int64_t count,
-                                                 T* __restrict kernels) {
-  const auto g = [&](int a, int b, int64_t e) { return taps[(3 * a + b) * stride + e]; };
+[[gnu::always_inline]] inline void kernel_points(const T* __restrict taps, int64_t tap_stride, int64_t count,
+                                                 T* __restrict kernels, int64_t point_stride) {
+  const auto g = [&](int a, int b, int64_t e) { return taps[(3 * a + b) * tap_stride + e]; };
 #pragma GCC ivdep
   for (int64_t e = 0; e < count; ++e) {
     // G down the kernel's three columns, then along each of the four rows
@@ -285,17 +286,18 @@ template <typename T>
     for (int i = 0; i < 4; ++i) {
       const Line<T, 4> u = kernel_transform(column[0].x[i], column[1].x[i], column[2].x[i]);
       for (int j = 0; j < 4; ++j) {
-        kernels[(4 * i + j) * stride + e] = u.x[j];
+        kernels[(4 * i + j) * point_stride + e] = u.x[j];
       }
     }
   }
 }
 
-// taps[(3a + b) * stride + e]  <-  (G^T s G)[a][b] for the sums s[i][j] = sums[(4i + j) * stride + e], e < count.
+// taps[(3a + b) * tap_stride + e]  <-  (G^T s G)[a][b] for the sums s[i][j] = sums[(4i + j) * point_stride + e],
+// e < count.
 template <typename T>
-[[gnu::always_inline]] inline void kernel_grad_taps(const T* __restrict sums, int64_t stride, int64_t count,
-                                                    T* __restrict taps) {
-  const auto s = [&](int i, int j, int64_t e) { return sums[(4 * i + j) * stride + e]; };
+[[gnu::always_inline]] inline void kernel_grad_taps(const T* __restrict sums, int64_t point_stride, int64_t count,
+                                                    T* __restrict taps, int64_t tap_stride) {
+  const auto s = [&](int i, int j, int64_t e) { return sums[(4 * i + j) * point_stride + e]; };
 #pragma GCC ivdep
   for (int64_t e = 0; e < count; ++e) {
     // G^T down each of the four columns, then along each of the three rows
@@ -306,7 +308,7 @@ template <typename T>
     for (int a = 0; a < 3; ++a) {
       const Line<T, 3> w = kernel_transform_adjoint(column[0].x[a], column[1].x[a], column[2].x[a], column[3].x[a]);
       for (int b = 0; b < 3; ++b) {
-        taps[(3 * a + b) * stride + e] = w.x[b];
+        taps[(3 * a + b) * tap_stride + e] = w.x[b];
       }
     }
   }
@@ -331,11 +333,13 @@ template <typename T>
                                                         bool add_first_rows, T* split, T* plane) {                  \
     input_grad_plane(products, point_stride, s, first_row, rows, add_first_rows, split, plane);                    \
   }                                                                                                                 \
-  MANUAL_CONV_VECTOR_CLONES void kernel_points_clone(const T* taps, int64_t stride, int64_t count, T* kernels) {   \
-    kernel_points(taps, stride, count, kernels);                                                                   \
+  MANUAL_CONV_VECTOR_CLONES void kernel_points_clone(const T* taps, int64_t tap_stride, int64_t count, T* kernels,  \
+                                                     int64_t point_stride) {                                        \
+    kernel_points(taps, tap_stride, count, kernels, point_stride);                                                 \
   }                                                                                                                 \
-  MANUAL_CONV_VECTOR_CLONES void kernel_grad_taps_clone(const T* sums, int64_t stride, int64_t count, T* taps) {     \
-    kernel_grad_taps(sums, stride, count, taps);                                                                   \
+  MANUAL_CONV_VECTOR_CLONES void kernel_grad_taps_clone(const T* sums, int64_t point_stride, int64_t count, T* taps, \
+                                                        int64_t tap_stride) {                                       \
+    kernel_grad_taps(sums, point_stride, count, taps, tap_stride);                                                 \
   }
 
 MANUAL_CONV_WINOGRAD_CLONES(float)
@@ -363,7 +367,7 @@ void weight_transform_cpu(const at::Tensor& weight, const ChannelBlock& outputs,
     const scalar_t* data = taps.const_data_ptr<scalar_t>();
     scalar_t* out = kernels.data_ptr<scalar_t>();
     at::parallel_for(0, stride, kKernelsPerTask, [&](int64_t begin, int64_t end) {
-      kernel_points_clone(data + begin, stride, end - begin, out + begin);
+      kernel_points_clone(data + begin, stride, end - begin, out + begin, kernels.stride(0));
     });
   });
 }
@@ -375,7 +379,7 @@ void weight_grad_transform_cpu(const at::Tensor& sums, const ChannelBlock& outpu
     const scalar_t* data = sums.const_data_ptr<scalar_t>();
     scalar_t* out = taps.data_ptr<scalar_t>();
     at::parallel_for(0, stride, kKernelsPerTask, [&](int64_t begin, int64_t end) {
-      kernel_grad_taps_clone(data + begin, stride, end - begin, out + begin);
+      kernel_grad_taps_clone(data + begin, sums.stride(0), end - begin, out + begin, stride);
     });
   });
   grad_weight.narrow(0, outputs.first, outputs.count).copy_(taps.permute({2, 3, 0, 1}));
@@ -393,7 +397,7 @@ void input_transform_cpu(const at::Tensor& input, const ConvShape& shape, const 
       for (int64_t channel = 0; channel < shape.in_channels; ++channel) {
         const int64_t plane = (chunk.first_image + image) * shape.in_channels + channel;
         input_plane_clone(data + plane * s.height * s.width, s, chunk.first_row, chunk.rows, split.data(),
-                          out + channel * tiles + image * chunk.rows * s.tile_columns, shape.in_channels * tiles);
+                          out + channel * tiles + image * chunk.rows * s.tile_columns, patches.stride(0));
       }
     }
   });
@@ -412,7 +416,7 @@ void grad_output_transform_cpu(const at::Tensor& grad_output, const ConvShape& s
         const int64_t plane = (chunk.first_image + image) * shape.out_channels + channels.first + channel;
         grad_output_plane_clone(data + plane * s.out_height * s.out_width, s, chunk.first_row, chunk.rows,
                                 split.data(), out + channel * tiles + image * chunk.rows * s.tile_columns,
-                                channels.count * tiles);
+                                deltas.stride(0));
       }
     }
   });
@@ -430,7 +434,7 @@ void output_transform_cpu(const at::Tensor& products, const std::optional<at::Te
       for (int64_t channel = 0; channel < channels.count; ++channel) {
         const int64_t plane = (chunk.first_image + image) * shape.out_channels + channels.first + channel;
         const scalar_t channel_bias = bias_data != nullptr ? bias_data[channels.first + channel] : scalar_t(0);
-        output_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns, channels.count * tiles,
+        output_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns, products.stride(0),
                            channel_bias, s, chunk.first_row, chunk.rows, out + plane * s.out_height * s.out_width);
       }
     }
@@ -448,7 +452,7 @@ void input_grad_transform_cpu(const at::Tensor& products, const ConvShape& shape
     for (int64_t image = 0; image < chunk.images; ++image) {
       for (int64_t channel = 0; channel < channels.count; ++channel) {
         const int64_t plane = (chunk.first_image + image) * shape.in_channels + channels.first + channel;
-        input_grad_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns, channels.count * tiles,
+        input_grad_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns, products.stride(0),
                                s, chunk.first_row, chunk.rows, chunk.first_row > 0, split.data(),
                                out + plane * s.height * s.width);
       }

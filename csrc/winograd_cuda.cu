@@ -28,7 +28,7 @@ __device__ inline void chunk_tile(const TileChunk& chunk, int64_t columns, int64
 template <typename scalar_t>
 __global__ void weight_transform_kernel(const scalar_t* __restrict__ weight, int64_t in_channels,
                                         const ChannelBlock outputs, const ChannelBlock inputs,
-                                        scalar_t* __restrict__ kernels) {
+                                        scalar_t* __restrict__ kernels, int64_t point_stride) {
   const int64_t count = outputs.count * inputs.count;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count; e += int64_t(gridDim.x) * blockDim.x) {
     const scalar_t* g = weight + ((outputs.first + e / inputs.count) * in_channels + inputs.first + e % inputs.count) * 9;
@@ -39,21 +39,22 @@ __global__ void weight_transform_kernel(const scalar_t* __restrict__ weight, int
     for (int i = 0; i < 4; ++i) {
       const Line<scalar_t, 4> u = kernel_transform(column[0].x[i], column[1].x[i], column[2].x[i]);
       for (int j = 0; j < 4; ++j) {
-        kernels[(4 * i + j) * count + e] = u.x[j];
+        kernels[(4 * i + j) * point_stride + e] = u.x[j];
       }
     }
   }
 }
 
 template <typename scalar_t>
-__global__ void weight_grad_transform_kernel(const scalar_t* __restrict__ sums, int64_t in_channels,
-                                             const ChannelBlock outputs, scalar_t* __restrict__ grad_weight) {
+__global__ void weight_grad_transform_kernel(const scalar_t* __restrict__ sums, int64_t point_stride,
+                                             int64_t in_channels, const ChannelBlock outputs,
+                                             scalar_t* __restrict__ grad_weight) {
   const int64_t count = outputs.count * in_channels;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count; e += int64_t(gridDim.x) * blockDim.x) {
     Line<scalar_t, 3> column[4];  // G^T down each of the four columns
     for (int j = 0; j < 4; ++j) {
-      column[j] = kernel_transform_adjoint(sums[j * count + e], sums[(4 + j) * count + e], sums[(8 + j) * count + e],
-                                           sums[(12 + j) * count + e]);
+      column[j] = kernel_transform_adjoint(sums[j * point_stride + e], sums[(4 + j) * point_stride + e],
+                                           sums[(8 + j) * point_stride + e], sums[(12 + j) * point_stride + e]);
     }
     scalar_t* g = grad_weight + (outputs.first * in_channels + e) * 9;
     for (int a = 0; a < 3; ++a) {
@@ -68,7 +69,8 @@ __global__ void weight_grad_transform_kernel(const scalar_t* __restrict__ sums, 
 
 template <typename scalar_t>
 __global__ void input_transform_kernel(const scalar_t* __restrict__ input, const ConvShape shape,
-                                       const TileChunk chunk, int64_t tiles, scalar_t* __restrict__ patches) {
+                                       const TileChunk chunk, int64_t tiles, scalar_t* __restrict__ patches,
+                                       int64_t point_stride) {
   const int64_t columns = tile_grid(shape).columns;
   const int64_t count = shape.in_channels * tiles;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count; e += int64_t(gridDim.x) * blockDim.x) {
@@ -92,7 +94,7 @@ __global__ void input_transform_kernel(const scalar_t* __restrict__ input, const
     for (int i = 0; i < 4; ++i) {
       const Line<scalar_t, 4> v = patch_transform(column[0].x[i], column[1].x[i], column[2].x[i], column[3].x[i]);
       for (int j = 0; j < 4; ++j) {
-        patches[(4 * i + j) * count + e] = v.x[j];
+        patches[(4 * i + j) * point_stride + e] = v.x[j];
       }
     }
   }
@@ -101,7 +103,7 @@ __global__ void input_transform_kernel(const scalar_t* __restrict__ input, const
 template <typename scalar_t>
 __global__ void grad_output_transform_kernel(const scalar_t* __restrict__ grad_output, const ConvShape shape,
                                              const TileChunk chunk, int64_t tiles, const ChannelBlock channels,
-                                             scalar_t* __restrict__ deltas) {
+                                             scalar_t* __restrict__ deltas, int64_t point_stride) {
   const int64_t columns = tile_grid(shape).columns;
   const int64_t count = channels.count * tiles;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count; e += int64_t(gridDim.x) * blockDim.x) {
@@ -123,16 +125,17 @@ __global__ void grad_output_transform_kernel(const scalar_t* __restrict__ grad_o
     for (int i = 0; i < 4; ++i) {
       const Line<scalar_t, 4> m = tile_transform_adjoint(left.x[i], right.x[i]);
       for (int j = 0; j < 4; ++j) {
-        deltas[(4 * i + j) * count + e] = m.x[j];
+        deltas[(4 * i + j) * point_stride + e] = m.x[j];
       }
     }
   }
 }
 
 template <typename scalar_t>
-__global__ void output_transform_kernel(const scalar_t* __restrict__ products, const scalar_t* __restrict__ bias,
-                                        const ConvShape shape, const TileChunk chunk, int64_t tiles,
-                                        const ChannelBlock channels, scalar_t* __restrict__ output) {
+__global__ void output_transform_kernel(const scalar_t* __restrict__ products, int64_t point_stride,
+                                        const scalar_t* __restrict__ bias, const ConvShape shape,
+                                        const TileChunk chunk, int64_t tiles, const ChannelBlock channels,
+                                        scalar_t* __restrict__ output) {
   const int64_t columns = tile_grid(shape).columns;
   const int64_t count = channels.count * tiles;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count; e += int64_t(gridDim.x) * blockDim.x) {
@@ -141,8 +144,8 @@ __global__ void output_transform_kernel(const scalar_t* __restrict__ products, c
     chunk_tile(chunk, columns, e % tiles, &image, &t, &u);
     Line<scalar_t, 2> row[4];  // A^T along each row of the point matrix
     for (int i = 0; i < 4; ++i) {
-      row[i] = tile_transform(products[(4 * i) * count + e], products[(4 * i + 1) * count + e],
-                              products[(4 * i + 2) * count + e], products[(4 * i + 3) * count + e]);
+      row[i] = tile_transform(products[(4 * i) * point_stride + e], products[(4 * i + 1) * point_stride + e],
+                              products[(4 * i + 2) * point_stride + e], products[(4 * i + 3) * point_stride + e]);
     }
     scalar_t* plane = output + (image * shape.out_channels + channel) * shape.out_height * shape.out_width;
     const scalar_t shift = bias != nullptr ? bias[channel] : scalar_t(0);
@@ -160,11 +163,10 @@ __global__ void output_transform_kernel(const scalar_t* __restrict__ products, c
 }
 
 template <typename scalar_t>
-__global__ void input_grad_transform_kernel(const scalar_t* __restrict__ products, const ConvShape shape,
-                                            const TileChunk chunk, int64_t tiles, const ChannelBlock channels,
-                                            scalar_t* __restrict__ grad_input) {
+__global__ void input_grad_transform_kernel(const scalar_t* __restrict__ products, int64_t point_stride,
+                                            const ConvShape shape, const TileChunk chunk, int64_t tiles,
+                                            const ChannelBlock channels, scalar_t* __restrict__ grad_input) {
   const TileGrid grid = tile_grid(shape);
-  const int64_t count = channels.count * tiles;  // the products' point stride
   // The padded rows the chunk's patches cover, as input rows (clipped to the input).
   const int64_t first_padded_y = kTileSize * chunk.first_row;
   const int64_t end_padded_y = kTileSize * (chunk.first_row + chunk.rows) + 2;
@@ -195,8 +197,8 @@ __global__ void input_grad_transform_kernel(const scalar_t* __restrict__ product
         const scalar_t* v = products + channel * tiles + b;
         scalar_t row_values[4];  // B along each row i of the point matrix, at the pixel's column in the patch
         for (int i = 0; i < 4; ++i) {
-          row_values[i] = patch_transform_adjoint(v[(4 * i) * count], v[(4 * i + 1) * count],
-                                                  v[(4 * i + 2) * count], v[(4 * i + 3) * count])
+          row_values[i] = patch_transform_adjoint(v[(4 * i) * point_stride], v[(4 * i + 1) * point_stride],
+                                                  v[(4 * i + 2) * point_stride], v[(4 * i + 3) * point_stride])
                               .x[padded_x - kTileSize * u];
         }
         sum += patch_transform_adjoint(row_values[0], row_values[1], row_values[2], row_values[3])
@@ -226,7 +228,8 @@ void weight_transform_cuda(const at::Tensor& weight, const ChannelBlock& outputs
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "manual_conv_winograd_weight_transform_cuda", [&] {
     launch(outputs.count * inputs.count, [&](unsigned int blocks, int threads, cudaStream_t stream) {
       weight_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-          weight.const_data_ptr<scalar_t>(), weight.size(1), outputs, inputs, kernels.data_ptr<scalar_t>());
+          weight.const_data_ptr<scalar_t>(), weight.size(1), outputs, inputs, kernels.data_ptr<scalar_t>(),
+          kernels.stride(0));
     });
   });
 }
@@ -235,7 +238,8 @@ void weight_grad_transform_cuda(const at::Tensor& sums, const ChannelBlock& outp
   AT_DISPATCH_FLOATING_TYPES(sums.scalar_type(), "manual_conv_winograd_weight_grad_transform_cuda", [&] {
     launch(outputs.count * grad_weight.size(1), [&](unsigned int blocks, int threads, cudaStream_t stream) {
       weight_grad_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-          sums.const_data_ptr<scalar_t>(), grad_weight.size(1), outputs, grad_weight.data_ptr<scalar_t>());
+          sums.const_data_ptr<scalar_t>(), sums.stride(0), grad_weight.size(1), outputs,
+          grad_weight.data_ptr<scalar_t>());
     });
   });
 }
@@ -245,8 +249,8 @@ void input_transform_cuda(const at::Tensor& input, const ConvShape& shape, const
   const int64_t tiles = chunk_tiles(chunk, tile_grid(shape));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "manual_conv_winograd_input_transform_cuda", [&] {
     launch(shape.in_channels * tiles, [&](unsigned int blocks, int threads, cudaStream_t stream) {
-      input_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(input.const_data_ptr<scalar_t>(), shape,
-                                                                      chunk, tiles, patches.data_ptr<scalar_t>());
+      input_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
+          input.const_data_ptr<scalar_t>(), shape, chunk, tiles, patches.data_ptr<scalar_t>(), patches.stride(0));
     });
   });
 }
@@ -257,7 +261,8 @@ void grad_output_transform_cuda(const at::Tensor& grad_output, const ConvShape& 
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "manual_conv_winograd_grad_output_transform_cuda", [&] {
     launch(channels.count * tiles, [&](unsigned int blocks, int threads, cudaStream_t stream) {
       grad_output_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-          grad_output.const_data_ptr<scalar_t>(), shape, chunk, tiles, channels, deltas.data_ptr<scalar_t>());
+          grad_output.const_data_ptr<scalar_t>(), shape, chunk, tiles, channels, deltas.data_ptr<scalar_t>(),
+          deltas.stride(0));
     });
   });
 }
@@ -268,8 +273,9 @@ void output_transform_cuda(const at::Tensor& products, const std::optional<at::T
   AT_DISPATCH_FLOATING_TYPES(products.scalar_type(), "manual_conv_winograd_output_transform_cuda", [&] {
     launch(channels.count * tiles, [&](unsigned int blocks, int threads, cudaStream_t stream) {
       output_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-          products.const_data_ptr<scalar_t>(), bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, shape,
-          chunk, tiles, channels, output.data_ptr<scalar_t>());
+          products.const_data_ptr<scalar_t>(), products.stride(0),
+          bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr, shape, chunk, tiles, channels,
+          output.data_ptr<scalar_t>());
     });
   });
 }
@@ -282,7 +288,8 @@ void input_grad_transform_cuda(const at::Tensor& products, const ConvShape& shap
     launch(chunk.images * channels.count * (kTileSize * chunk.rows + 2) * shape.in_width,
            [&](unsigned int blocks, int threads, cudaStream_t stream) {
              input_grad_transform_kernel<scalar_t><<<blocks, threads, 0, stream>>>(
-                 products.const_data_ptr<scalar_t>(), shape, chunk, tiles, channels, grad_input.data_ptr<scalar_t>());
+                 products.const_data_ptr<scalar_t>(), products.stride(0), shape, chunk, tiles, channels,
+                 grad_input.data_ptr<scalar_t>());
            });
   });
 }
