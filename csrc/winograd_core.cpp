@@ -11,7 +11,8 @@
 // weight gradient's sums S as much again per thread, which for ResNet's 512-channel layers is more than the
 // layer's other memory: so the GEMMs' result channels (O for the forward and the weight gradient, C for the input
 // gradient) go in blocks of at most kWeightBlockBytes of transformed weight. A block transforms its part of the
-// weight once and runs the data transforms of every chunk again, which costs ~1/O of its GEMMs.
+// weight once and runs the data transforms of every chunk again, which costs ~1/O of its GEMMs. The weight
+// gradient shares such blocks out among the threads when its sums are large, rather than summing per thread.
 #include "winograd_core.h"
 
 #include <algorithm>
@@ -28,7 +29,10 @@
 namespace manual_conv {
 namespace {
 
-constexpr int64_t kWeightBlockBytes = int64_t(4) << 20;
+constexpr int64_t kWeightBlockBytes = int64_t(2) << 20;
+// The weight gradient's sums S up to this size are summed by every thread over its own chunks and then added;
+// larger ones are shared out by output channels instead (winograd_conv2d_weight_grad).
+constexpr int64_t kPerThreadSumBytes = int64_t(1) << 20;
 // GEMMs narrower than this re-read the transformed weight too often per multiply-add: a chunk keeps at least
 // this many tiles even when its buffers exceed the device's chunk_bytes.
 constexpr int64_t kMinTilesPerChunk = 64;
@@ -45,10 +49,11 @@ void check_winograd_layer(const char* op, const ConvShape& shape, const at::Tens
               ": Winograd F(2x2, 3x3) is built for float32 and float64, but got ", tensor.scalar_type());
 }
 
-// Splits `channels` into equal blocks of at most kWeightBlockBytes / bytes_per_channel channels.
-std::vector<ChannelBlock> channel_blocks(int64_t channels, int64_t bytes_per_channel) {
+// Splits `channels` into equal blocks of at most kWeightBlockBytes / bytes_per_channel channels, and into at least
+// min_blocks blocks (when there are that many channels).
+std::vector<ChannelBlock> channel_blocks(int64_t channels, int64_t bytes_per_channel, int64_t min_blocks = 1) {
   const int64_t most = std::clamp<int64_t>(kWeightBlockBytes / std::max<int64_t>(1, bytes_per_channel), 1, channels);
-  const int64_t count = (channels + most - 1) / most;
+  const int64_t count = std::max((channels + most - 1) / most, std::min(min_blocks, channels));
   const int64_t size = (channels + count - 1) / count;
   std::vector<ChannelBlock> blocks;
   for (int64_t first = 0; first < channels; first += size) {
@@ -234,11 +239,45 @@ at::Tensor winograd_conv2d_weight_grad(const WinogradKernels& kernels, const at:
   const at::Tensor input = input_arg.contiguous();
   const at::Tensor grad_output = grad_output_arg.contiguous();
   const int64_t in_channels = shape.in_channels;
-  const std::vector<ChannelBlock> blocks =
-      channel_blocks(shape.out_channels, kPoints * in_channels * input.element_size());
+  const int64_t bytes_per_channel = kPoints * in_channels * input.element_size();
   const TileGrid grid = tile_grid(shape);
-  const TilePlan plan = plan_tile_chunks(shape, in_channels + blocks.front().count, input.element_size(), kernels);
   at::Tensor grad_weight = at::empty(weight_size, input.options());
+  // S_block (16, block, C) += the chunk's D (16, block, P) @ V^T: its data transformed into the two buffers first.
+  const auto add_chunk = [&](const TilePlan& plan, const TileChunk& chunk, const ChannelBlock& block, bool first,
+                             const at::Tensor& patch_buffer, const at::Tensor& delta_buffer, at::Tensor& sums) {
+    const int64_t tiles = chunk_tiles(chunk, grid);
+    at::Tensor patches = point_matrices(patch_buffer, in_channels, tiles);
+    at::Tensor deltas = point_matrices(delta_buffer, block.count, tiles);
+    kernels.input_transform(input, shape, chunk, patches);
+    kernels.grad_output_transform(grad_output, shape, chunk, block, deltas);
+    if (first) {
+      at::bmm_out(sums, deltas, patches.transpose(1, 2));
+    } else {
+      sums.baddbmm_(deltas, patches.transpose(1, 2));
+    }
+  };
+  const int64_t threads = kernels.parallel_blocks();
+  if (threads > 1 && bytes_per_channel * shape.out_channels > kPerThreadSumBytes) {
+    // Large sums: each thread owns blocks of output channels and sums them over every chunk, so S exists once (no
+    // per-thread copies to add) and no sum depends on how the threads share the work. The chunks' input transform
+    // runs once per block: a small part of the block's GEMMs when there are this many channels.
+    const std::vector<ChannelBlock> blocks = channel_blocks(shape.out_channels, bytes_per_channel, threads);
+    const TilePlan plan = plan_tile_chunks(shape, in_channels + blocks.front().count, input.element_size(), kernels);
+    kernels.for_each_block(static_cast<int64_t>(blocks.size()), [&](int64_t begin, int64_t end) {
+      const at::Tensor patch_buffer = point_buffer(plan, in_channels, input.options());
+      const at::Tensor delta_buffer = point_buffer(plan, blocks.front().count, input.options());
+      for (int64_t index = begin; index < end; ++index) {
+        at::Tensor sums = empty_points(blocks[index].count, in_channels, input.options());
+        for (size_t chunk = 0; chunk < plan.chunks.size(); ++chunk) {
+          add_chunk(plan, plan.chunks[chunk], blocks[index], chunk == 0, patch_buffer, delta_buffer, sums);
+        }
+        kernels.weight_grad_transform(sums, blocks[index], grad_weight);
+      }
+    });
+    return grad_weight;
+  }
+  const std::vector<ChannelBlock> blocks = channel_blocks(shape.out_channels, bytes_per_channel);
+  const TilePlan plan = plan_tile_chunks(shape, in_channels + blocks.front().count, input.element_size(), kernels);
   for (const ChannelBlock& block : blocks) {
     // Each block of chunks sums its chunks' products; the block sums are added in block order, so the result
     // does not depend on which thread finishes first.
@@ -249,17 +288,7 @@ at::Tensor winograd_conv2d_weight_grad(const WinogradKernels& kernels, const at:
       const at::Tensor delta_buffer = point_buffer(plan, block.count, input.options());
       at::Tensor block_sum = empty_points(block.count, in_channels, input.options());
       for (int64_t index = begin; index < end; ++index) {
-        const TileChunk& chunk = plan.chunks[index];
-        const int64_t tiles = chunk_tiles(chunk, grid);
-        at::Tensor patches = point_matrices(patch_buffer, in_channels, tiles);
-        at::Tensor deltas = point_matrices(delta_buffer, block.count, tiles);
-        kernels.input_transform(input, shape, chunk, patches);
-        kernels.grad_output_transform(grad_output, shape, chunk, block, deltas);
-        if (index == begin) {
-          at::bmm_out(block_sum, deltas, patches.transpose(1, 2));
-        } else {
-          block_sum.baddbmm_(deltas, patches.transpose(1, 2));
-        }
+        add_chunk(plan, plan.chunks[index], block, index == begin, patch_buffer, delta_buffer, block_sum);
       }
       const std::lock_guard<std::mutex> lock(block_sums_mutex);
       block_sums.emplace(begin, std::move(block_sum));

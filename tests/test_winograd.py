@@ -131,7 +131,7 @@ KERNEL_PATHS = {
     # small images: several per chunk, and a shorter last chunk
     "several-images-per-chunk": dict(batch=37, in_channels=3, out_channels=2, size=(5, 6), padding=(1, 2)),
     # more transformed weight than a block holds: output channels (forward, weight gradient) and input channels
-    # (input gradient) in two blocks each
+    # (input gradient) in blocks
     "channel-blocks": dict(batch=1, in_channels=520, out_channels=96, size=(6, 5), padding=(1, 1)),
 }
 
@@ -169,10 +169,11 @@ def test_compiled_ops_match_the_reference_and_the_im2col_core(path):
 
 
 @needs_extension
-@pytest.mark.parametrize("path", ["pieces-of-one-image", "several-images-per-chunk"])
+@pytest.mark.parametrize("path", KERNEL_PATHS)
 def test_thread_count_does_not_change_results(with_threads, path):
     """Chunks are shared among threads: the forward and the input gradient come out bit for bit, the weight
-    gradient's sums (one per thread's block of chunks, added in block order) up to rounding."""
+    gradient up to rounding (its sums are added per thread's block of chunks, or, when they are large as in
+    'channel-blocks', shared out by output channels: on 2 threads that path, on 1 the other)."""
     tensors = kernel_path_tensors(**KERNEL_PATHS[path], dtype=torch.float32)
     single, several = (with_threads(count, lambda: compiled_results(*tensors)) for count in (1, 2))
     assert torch.equal(single[0], several[0]) and torch.equal(single[1], several[1])
