@@ -30,6 +30,7 @@ accuracy rule: at most 4x), with the Python reference's F(4x4, 3x3) for comparis
 All implementations run with the same torch thread count (--threads, default torch's).
 """
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -87,21 +88,26 @@ def native_conv(input, weight, bias, layer):
     return F.conv2d(input, weight, bias, layer.stride, layer.padding)
 
 
-def manual_conv_on(backend, conv_algorithm):
-    def conv(input, weight, bias, layer):
-        with manual_conv.use_backend(backend), manual_conv.use_conv_algorithm(conv_algorithm):
-            return MF.conv2d(input, weight, bias, layer.stride, layer.padding)
+def manual_conv_2d(input, weight, bias, layer):
+    return MF.conv2d(input, weight, bias, layer.stride, layer.padding)
 
-    return conv
+
+@contextlib.contextmanager
+def manual_conv_settings(backend, conv_algorithm):
+    """Backend and algorithm for a whole step: the backward chooses its kernels when it runs, not at the forward."""
+    with manual_conv.use_backend(backend), manual_conv.use_conv_algorithm(conv_algorithm):
+        yield
 
 
 def implementations(layer, skip_python):
-    """The implementations timed on ``layer``, native first."""
-    chosen = {"native": native_conv, "cpp gemm": manual_conv_on("cpp", "gemm")}
+    """{name: (conv, settings)}: the implementations timed on ``layer``, native first; each step runs inside
+    settings()."""
+    chosen = {"native": (native_conv, contextlib.nullcontext),
+              "cpp gemm": (manual_conv_2d, lambda: manual_conv_settings("cpp", "gemm"))}
     if layer.winograd_applies():
-        chosen["cpp winograd"] = manual_conv_on("cpp", "winograd")
+        chosen["cpp winograd"] = (manual_conv_2d, lambda: manual_conv_settings("cpp", "winograd"))
     if not skip_python:
-        chosen["python"] = manual_conv_on("python", "auto")
+        chosen["python"] = (manual_conv_2d, lambda: manual_conv_settings("python", "auto"))
     return chosen
 
 
@@ -118,9 +124,10 @@ def layer_tensors(layer, requires_grad, dtype=torch.float32):
     return tensors
 
 
-def step_function(conv, layer, mode):
-    """(step, reset): step runs one forward (mode 'fwd') or forward+backward ('fwd+bwd'); reset, run untimed
-    before each step, frees the gradients of the previous one so that no step frees memory it did not allocate."""
+def step_function(conv, settings, layer, mode):
+    """(step, reset): step runs one forward (mode 'fwd') or forward+backward ('fwd+bwd') inside settings(); reset,
+    run untimed before each step, frees the gradients of the previous one so that no step frees memory it did not
+    allocate."""
     input, weight, bias, grad_output = layer_tensors(layer, requires_grad=mode == "fwd+bwd")
     leaves = (input, weight, bias)
 
@@ -130,11 +137,12 @@ def step_function(conv, layer, mode):
 
     if mode == "fwd":
         def step():
-            with torch.no_grad():
+            with settings(), torch.no_grad():
                 conv(input, weight, bias, layer)
     else:
         def step():
-            conv(input, weight, bias, layer).backward(grad_output)
+            with settings():
+                conv(input, weight, bias, layer).backward(grad_output)
     return step, reset
 
 
@@ -183,11 +191,13 @@ def mm_gflops(size, repeats):
     return 2 * size**3 / seconds / 1e9
 
 
-def results_and_gradients(conv, layer, dtype):
+def results_and_gradients(conv, settings, layer, dtype):
     """conv's output and the gradients of input and weight for the layer's grad_output, as float64."""
     input, weight, bias, grad_output = layer_tensors(layer, requires_grad=True, dtype=dtype)
-    output = conv(input, weight, bias, layer)
-    return [tensor.double() for tensor in (output, *torch.autograd.grad(output, (input, weight), grad_output))]
+    with settings():
+        output = conv(input, weight, bias, layer)
+        gradients = torch.autograd.grad(output, (input, weight), grad_output)
+    return [tensor.double() for tensor in (output, *gradients)]
 
 
 def winograd_4x4(input, weight, bias, layer):
@@ -211,18 +221,18 @@ def winograd_4x4(input, weight, bias, layer):
 
 def accuracy(layer):
     """{implementation: [error x native for output, input gradient, weight gradient]} in float32."""
-    exact = results_and_gradients(native_conv, layer, torch.float64)
+    exact = results_and_gradients(native_conv, contextlib.nullcontext, layer, torch.float64)
 
-    def largest_errors(conv):
-        return [(result - reference).abs().max().item()
-                for result, reference in zip(results_and_gradients(conv, layer, torch.float32), exact, strict=True)]
+    def largest_errors(conv, settings):
+        return [(result - reference).abs().max().item() for result, reference
+                in zip(results_and_gradients(conv, settings, layer, torch.float32), exact, strict=True)]
 
-    native = largest_errors(native_conv)
-    others = {"cpp gemm": manual_conv_on("cpp", "gemm")}
+    chosen = implementations(layer, skip_python=True)
+    native = largest_errors(*chosen.pop("native"))
     if layer.winograd_applies():
-        others.update({"cpp winograd": manual_conv_on("cpp", "winograd"), "python winograd F(4x4)": winograd_4x4})
-    return {name: [error / native_error for error, native_error in zip(largest_errors(conv), native, strict=True)]
-            for name, conv in others.items()}
+        chosen["python winograd F(4x4)"] = (winograd_4x4, contextlib.nullcontext)
+    return {name: [error / native_error for error, native_error in zip(largest_errors(*conv), native, strict=True)]
+            for name, conv in chosen.items()}
 
 
 def auto_algorithm(layer):
@@ -243,8 +253,8 @@ def run(args):
             layer = dataclasses.replace(layer, batch=max(1, layer.batch // 8))
         for mode in ("fwd", "fwd+bwd"):
             flops = layer.forward_flops() * (1 if mode == "fwd" else 3)
-            steps = {name: step_function(conv, layer, mode)
-                     for name, conv in implementations(layer, args.skip_python).items()}
+            steps = {name: step_function(conv, settings, layer, mode)
+                     for name, (conv, settings) in implementations(layer, args.skip_python).items()}
             times = timed_rounds(steps, args.repeats, args.warmup, args.interleave)
             for name, (step, reset) in steps.items():
                 seconds = statistics.median(times[name])
