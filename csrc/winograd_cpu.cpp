@@ -385,78 +385,113 @@ void weight_grad_transform_cpu(const at::Tensor& sums, const ChannelBlock& outpu
   grad_weight.narrow(0, outputs.first, outputs.count).copy_(taps.permute({2, 3, 0, 1}));
 }
 
+// The rows [begin, end) of a plane that a chunk's tiles read or write: of the input (and its gradient) or of the
+// output (and grad_output), clipped to the plane.
+struct RowRange {
+  int64_t begin, end;
+};
+
+RowRange input_rows(const TileChunk& chunk, const PlaneShape& s) {
+  return {std::clamp<int64_t>(2 * chunk.first_row - s.padding_top, 0, s.height),
+          std::clamp<int64_t>(2 * (chunk.first_row + chunk.rows) + 2 - s.padding_top, 0, s.height)};
+}
+
+RowRange output_rows(const TileChunk& chunk, const PlaneShape& s) {
+  return {2 * chunk.first_row, std::min(2 * (chunk.first_row + chunk.rows), s.out_height)};
+}
+
+// Runs visit(image_in_chunk, channel_in_block, plane) for the chunk's images and the block's channels, where
+// plane points at that (image, channel) plane of `tensor` (NCHW, `channels` channels), and before each plane asks
+// for the rows of the next one. A chunk's rows of one plane are a few hundred bytes to a few KiB and the next
+// plane starts a whole plane further on: too short a stream for the hardware prefetcher, so each plane's first
+// reads (or writes: `write`) missed the cache. Measured on ResNet-18's 64-channel layer (one thread, perf): the
+// input transform went from 12.4% to 9.4% of the forward's samples, the output transform from 7.7% to 4.4%
+// (MKL's GEMM: 45%).
+template <bool write, typename T, typename Visit>
+void for_each_plane(T* tensor, int64_t channels, int64_t height, int64_t width, const TileChunk& chunk,
+                    const ChannelBlock& block, const RowRange& rows, const Visit& visit) {
+  const auto plane = [&](int64_t index) {
+    return tensor + ((chunk.first_image + index / block.count) * channels + block.first + index % block.count) *
+                        height * width;
+  };
+  const int64_t planes = chunk.images * block.count;
+  const int64_t bytes = (rows.end - rows.begin) * width * static_cast<int64_t>(sizeof(T));
+  for (int64_t index = 0; index < planes; ++index) {
+    if (index + 1 < planes) {
+      const char* next = reinterpret_cast<const char*>(plane(index + 1) + rows.begin * width);
+      for (int64_t offset = 0; offset < bytes; offset += 64) {
+        __builtin_prefetch(next + offset, write ? 1 : 0, 3);
+      }
+    }
+    visit(index / block.count, index % block.count, plane(index));
+  }
+}
+
 void input_transform_cpu(const at::Tensor& input, const ConvShape& shape, const TileChunk& chunk,
                          at::Tensor& patches) {
   const PlaneShape s = plane_shape(shape);
-  const int64_t tiles = chunk.images * chunk.rows * s.tile_columns;
+  const int64_t tiles = chunk_tiles(chunk, tile_grid(shape));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "manual_conv_winograd_input_transform", [&] {
     std::vector<scalar_t> split(split_rows_size(chunk, s));
-    const scalar_t* data = input.const_data_ptr<scalar_t>();
     scalar_t* out = patches.data_ptr<scalar_t>();
-    for (int64_t image = 0; image < chunk.images; ++image) {
-      for (int64_t channel = 0; channel < shape.in_channels; ++channel) {
-        const int64_t plane = (chunk.first_image + image) * shape.in_channels + channel;
-        input_plane_clone(data + plane * s.height * s.width, s, chunk.first_row, chunk.rows, split.data(),
-                          out + channel * tiles + image * chunk.rows * s.tile_columns, patches.stride(0));
-      }
-    }
+    for_each_plane<false>(input.const_data_ptr<scalar_t>(), shape.in_channels, s.height, s.width, chunk,
+                          {0, shape.in_channels}, input_rows(chunk, s),
+                          [&](int64_t image, int64_t channel, const scalar_t* plane) {
+                            input_plane_clone(plane, s, chunk.first_row, chunk.rows, split.data(),
+                                              out + channel * tiles + image * chunk.rows * s.tile_columns,
+                                              patches.stride(0));
+                          });
   });
 }
 
 void grad_output_transform_cpu(const at::Tensor& grad_output, const ConvShape& shape, const TileChunk& chunk,
                                const ChannelBlock& channels, at::Tensor& deltas) {
   const PlaneShape s = plane_shape(shape);
-  const int64_t tiles = chunk.images * chunk.rows * s.tile_columns;
+  const int64_t tiles = chunk_tiles(chunk, tile_grid(shape));
   AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "manual_conv_winograd_grad_output_transform", [&] {
     std::vector<scalar_t> split(4 * s.tile_columns);
-    const scalar_t* data = grad_output.const_data_ptr<scalar_t>();
     scalar_t* out = deltas.data_ptr<scalar_t>();
-    for (int64_t image = 0; image < chunk.images; ++image) {
-      for (int64_t channel = 0; channel < channels.count; ++channel) {
-        const int64_t plane = (chunk.first_image + image) * shape.out_channels + channels.first + channel;
-        grad_output_plane_clone(data + plane * s.out_height * s.out_width, s, chunk.first_row, chunk.rows,
-                                split.data(), out + channel * tiles + image * chunk.rows * s.tile_columns,
-                                deltas.stride(0));
-      }
-    }
+    for_each_plane<false>(grad_output.const_data_ptr<scalar_t>(), shape.out_channels, s.out_height, s.out_width,
+                          chunk, channels, output_rows(chunk, s),
+                          [&](int64_t image, int64_t channel, const scalar_t* plane) {
+                            grad_output_plane_clone(plane, s, chunk.first_row, chunk.rows, split.data(),
+                                                    out + channel * tiles + image * chunk.rows * s.tile_columns,
+                                                    deltas.stride(0));
+                          });
   });
 }
 
 void output_transform_cpu(const at::Tensor& products, const std::optional<at::Tensor>& bias, const ConvShape& shape,
                           const TileChunk& chunk, const ChannelBlock& channels, at::Tensor& output) {
   const PlaneShape s = plane_shape(shape);
-  const int64_t tiles = chunk.images * chunk.rows * s.tile_columns;
+  const int64_t tiles = chunk_tiles(chunk, tile_grid(shape));
   AT_DISPATCH_FLOATING_TYPES(products.scalar_type(), "manual_conv_winograd_output_transform", [&] {
     const scalar_t* data = products.const_data_ptr<scalar_t>();
     const scalar_t* bias_data = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
-    scalar_t* out = output.data_ptr<scalar_t>();
-    for (int64_t image = 0; image < chunk.images; ++image) {
-      for (int64_t channel = 0; channel < channels.count; ++channel) {
-        const int64_t plane = (chunk.first_image + image) * shape.out_channels + channels.first + channel;
-        const scalar_t channel_bias = bias_data != nullptr ? bias_data[channels.first + channel] : scalar_t(0);
-        output_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns, products.stride(0),
-                           channel_bias, s, chunk.first_row, chunk.rows, out + plane * s.out_height * s.out_width);
-      }
-    }
+    for_each_plane<true>(output.data_ptr<scalar_t>(), shape.out_channels, s.out_height, s.out_width, chunk,
+                         channels, output_rows(chunk, s), [&](int64_t image, int64_t channel, scalar_t* plane) {
+                           const scalar_t channel_bias =
+                               bias_data != nullptr ? bias_data[channels.first + channel] : scalar_t(0);
+                           output_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns,
+                                              products.stride(0), channel_bias, s, chunk.first_row, chunk.rows,
+                                              plane);
+                         });
   });
 }
 
 void input_grad_transform_cpu(const at::Tensor& products, const ConvShape& shape, const TileChunk& chunk,
                               const ChannelBlock& channels, at::Tensor& grad_input) {
   const PlaneShape s = plane_shape(shape);
-  const int64_t tiles = chunk.images * chunk.rows * s.tile_columns;
+  const int64_t tiles = chunk_tiles(chunk, tile_grid(shape));
   AT_DISPATCH_FLOATING_TYPES(products.scalar_type(), "manual_conv_winograd_input_grad_transform", [&] {
     std::vector<scalar_t> split(split_rows_size(chunk, s));
     const scalar_t* data = products.const_data_ptr<scalar_t>();
-    scalar_t* out = grad_input.data_ptr<scalar_t>();
-    for (int64_t image = 0; image < chunk.images; ++image) {
-      for (int64_t channel = 0; channel < channels.count; ++channel) {
-        const int64_t plane = (chunk.first_image + image) * shape.in_channels + channels.first + channel;
-        input_grad_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns, products.stride(0),
-                               s, chunk.first_row, chunk.rows, chunk.first_row > 0, split.data(),
-                               out + plane * s.height * s.width);
-      }
-    }
+    for_each_plane<true>(grad_input.data_ptr<scalar_t>(), shape.in_channels, s.height, s.width, chunk, channels,
+                         input_rows(chunk, s), [&](int64_t image, int64_t channel, scalar_t* plane) {
+                           input_grad_plane_clone(data + channel * tiles + image * chunk.rows * s.tile_columns,
+                                                  products.stride(0), s, chunk.first_row, chunk.rows,
+                                                  chunk.first_row > 0, split.data(), plane);
+                         });
   });
 }
 
