@@ -11,8 +11,8 @@
 // weight gradient's sums S as much again per thread, which for ResNet's 512-channel layers is more than the
 // layer's other memory: so the GEMMs' result channels (O for the forward and the weight gradient, C for the input
 // gradient) go in blocks of at most kWeightBlockBytes of transformed weight. A block transforms its part of the
-// weight once and runs the data transforms of every chunk again, which costs ~1/O of its GEMMs. The weight
-// gradient shares such blocks out among the threads when its sums are large, rather than summing per thread.
+// weight once and runs the data transforms of every chunk again, which costs ~1/O of its GEMMs. How the threads
+// share the work, by tile chunks or by channel blocks, is plan_pass's choice.
 #include "winograd_core.h"
 
 #include <algorithm>
@@ -30,9 +30,9 @@ namespace manual_conv {
 namespace {
 
 constexpr int64_t kWeightBlockBytes = int64_t(2) << 20;
-// The weight gradient's sums S up to this size are summed by every thread over its own chunks and then added;
-// larger ones are shared out by output channels instead (winograd_conv2d_weight_grad).
-constexpr int64_t kPerThreadSumBytes = int64_t(1) << 20;
+// Up to this much transformed weight (or weight-gradient sums), the threads share a pass by tile chunks; beyond,
+// by blocks of channels (plan_pass).
+constexpr int64_t kShareByTilesBytes = int64_t(1) << 20;
 // GEMMs narrower than this re-read the transformed weight too often per multiply-add: a chunk keeps at least
 // this many tiles even when its buffers exceed the device's chunk_bytes.
 constexpr int64_t kMinTilesPerChunk = 64;
@@ -127,6 +127,49 @@ at::Tensor point_buffer(const TilePlan& plan, int64_t rows, const at::TensorOpti
   return at::empty({kPoints * point_stride(rows * plan.max_tiles, element_size)}, options);
 }
 
+// How the threads share a pass (one op's GEMMs and transforms). By tiles: the blocks of the GEMMs' result channels
+// run one after another, each with the tile chunks shared out, all threads using the block's transformed weight.
+// By channels, once that weight is large (ResNet's 256- and 512-channel layers): each thread takes whole blocks
+// and runs every chunk for them, transforming its chunks' data once per block, a small part of the block's GEMMs
+// at such channel counts. Then a pass is one parallel region, not two per block, and no thread waits for another:
+// on this shared machine a region ends only when its last thread is scheduled again (512 channels by tiles: 16
+// regions per forward, 2.35x native time at 2 threads under load, against 0.8x native's CPU time on one).
+struct PassPlan {
+  std::vector<ChannelBlock> blocks;
+  TilePlan tiles;
+  bool by_channels;
+};
+
+PassPlan plan_pass(const ConvShape& shape, int64_t result_channels, int64_t inner_channels, int64_t element_size,
+                   const WinogradKernels& device) {
+  const int64_t bytes_per_channel = kPoints * inner_channels * element_size;
+  const int64_t threads = device.parallel_blocks();
+  PassPlan pass;
+  pass.by_channels = threads > 1 && bytes_per_channel * result_channels > kShareByTilesBytes;
+  pass.blocks = channel_blocks(result_channels, bytes_per_channel, pass.by_channels ? threads : 1);
+  pass.tiles = plan_tile_chunks(shape, inner_channels + pass.blocks.front().count, element_size, device);
+  return pass;
+}
+
+// Runs a pass as planned: for every block, state = prepare(block) (its part of the transformed weight), then
+// run_tasks(block, state, begin, end) on task ranges that cover [0, tasks).
+template <typename Prepare, typename RunTasks>
+void run_pass(const WinogradKernels& device, const PassPlan& pass, int64_t tasks, const Prepare& prepare,
+              const RunTasks& run_tasks) {
+  if (pass.by_channels) {
+    device.for_each_block(static_cast<int64_t>(pass.blocks.size()), [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        run_tasks(pass.blocks[index], prepare(pass.blocks[index]), 0, tasks);
+      }
+    });
+    return;
+  }
+  for (const ChannelBlock& block : pass.blocks) {
+    const auto state = prepare(block);
+    device.for_each_block(tasks, [&](int64_t begin, int64_t end) { run_tasks(block, state, begin, end); });
+  }
+}
+
 }  // namespace
 
 at::Tensor winograd_conv2d(const WinogradKernels& kernels, const at::Tensor& input_arg, const at::Tensor& weight_arg,
@@ -153,27 +196,27 @@ at::Tensor winograd_conv2d(const WinogradKernels& kernels, const at::Tensor& inp
     return output;
   }
   const int64_t in_channels = shape.in_channels;
-  const std::vector<ChannelBlock> blocks =
-      channel_blocks(shape.out_channels, kPoints * in_channels * input.element_size());
   const TileGrid grid = tile_grid(shape);
-  const TilePlan plan = plan_tile_chunks(shape, in_channels + blocks.front().count, input.element_size(), kernels);
-  for (const ChannelBlock& block : blocks) {
+  const PassPlan pass = plan_pass(shape, shape.out_channels, in_channels, input.element_size(), kernels);
+  const auto transform_weight = [&](const ChannelBlock& block) {
     at::Tensor transformed = empty_points(block.count, in_channels, input.options());
     kernels.weight_transform(weight, block, {0, in_channels}, transformed);
-    kernels.for_each_block(static_cast<int64_t>(plan.chunks.size()), [&](int64_t begin, int64_t end) {
-      const at::Tensor patch_buffer = point_buffer(plan, in_channels, input.options());
-      const at::Tensor product_buffer = point_buffer(plan, block.count, input.options());
-      for (int64_t index = begin; index < end; ++index) {
-        const TileChunk& chunk = plan.chunks[index];
-        const int64_t tiles = chunk_tiles(chunk, grid);
-        at::Tensor patches = point_matrices(patch_buffer, in_channels, tiles);
-        at::Tensor products = point_matrices(product_buffer, block.count, tiles);
-        kernels.input_transform(input, shape, chunk, patches);
-        at::bmm_out(products, transformed, patches);
-        kernels.output_transform(products, bias, shape, chunk, block, output);
-      }
-    });
-  }
+    return transformed;
+  };
+  const auto run_chunks = [&](const ChannelBlock& block, const at::Tensor& transformed, int64_t begin, int64_t end) {
+    const at::Tensor patch_buffer = point_buffer(pass.tiles, in_channels, input.options());
+    const at::Tensor product_buffer = point_buffer(pass.tiles, block.count, input.options());
+    for (int64_t index = begin; index < end; ++index) {
+      const TileChunk& chunk = pass.tiles.chunks[index];
+      const int64_t tiles = chunk_tiles(chunk, grid);
+      at::Tensor patches = point_matrices(patch_buffer, in_channels, tiles);
+      at::Tensor products = point_matrices(product_buffer, block.count, tiles);
+      kernels.input_transform(input, shape, chunk, patches);
+      at::bmm_out(products, transformed, patches);
+      kernels.output_transform(products, bias, shape, chunk, block, output);
+    }
+  };
+  run_pass(kernels, pass, static_cast<int64_t>(pass.tiles.chunks.size()), transform_weight, run_chunks);
   return output;
 }
 
@@ -194,31 +237,30 @@ at::Tensor winograd_conv2d_input_grad(const WinogradKernels& kernels, const at::
     return grad_input;
   }
   const int64_t out_channels = shape.out_channels;
-  const std::vector<ChannelBlock> blocks =
-      channel_blocks(shape.in_channels, kPoints * out_channels * grad_output.element_size());
   const TileGrid grid = tile_grid(shape);
-  const TilePlan plan =
-      plan_tile_chunks(shape, out_channels + blocks.front().count, grad_output.element_size(), kernels);
-  // The pieces of one image add onto the input rows they share: they form one task, run in order.
-  const int64_t tasks = static_cast<int64_t>(plan.chunks.size()) / plan.chunks_per_task;
-  for (const ChannelBlock& block : blocks) {
+  const PassPlan pass = plan_pass(shape, shape.in_channels, out_channels, grad_output.element_size(), kernels);
+  const auto transform_weight = [&](const ChannelBlock& block) {
     at::Tensor transformed = empty_points(out_channels, block.count, grad_output.options());
     kernels.weight_transform(weight, {0, out_channels}, block, transformed);
-    const at::Tensor transposed = transformed.transpose(1, 2);  // U^T: (16, C block, O)
-    kernels.for_each_block(tasks, [&](int64_t begin, int64_t end) {
-      const at::Tensor delta_buffer = point_buffer(plan, out_channels, grad_output.options());
-      const at::Tensor product_buffer = point_buffer(plan, block.count, grad_output.options());
-      for (int64_t index = begin * plan.chunks_per_task; index < end * plan.chunks_per_task; ++index) {
-        const TileChunk& chunk = plan.chunks[index];
-        const int64_t tiles = chunk_tiles(chunk, grid);
-        at::Tensor deltas = point_matrices(delta_buffer, out_channels, tiles);
-        at::Tensor products = point_matrices(product_buffer, block.count, tiles);
-        kernels.grad_output_transform(grad_output, shape, chunk, {0, out_channels}, deltas);
-        at::bmm_out(products, transposed, deltas);
-        kernels.input_grad_transform(products, shape, chunk, block, grad_input);
-      }
-    });
-  }
+    return transformed.transpose(1, 2);  // U^T: (16, C block, O)
+  };
+  const int64_t chunks_per_task = pass.tiles.chunks_per_task;
+  const auto run_tasks = [&](const ChannelBlock& block, const at::Tensor& transposed, int64_t begin, int64_t end) {
+    const at::Tensor delta_buffer = point_buffer(pass.tiles, out_channels, grad_output.options());
+    const at::Tensor product_buffer = point_buffer(pass.tiles, block.count, grad_output.options());
+    for (int64_t index = begin * chunks_per_task; index < end * chunks_per_task; ++index) {
+      const TileChunk& chunk = pass.tiles.chunks[index];
+      const int64_t tiles = chunk_tiles(chunk, grid);
+      at::Tensor deltas = point_matrices(delta_buffer, out_channels, tiles);
+      at::Tensor products = point_matrices(product_buffer, block.count, tiles);
+      kernels.grad_output_transform(grad_output, shape, chunk, {0, out_channels}, deltas);
+      at::bmm_out(products, transposed, deltas);
+      kernels.input_grad_transform(products, shape, chunk, block, grad_input);
+    }
+  };
+  // The pieces of one image add onto the input rows they share: they form one task, run in order.
+  run_pass(kernels, pass, static_cast<int64_t>(pass.tiles.chunks.size()) / chunks_per_task, transform_weight,
+           run_tasks);
   return grad_input;
 }
 
@@ -239,57 +281,47 @@ at::Tensor winograd_conv2d_weight_grad(const WinogradKernels& kernels, const at:
   const at::Tensor input = input_arg.contiguous();
   const at::Tensor grad_output = grad_output_arg.contiguous();
   const int64_t in_channels = shape.in_channels;
-  const int64_t bytes_per_channel = kPoints * in_channels * input.element_size();
   const TileGrid grid = tile_grid(shape);
+  const PassPlan pass = plan_pass(shape, shape.out_channels, in_channels, input.element_size(), kernels);
   at::Tensor grad_weight = at::empty(weight_size, input.options());
-  // S_block (16, block, C) += the chunk's D (16, block, P) @ V^T: its data transformed into the two buffers first.
-  const auto add_chunk = [&](const TilePlan& plan, const TileChunk& chunk, const ChannelBlock& block, bool first,
-                             const at::Tensor& patch_buffer, const at::Tensor& delta_buffer, at::Tensor& sums) {
-    const int64_t tiles = chunk_tiles(chunk, grid);
-    at::Tensor patches = point_matrices(patch_buffer, in_channels, tiles);
-    at::Tensor deltas = point_matrices(delta_buffer, block.count, tiles);
-    kernels.input_transform(input, shape, chunk, patches);
-    kernels.grad_output_transform(grad_output, shape, chunk, block, deltas);
-    if (first) {
-      at::bmm_out(sums, deltas, patches.transpose(1, 2));
-    } else {
-      sums.baddbmm_(deltas, patches.transpose(1, 2));
+  // S_block (16, block, C) (+)= the chunks' D (16, block, P) @ V^T, their data transformed into the buffers first.
+  const auto add_chunks = [&](const ChannelBlock& block, int64_t begin, int64_t end, at::Tensor& sums) {
+    const at::Tensor patch_buffer = point_buffer(pass.tiles, in_channels, input.options());
+    const at::Tensor delta_buffer = point_buffer(pass.tiles, block.count, input.options());
+    for (int64_t index = begin; index < end; ++index) {
+      const TileChunk& chunk = pass.tiles.chunks[index];
+      const int64_t tiles = chunk_tiles(chunk, grid);
+      at::Tensor patches = point_matrices(patch_buffer, in_channels, tiles);
+      at::Tensor deltas = point_matrices(delta_buffer, block.count, tiles);
+      kernels.input_transform(input, shape, chunk, patches);
+      kernels.grad_output_transform(grad_output, shape, chunk, block, deltas);
+      if (index == begin) {
+        at::bmm_out(sums, deltas, patches.transpose(1, 2));
+      } else {
+        sums.baddbmm_(deltas, patches.transpose(1, 2));
+      }
     }
   };
-  const int64_t threads = kernels.parallel_blocks();
-  if (threads > 1 && bytes_per_channel * shape.out_channels > kPerThreadSumBytes) {
-    // Large sums: each thread owns blocks of output channels and sums them over every chunk, so S exists once (no
-    // per-thread copies to add) and no sum depends on how the threads share the work. The chunks' input transform
-    // runs once per block: a small part of the block's GEMMs when there are this many channels.
-    const std::vector<ChannelBlock> blocks = channel_blocks(shape.out_channels, bytes_per_channel, threads);
-    const TilePlan plan = plan_tile_chunks(shape, in_channels + blocks.front().count, input.element_size(), kernels);
-    kernels.for_each_block(static_cast<int64_t>(blocks.size()), [&](int64_t begin, int64_t end) {
-      const at::Tensor patch_buffer = point_buffer(plan, in_channels, input.options());
-      const at::Tensor delta_buffer = point_buffer(plan, blocks.front().count, input.options());
-      for (int64_t index = begin; index < end; ++index) {
-        at::Tensor sums = empty_points(blocks[index].count, in_channels, input.options());
-        for (size_t chunk = 0; chunk < plan.chunks.size(); ++chunk) {
-          add_chunk(plan, plan.chunks[chunk], blocks[index], chunk == 0, patch_buffer, delta_buffer, sums);
-        }
-        kernels.weight_grad_transform(sums, blocks[index], grad_weight);
-      }
-    });
+  const int64_t chunks = static_cast<int64_t>(pass.tiles.chunks.size());
+  if (pass.by_channels) {  // each block's sums exist once, summed by one thread in chunk order
+    const auto allocate_sums = [&](const ChannelBlock& block) {
+      return empty_points(block.count, in_channels, input.options());
+    };
+    run_pass(kernels, pass, chunks, allocate_sums,
+             [&](const ChannelBlock& block, at::Tensor sums, int64_t begin, int64_t end) {
+               add_chunks(block, begin, end, sums);
+               kernels.weight_grad_transform(sums, block, grad_weight);
+             });
     return grad_weight;
   }
-  const std::vector<ChannelBlock> blocks = channel_blocks(shape.out_channels, bytes_per_channel);
-  const TilePlan plan = plan_tile_chunks(shape, in_channels + blocks.front().count, input.element_size(), kernels);
-  for (const ChannelBlock& block : blocks) {
-    // Each block of chunks sums its chunks' products; the block sums are added in block order, so the result
-    // does not depend on which thread finishes first.
+  for (const ChannelBlock& block : pass.blocks) {
+    // Each thread sums its block of chunks; the block sums are added in block order, so the result does not
+    // depend on which thread finishes first.
     std::mutex block_sums_mutex;
     std::map<int64_t, at::Tensor> block_sums;
-    kernels.for_each_block(static_cast<int64_t>(plan.chunks.size()), [&](int64_t begin, int64_t end) {
-      const at::Tensor patch_buffer = point_buffer(plan, in_channels, input.options());
-      const at::Tensor delta_buffer = point_buffer(plan, block.count, input.options());
+    kernels.for_each_block(chunks, [&](int64_t begin, int64_t end) {
       at::Tensor block_sum = empty_points(block.count, in_channels, input.options());
-      for (int64_t index = begin; index < end; ++index) {
-        add_chunk(plan, plan.chunks[index], block, index == begin, patch_buffer, delta_buffer, block_sum);
-      }
+      add_chunks(block, begin, end, block_sum);
       const std::lock_guard<std::mutex> lock(block_sums_mutex);
       block_sums.emplace(begin, std::move(block_sum));
     });
