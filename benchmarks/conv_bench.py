@@ -4,6 +4,7 @@ F.conv2d on CPU.
     python benchmarks/conv_bench.py --interleave    # full run, markdown tables on stdout
     python benchmarks/conv_bench.py --quick         # smoke run: smaller batches, few repeats
     python benchmarks/conv_bench.py --json out.json # also write every measurement as JSON
+    python benchmarks/conv_bench.py --thresholds    # Winograd / im2col time over channels and sizes ('auto')
 
 Layers: the two convolutions of pytorch/examples' MNIST model at batch 64, and ResNet-18's 3x3 convolutions at
 batch 8. For each: forward (under no_grad) and forward+backward (gradients of input, weight and bias).
@@ -146,14 +147,21 @@ def step_function(conv, settings, layer, mode):
     return step, reset
 
 
-def timed_rounds(steps, repeats, warmup, interleave):
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed_rounds(steps, repeats, warmup, interleave, clock="wall"):
     """{name: [seconds per round]} for steps = {name: (step, reset)}. Interleaved, each round runs every step once
-    in turn; otherwise each step runs all its rounds before the next step starts."""
+    in turn; otherwise each step runs all its rounds before the next step starts. clock 'cpu' counts the process's
+    CPU time instead of wall time: on an overloaded machine a step waits for a core in 4 ms time slices, which
+    wall time counts and CPU time does not (with one thread; more threads add their spin-waits)."""
+    now = CLOCKS[clock]
+
     def timed(step, reset):
         reset()
-        start = time.perf_counter()
+        start = now()
         step()
-        return time.perf_counter() - start
+        return now() - start
 
     times = {name: [] for name in steps}
     if interleave:
@@ -255,7 +263,7 @@ def run(args):
             flops = layer.forward_flops() * (1 if mode == "fwd" else 3)
             steps = {name: step_function(conv, settings, layer, mode)
                      for name, (conv, settings) in implementations(layer, args.skip_python).items()}
-            times = timed_rounds(steps, args.repeats, args.warmup, args.interleave)
+            times = timed_rounds(steps, args.repeats, args.warmup, args.interleave, args.clock)
             for name, (step, reset) in steps.items():
                 seconds = statistics.median(times[name])
                 peak_mb = peak_bytes(step, reset) / 2**20
@@ -275,6 +283,38 @@ def run(args):
     return ceiling, results, errors
 
 
+# The grid --thresholds sweeps for algorithm.py's 'auto' rule: (input, output) channels and output sizes, batch 8.
+THRESHOLD_CHANNELS = [(1, 32), (8, 8), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64), (128, 128), (256, 256),
+                      (512, 512)]
+THRESHOLD_SIZES = [4, 7, 8, 12, 14, 28]
+
+
+def threshold_sweep(args):
+    """{(channels, size): median over the rounds of cpp winograd / cpp gemm time}, forward+backward, interleaved,
+    batch 8 (1 with --quick)."""
+    torch.set_num_threads(args.threads)
+    ratios = {}
+    for in_channels, out_channels in THRESHOLD_CHANNELS:
+        for size in THRESHOLD_SIZES:
+            layer = Layer(f"{in_channels}->{out_channels} ch {size}x{size}", 1 if args.quick else 8, in_channels,
+                          out_channels, size, padding=1)
+            chosen = implementations(layer, skip_python=True)
+            steps = {name: step_function(*chosen[name], layer, "fwd+bwd") for name in ("cpp gemm", "cpp winograd")}
+            times = timed_rounds(steps, args.repeats, args.warmup, interleave=True, clock=args.clock)
+            ratios[(in_channels, out_channels), size] = statistics.median(
+                winograd / gemm for winograd, gemm in zip(times["cpp winograd"], times["cpp gemm"]))
+    return ratios
+
+
+def threshold_markdown(ratios):
+    lines = ["| channels in -> out | " + " | ".join(f"{size}x{size}" for size in THRESHOLD_SIZES) + " |",
+             "|---|" + "---:|" * len(THRESHOLD_SIZES)]
+    for channels in THRESHOLD_CHANNELS:
+        lines.append(f"| {channels[0]} -> {channels[1]} | "
+                     + " | ".join(f"{ratios[channels, size]:.2f}" for size in THRESHOLD_SIZES) + " |")
+    return "\n".join(lines)
+
+
 def cpu_name():
     """The CPU's model name (/proc/cpuinfo, as lscpu shows it) and torch's vector capability."""
     model = platform.processor() or "unknown CPU"
@@ -286,7 +326,7 @@ def cpu_name():
 
 def markdown(report):
     lines = [
-        f"{report['cpu']}; torch {report['torch']}, {report['threads']} threads, "
+        f"{report['cpu']}; torch {report['torch']}, {report['threads']} threads, {report['clock']} time, "
         f"{'interleaved' if report['interleave'] else 'one implementation after another'}; load average "
         f"{report['load'][0]:.1f} before, {report['load'][1]:.1f} after; torch.mm float32 ceiling: "
         f"{report['mm_gflops']:.1f} GFLOP/s",
@@ -321,6 +361,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 15)")
     parser.add_argument("--interleave", action="store_true", help="alternate the implementations call by call")
     parser.add_argument("--skip-python", action="store_true", help="leave out the (slow) 'python' backend")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
+                        help="what a step's time is: wall time, or the process's CPU time (see timed_rounds)")
+    parser.add_argument("--thresholds", action="store_true",
+                        help="instead: Winograd's time over im2col's on a grid of channels and sizes ('auto''s rule)")
     args = parser.parse_args()
     if args.repeats is None:
         args.repeats = 2 if args.quick else 15
@@ -328,8 +372,16 @@ def main():
     if not manual_conv.extension_available():
         parser.error("the compiled extension manual_conv._C is not built: pip install --no-build-isolation -e .")
     load_before = os.getloadavg()[0]
+    if args.thresholds:
+        table = threshold_markdown(threshold_sweep(args))
+        print(f"{cpu_name()}; {args.threads} threads; cpp winograd / cpp gemm {args.clock} time, forward+backward, "
+              f"batch 8, padding 1, interleaved; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
+              "after\n")
+        print(table)
+        return
     ceiling, results, errors = run(args)
     report = {"cpu": cpu_name(), "torch": torch.__version__, "threads": args.threads, "interleave": args.interleave,
+              "clock": args.clock,
               "load": [load_before, os.getloadavg()[0]], "mm_gflops": ceiling, "results": results,
               "accuracy": errors}
     print(markdown(report))

@@ -19,11 +19,14 @@ from .ops import conv_reference, winograd
 
 ALGORITHMS = ("auto", "gemm", "winograd")
 
-# 'auto' runs Winograd where benchmarks/conv_bench.py measured it faster than the im2col core, forward and
-# backward, on CPU (README, "Benchmarks"): at least this many input and output channels and output rows/columns.
-# Below them the per-tile transforms cost more than the GEMM work they save (MNIST's first layer, one input
-# channel, runs im2col).
-AUTO_MIN_CHANNELS = 16
+# 'auto' runs Winograd where `benchmarks/conv_bench.py --thresholds` measured it faster than the im2col core,
+# forward+backward on CPU (README, "Benchmarks"): with at least AUTO_CHANNELS input and output channels, or at
+# least AUTO_MIN_CHANNELS and an output of at least AUTO_MIN_OUTPUT_SIZE rows and columns. Below, the per-tile
+# transforms cost more than the GEMM work they save (batch 8, one thread: 0.61-0.96x im2col's time from 64
+# channels at every size from 4x4 to 28x28; 0.88-0.96x for 32 channels from 8x8, 0.95-1.16x below; 1.01-1.43x
+# for 8 and 16 channels, and MNIST's first layer, one input channel, 1.1-2.6x).
+AUTO_CHANNELS = 64
+AUTO_MIN_CHANNELS = 32
 AUTO_MIN_OUTPUT_SIZE = 8
 
 _algorithm = "auto"
@@ -66,9 +69,10 @@ def winograd_obstacle(weight_size, stride, dilation, groups, tensor):
 
 
 def _winograd_pays(input_size, weight_size, output_size, tensor):
-    """'auto''s measured rule: on CPU, enough channels and output pixels for the saved GEMM work to show."""
-    return (tensor.device.type == "cpu" and min(input_size[1], weight_size[0]) >= AUTO_MIN_CHANNELS
-            and min(output_size) >= AUTO_MIN_OUTPUT_SIZE)
+    """'auto''s measured rule: on CPU, enough channels (and output pixels) for the saved GEMM work to show."""
+    channels = min(input_size[1], weight_size[0])
+    return tensor.device.type == "cpu" and (
+        channels >= AUTO_CHANNELS or (channels >= AUTO_MIN_CHANNELS and min(output_size) >= AUTO_MIN_OUTPUT_SIZE))
 
 
 def uses_winograd(input_size, weight_size, stride, padding, dilation, groups, tensor):

@@ -1,5 +1,5 @@
-"""benchmarks/conv_bench.py (--quick) and benchmarks/train_step_bench.py run end to end and write complete JSON
-reports. No timing is asserted: the numbers of a shared machine say nothing about correctness."""
+"""benchmarks/conv_bench.py (--quick, and its --thresholds sweep) and benchmarks/train_step_bench.py run end to end
+and write complete reports. No timing is asserted: the numbers of a shared machine say nothing about correctness."""
 import json
 import os
 import subprocess
@@ -37,6 +37,16 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
                              if implementation == "cpp gemm" or layer not in strided}
     assert {row["auto"] for row in results["accuracy"]} == {"gemm", "winograd"}
     assert all(row["output_error_vs_native"] > 0 for row in results["accuracy"])
+
+
+@pytest.mark.skipif(not manual_conv.extension_available(), reason="the compiled extension manual_conv._C is not built")
+def test_threshold_sweep_prints_its_grid():
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "conv_bench.py"), "--thresholds", "--quick",
+               "--repeats", "1", "--threads", "1", "--clock", "cpu"]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 10 and all(len(row.split("|")) == 9 for row in rows), completed.stdout
 
 
 def test_training_step_benchmark_writes_its_report(tmp_path):

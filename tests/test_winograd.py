@@ -287,19 +287,20 @@ IM2COL_OPS = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
 
 @needs_extension
 def test_auto_picks_winograd_above_the_measured_thresholds_and_im2col_below():
-    channels, size = algorithm.AUTO_MIN_CHANNELS, algorithm.AUTO_MIN_OUTPUT_SIZE
+    many, some, size = algorithm.AUTO_CHANNELS, algorithm.AUTO_MIN_CHANNELS, algorithm.AUTO_MIN_OUTPUT_SIZE
+
+    def ops_for(in_channels, out_channels, output_size, stride=1):
+        return compiled_ops_run(torch.randn(1, in_channels, output_size * stride, output_size * stride),
+                                torch.randn(out_channels, in_channels, 3, 3), padding=1, stride=stride)
+
     with manual_conv.use_backend("cpp"):
-        assert compiled_ops_run(torch.randn(1, channels, size, size), torch.randn(channels, channels, 3, 3),
-                                padding=1) == WINOGRAD_OPS
-        for input_channels, output_channels, output_size, stride in (
-                (channels - 1, channels, size, 1), (channels, channels - 1, size, 1),
-                (channels, channels, size - 1, 1), (channels, channels, size, 2)):
-            assert compiled_ops_run(torch.randn(1, input_channels, output_size * stride, output_size * stride),
-                                    torch.randn(output_channels, input_channels, 3, 3), padding=1,
-                                    stride=stride) == IM2COL_OPS
+        for in_channels, out_channels, output_size in ((many, many, 2), (some, some, size), (some, many, size)):
+            assert ops_for(in_channels, out_channels, output_size) == WINOGRAD_OPS
+        for in_channels, out_channels, output_size, stride in ((some - 1, many, size, 1), (many, some - 1, size, 1),
+                                                               (some, many, size - 1, 1), (many, many, size, 2)):
+            assert ops_for(in_channels, out_channels, output_size, stride) == IM2COL_OPS
         with manual_conv.use_conv_algorithm("gemm"):
-            assert compiled_ops_run(torch.randn(1, channels, size, size), torch.randn(channels, channels, 3, 3),
-                                    padding=1) == IM2COL_OPS
+            assert ops_for(many, many, size) == IM2COL_OPS
 
 
 def profiled_names(input, weight):
