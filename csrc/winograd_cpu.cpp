@@ -498,7 +498,7 @@ void input_grad_transform_cpu(const at::Tensor& products, const ConvShape& shape
 // 1 MiB, as the im2col core: what fits in a core's L2 cache, so the GEMMs read a chunk's transformed tiles while
 // the transform's writes are still cached.
 constexpr WinogradKernels kCpuWinogradKernels{
-    &parallel_blocks,      &thread_count,          1 << 20,
+    &parallel_blocks,      &thread_count,          2 << 20,
     &weight_transform_cpu, &input_transform_cpu,   &grad_output_transform_cpu,
     &output_transform_cpu, &input_grad_transform_cpu, &weight_grad_transform_cpu};
 
