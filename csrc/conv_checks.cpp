@@ -88,4 +88,38 @@ void check_grad_output_size(const char* op, const at::Tensor& grad_output, const
               at::IntArrayRef(expected), " (the output size of this convolution), but got ", grad_output.sizes());
 }
 
+ConvShape checked_conv2d(const char* op, const at::Tensor& input, const at::Tensor& weight,
+                         const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, int64_t groups) {
+  check_floating(op, "input", input);
+  check_same_dtype_and_device(op, "input", input, "weight", weight);
+  const ConvShape shape = checked_shape(op, input.sizes(), weight.sizes(), stride, padding, dilation, groups);
+  if (bias.has_value() && bias->defined()) {
+    check_same_dtype_and_device(op, "input", input, "bias", *bias);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_channels, op, ": expected bias of size [",
+                shape.out_channels, "] (out_channels), but got ", bias->sizes());
+  }
+  return shape;
+}
+
+ConvShape checked_conv2d_input_grad(const char* op, const at::Tensor& grad_output, const at::Tensor& weight,
+                                    at::IntArrayRef input_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                    at::IntArrayRef dilation, int64_t groups) {
+  check_floating(op, "grad_output", grad_output);
+  check_same_dtype_and_device(op, "grad_output", grad_output, "weight", weight);
+  const ConvShape shape = checked_shape(op, input_size, weight.sizes(), stride, padding, dilation, groups);
+  check_grad_output_size(op, grad_output, shape);
+  return shape;
+}
+
+ConvShape checked_conv2d_weight_grad(const char* op, const at::Tensor& input, const at::Tensor& grad_output,
+                                     at::IntArrayRef weight_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                     at::IntArrayRef dilation, int64_t groups) {
+  check_floating(op, "input", input);
+  check_same_dtype_and_device(op, "input", input, "grad_output", grad_output);
+  const ConvShape shape = checked_shape(op, input.sizes(), weight_size, stride, padding, dilation, groups);
+  check_grad_output_size(op, grad_output, shape);
+  return shape;
+}
+
 }  // namespace manual_conv

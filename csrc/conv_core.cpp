@@ -124,15 +124,8 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d";
-  check_floating(op, "input", input_arg);
-  check_same_dtype_and_device(op, "input", input_arg, "weight", weight_arg);
-  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_arg.sizes(), stride, padding, dilation, groups);
+  const ConvShape shape = checked_conv2d(op, input_arg, weight_arg, bias, stride, padding, dilation, groups);
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    check_same_dtype_and_device(op, "input", input_arg, "bias", *bias);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_channels, op, ": expected bias of size [",
-                shape.out_channels, "] (out_channels), but got ", bias->sizes());
-  }
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
   const at::Tensor input = input_arg.contiguous();
   const at::Tensor weight = weight_arg.contiguous();
@@ -183,10 +176,8 @@ at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& gra
                              const at::Tensor& weight_arg, at::IntArrayRef input_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_input_grad";
-  check_floating(op, "grad_output", grad_output_arg);
-  check_same_dtype_and_device(op, "grad_output", grad_output_arg, "weight", weight_arg);
-  const ConvShape shape = checked_shape(op, input_size, weight_arg.sizes(), stride, padding, dilation, groups);
-  check_grad_output_size(op, grad_output_arg, shape);
+  const ConvShape shape =
+      checked_conv2d_input_grad(op, grad_output_arg, weight_arg, input_size, stride, padding, dilation, groups);
   const c10::OptionalDeviceGuard device_guard(grad_output_arg.device());
   const at::Tensor grad_output = grad_output_arg.contiguous();
   const at::Tensor weight = weight_arg.contiguous();
@@ -217,10 +208,8 @@ at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& in
                               const at::Tensor& grad_output_arg, at::IntArrayRef weight_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_weight_grad";
-  check_floating(op, "input", input_arg);
-  check_same_dtype_and_device(op, "input", input_arg, "grad_output", grad_output_arg);
-  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_size, stride, padding, dilation, groups);
-  check_grad_output_size(op, grad_output_arg, shape);
+  const ConvShape shape =
+      checked_conv2d_weight_grad(op, input_arg, grad_output_arg, weight_size, stride, padding, dilation, groups);
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
   if (shape.batch == 0 || c10::multiply_integers(weight_size) == 0) {
     return at::zeros(weight_size, input_arg.options());

@@ -176,15 +176,10 @@ at::Tensor winograd_conv2d(const WinogradKernels& kernels, const at::Tensor& inp
                            const std::optional<at::Tensor>& bias_arg, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::winograd_conv2d";
-  check_floating(op, "input", input_arg);
-  check_same_dtype_and_device(op, "input", input_arg, "weight", weight_arg);
-  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_arg.sizes(), stride, padding, dilation, groups);
+  const ConvShape shape = checked_conv2d(op, input_arg, weight_arg, bias_arg, stride, padding, dilation, groups);
   check_winograd_layer(op, shape, input_arg);
   std::optional<at::Tensor> bias;
   if (bias_arg.has_value() && bias_arg->defined()) {
-    check_same_dtype_and_device(op, "input", input_arg, "bias", *bias_arg);
-    TORCH_CHECK(bias_arg->dim() == 1 && bias_arg->size(0) == shape.out_channels, op, ": expected bias of size [",
-                shape.out_channels, "] (out_channels), but got ", bias_arg->sizes());
     bias = bias_arg->contiguous();
   }
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
@@ -224,11 +219,9 @@ at::Tensor winograd_conv2d_input_grad(const WinogradKernels& kernels, const at::
                                       const at::Tensor& weight_arg, at::IntArrayRef input_size, at::IntArrayRef stride,
                                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::winograd_conv2d_input_grad";
-  check_floating(op, "grad_output", grad_output_arg);
-  check_same_dtype_and_device(op, "grad_output", grad_output_arg, "weight", weight_arg);
-  const ConvShape shape = checked_shape(op, input_size, weight_arg.sizes(), stride, padding, dilation, groups);
+  const ConvShape shape =
+      checked_conv2d_input_grad(op, grad_output_arg, weight_arg, input_size, stride, padding, dilation, groups);
   check_winograd_layer(op, shape, grad_output_arg);
-  check_grad_output_size(op, grad_output_arg, shape);
   const c10::OptionalDeviceGuard device_guard(grad_output_arg.device());
   const at::Tensor grad_output = grad_output_arg.contiguous();
   const at::Tensor weight = weight_arg.contiguous();
@@ -269,11 +262,9 @@ at::Tensor winograd_conv2d_weight_grad(const WinogradKernels& kernels, const at:
                                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                        int64_t groups) {
   const char* op = "manual_conv::winograd_conv2d_weight_grad";
-  check_floating(op, "input", input_arg);
-  check_same_dtype_and_device(op, "input", input_arg, "grad_output", grad_output_arg);
-  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_size, stride, padding, dilation, groups);
+  const ConvShape shape =
+      checked_conv2d_weight_grad(op, input_arg, grad_output_arg, weight_size, stride, padding, dilation, groups);
   check_winograd_layer(op, shape, input_arg);
-  check_grad_output_size(op, grad_output_arg, shape);
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
   if (shape.batch == 0 || c10::multiply_integers(weight_size) == 0) {
     return at::zeros(weight_size, input_arg.options());

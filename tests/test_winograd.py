@@ -218,8 +218,10 @@ def test_torch_compile_training_step_without_graph_break():
 @pytest.mark.parametrize("name, args, message", [
     ("winograd_conv2d", lambda x, w: (x, w, None, [2, 1], [1, 1], [1, 1], 1), "stride 1, dilation 1 and groups 1"),
     ("winograd_conv2d", lambda x, w: (x, w[:, :, :2], None, [1, 1], [1, 1], [1, 1], 1), "3x3 convolutions"),
-    ("winograd_conv2d_input_grad", lambda x, w: (x, w, [1, 2, 6, 6], [1, 1], [1, 1], [2, 2], 1), "dilation"),
-    ("winograd_conv2d_weight_grad", lambda x, w: (x.half(), x.half(), [3, 2, 3, 3], [1, 1], [1, 1], [1, 1], 1),
+    ("winograd_conv2d_input_grad", lambda x, w: (torch.randn(1, 3, 4, 4), w, [1, 2, 6, 6], [1, 1], [1, 1], [2, 2], 1),
+     "dilation"),
+    ("winograd_conv2d_weight_grad",
+     lambda x, w: (x.half(), torch.randn(1, 3, 6, 6).half(), [3, 2, 3, 3], [1, 1], [1, 1], [1, 1], 1),
      "float32 and float64"),
 ])
 def test_compiled_ops_reject_what_winograd_cannot_compute(name, args, message):
