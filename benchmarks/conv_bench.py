@@ -193,9 +193,10 @@ def peak_bytes(step, reset):
     return peak
 
 
-def mm_gflops(size, repeats):
+def mm_gflops(size, repeats, clock):
     a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds = statistics.median(timed_rounds({"mm": (lambda: torch.mm(a, b), lambda: None)}, repeats, 2, False)["mm"])
+    steps = {"mm": (lambda: torch.mm(a, b), lambda: None)}
+    seconds = statistics.median(timed_rounds(steps, repeats, 2, False, clock)["mm"])
     return 2 * size**3 / seconds / 1e9
 
 
@@ -254,7 +255,7 @@ def auto_algorithm(layer):
 
 def run(args):
     torch.set_num_threads(args.threads)
-    ceiling = mm_gflops(512 if args.quick else 2048, args.repeats)
+    ceiling = mm_gflops(512 if args.quick else 2048, args.repeats, args.clock)
     results, errors = [], []
     for layer in LAYERS:
         if args.quick:

@@ -29,7 +29,7 @@
 namespace manual_conv {
 namespace {
 
-constexpr int64_t kWeightBlockBytes = int64_t(1) << 20;
+constexpr int64_t kWeightBlockBytes = int64_t(2) << 20;
 // Up to this much transformed weight (or weight-gradient sums), the threads share a pass by tile chunks; beyond,
 // by blocks of channels (plan_pass).
 constexpr int64_t kShareByTilesBytes = int64_t(1) << 20;
