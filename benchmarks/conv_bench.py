@@ -343,7 +343,8 @@ def markdown(report):
         )
     lines += [
         "",
-        "| layer | 'auto' runs | impl | output error x native | input grad error x native | weight grad error x native |",
+        "| layer | 'auto' runs | impl | output error x native | input grad error x native "
+        "| weight grad error x native |",
         "|---|---|---|---:|---:|---:|",
     ]
     for row in report["accuracy"]:

@@ -31,7 +31,8 @@ __global__ void weight_transform_kernel(const scalar_t* __restrict__ weight, int
                                         scalar_t* __restrict__ kernels, int64_t point_stride) {
   const int64_t count = outputs.count * inputs.count;
   for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < count; e += int64_t(gridDim.x) * blockDim.x) {
-    const scalar_t* g = weight + ((outputs.first + e / inputs.count) * in_channels + inputs.first + e % inputs.count) * 9;
+    const int64_t output = outputs.first + e / inputs.count;
+    const scalar_t* g = weight + (output * in_channels + inputs.first + e % inputs.count) * 9;
     Line<scalar_t, 4> column[3];  // G down the kernel's three columns
     for (int b = 0; b < 3; ++b) {
       column[b] = kernel_transform(g[b], g[3 + b], g[6 + b]);

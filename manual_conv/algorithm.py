@@ -20,11 +20,12 @@ from .ops import conv_reference, winograd
 ALGORITHMS = ("auto", "gemm", "winograd")
 
 # 'auto' runs Winograd where `benchmarks/conv_bench.py --thresholds` measured it faster than the im2col core,
-# forward+backward on CPU (README, "Benchmarks"): with at least AUTO_CHANNELS input and output channels, or at
-# least AUTO_MIN_CHANNELS and an output of at least AUTO_MIN_OUTPUT_SIZE rows and columns. Below, the per-tile
-# transforms cost more than the GEMM work they save (batch 8, one thread: 0.61-0.96x im2col's time from 64
-# channels at every size from 4x4 to 28x28; 0.88-0.96x for 32 channels from 8x8, 0.95-1.16x below; 1.01-1.43x
-# for 8 and 16 channels, and MNIST's first layer, one input channel, 1.1-2.6x).
+# forward+backward on CPU (README, "Benchmarks"; batch 8, one thread): with at least AUTO_CHANNELS input and output
+# channels, or at least AUTO_MIN_CHANNELS and an output of at least AUTO_MIN_OUTPUT_SIZE rows and columns. From 64
+# channels it took 0.61-0.98x im2col's time (1.07-1.14x in three small cells of one of two sweeps); at 32 channels
+# 0.83-0.89x from 14x14, a draw from 8x8 to 12x12, mostly slower below (0.82-1.21x); with 8 or 16 channels, and on
+# MNIST's first layer (one input channel), the per-tile transforms cost more than the GEMM work they save (up to
+# 1.5x and 2.5x).
 AUTO_CHANNELS = 64
 AUTO_MIN_CHANNELS = 32
 AUTO_MIN_OUTPUT_SIZE = 8
@@ -57,15 +58,13 @@ def use_conv_algorithm(name):
 
 
 def winograd_obstacle(weight_size, stride, dilation, groups, tensor):
-    """Why Winograd cannot compute this convolution (a sentence), or None when it can. (A device the compiled
-    extension has no Winograd kernels for gets the dispatcher's error when the op runs.)"""
-    if tuple(weight_size[2:]) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
-        return (f"it computes 3x3 convolutions with stride 1, dilation 1 and groups 1, but this one has a "
-                f"{tuple(weight_size[2:])} kernel, stride {tuple(stride)}, dilation {tuple(dilation)} and "
-                f"groups {groups}")
-    if tensor.dtype not in (torch.float32, torch.float64):
-        return f"it is built for float32 and float64, but this convolution is {tensor.dtype}"
-    return None
+    """Why Winograd cannot compute this convolution (a sentence), or None when it can: the layer's shape
+    (ops/winograd.py, ``layer_obstacle``) or its dtype. (A device the compiled extension has no Winograd kernels for
+    gets the dispatcher's error when the op runs.)"""
+    obstacle = winograd.layer_obstacle(weight_size, stride, dilation, groups)
+    if obstacle is None and tensor.dtype not in (torch.float32, torch.float64):
+        obstacle = f"it is built for float32 and float64, but this convolution is {tensor.dtype}"
+    return obstacle
 
 
 def _winograd_pays(input_size, weight_size, output_size, tensor):

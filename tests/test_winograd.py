@@ -113,8 +113,9 @@ def test_gradcheck_and_gradgradcheck(backend, padding):
     bias = torch.randn(2, dtype=torch.float64, generator=generator, requires_grad=True)
     transposed_weight = weight.detach().transpose(0, 1).clone().requires_grad_()  # (in, out, 3, 3)
     with manual_conv.use_conv_algorithm("winograd"):
-        for function, tensors in ((lambda x, w, b: mF.conv2d(x, w, b, padding=padding), (input, weight, bias)),
-                                  (lambda x, w: mF.conv_transpose2d(x, w, padding=padding), (input, transposed_weight))):
+        calls = ((lambda x, w, b: mF.conv2d(x, w, b, padding=padding), (input, weight, bias)),
+                 (lambda x, w: mF.conv_transpose2d(x, w, padding=padding), (input, transposed_weight)))
+        for function, tensors in calls:
             assert torch.autograd.gradcheck(function, tensors)
             assert torch.autograd.gradgradcheck(function, tensors)
 

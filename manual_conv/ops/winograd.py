@@ -12,7 +12,8 @@ where g is the 3×3 kernel, δ = ∂L/∂Y's m×m tile (zero past the output's e
 come from α − 1 interpolation points and ∞ (``transform_matrices``). The gradients are the exact adjoints of the
 forward's bilinear map, so the three functions are each other's derivatives as conv_reference's are. Every Σ over
 channels or tiles is, at each point (ξ, ν), a matrix product: the α² batched GEMMs of the compiled kernels
-(csrc/winograd_core.cpp), which take the same arguments (``torch.ops.manual_conv.winograd_conv2d`` ...).
+(csrc/winograd_core.cpp: ``torch.ops.manual_conv.winograd_conv2d`` ..., the same arguments but ``tile``, which
+there is 2).
 
 Plain tensor code: patches by ``as_strided``, transforms by ``matmul``, the per-point products by ``einsum``. These
 kernels expect batched 4-D tensors and checked arguments; ``manual_conv.algorithm`` decides when they run.
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 
 # The finite interpolation points of F(m, 3) for each output tile size m (∞ is always the last point). Points that
 # are 0, ±1 or powers of two keep the matrices' entries exact in binary floating point. F(2, 3) is what runs
-# (manual_conv.algorithm, csrc/winograd_tile.h); F(4, 3), with the points Barabasz et al. found most accurate, is
-# here to measure why not: its float32 error is 5-15x native's (docs/derivations.md, "Winograd"; conv_bench.py).
+# (manual_conv.algorithm, csrc/winograd_tile.h); F(4, 3), with points Barabasz et al. found among the most accurate,
+# is here to measure why not: its float32 error is 4-14x native's (docs/derivations.md, "Winograd"; conv_bench.py).
 POINTS = {2: (0, 1, -1), 4: (0, 1, -1, Fraction(1, 2), -2)}
 TILES = tuple(POINTS)
 
@@ -87,13 +88,21 @@ def tile_counts(output_size, tile):
     return tuple(-(-size // tile) for size in output_size)
 
 
-def check_layer(weight_size, stride, dilation, groups, tile):
-    """Raise NotImplementedError unless F(tile, 3) computes this convolution: 3×3, stride 1, dilation 1, 1 group."""
+def layer_obstacle(weight_size, stride, dilation, groups):
+    """Why Winograd F(m, 3) cannot compute this convolution (a sentence), or None: it needs a 3×3 kernel, stride 1,
+    dilation 1 and one group."""
     if tuple(weight_size[2:]) != (3, 3) or tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or groups != 1:
-        raise NotImplementedError(
-            "manual_conv: Winograd runs 3x3 convolutions with stride 1, dilation 1 and groups 1, but got a "
-            f"{tuple(weight_size[2:])} kernel, stride {tuple(stride)}, dilation {tuple(dilation)}, groups {groups}"
-        )
+        return (f"it computes 3x3 convolutions with stride 1, dilation 1 and groups 1, but this one has a "
+                f"{tuple(weight_size[2:])} kernel, stride {tuple(stride)}, dilation {tuple(dilation)} and "
+                f"groups {groups}")
+    return None
+
+
+def check_layer(weight_size, stride, dilation, groups, tile):
+    """Raise NotImplementedError unless F(tile, 3) computes this convolution (``layer_obstacle``)."""
+    obstacle = layer_obstacle(weight_size, stride, dilation, groups)
+    if obstacle:
+        raise NotImplementedError(f"manual_conv: Winograd cannot compute this convolution: {obstacle}")
     if tile not in POINTS:
         raise NotImplementedError(f"manual_conv: Winograd output tiles are {TILES}, but got tile={tile}")
 
