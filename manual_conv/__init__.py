@@ -3,9 +3,12 @@
     import manual_conv.nn as nn              # instead of torch.nn
     import manual_conv.functional as F       # instead of torch.nn.functional
     manual_conv.set_backend("python")        # the Python reference kernels; "cpp" the compiled ones
+    manual_conv.set_conv_algorithm("gemm")   # im2col for every conv; "winograd" F(2x2, 3x3); "auto" (default)
 """
 from . import functional, nn
+from .algorithm import get_conv_algorithm, set_conv_algorithm, use_conv_algorithm
 from .backend import extension_available, get_backend, set_backend, use_backend
 from .convert import convert
 
-__all__ = ["functional", "nn", "convert", "extension_available", "get_backend", "set_backend", "use_backend"]
+__all__ = ["functional", "nn", "convert", "extension_available", "get_backend", "set_backend", "use_backend",
+           "get_conv_algorithm", "set_conv_algorithm", "use_conv_algorithm"]
