@@ -10,5 +10,8 @@ from .algorithm import get_conv_algorithm, set_conv_algorithm, use_conv_algorith
 from .backend import extension_available, get_backend, set_backend, use_backend
 from .convert import convert
 
+if extension_available():
+    from .ops import library  # noqa: F401  (the compiled ops' fake kernels and autograd formulas)
+
 __all__ = ["functional", "nn", "convert", "extension_available", "get_backend", "set_backend", "use_backend",
            "get_conv_algorithm", "set_conv_algorithm", "use_conv_algorithm"]

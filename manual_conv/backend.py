@@ -4,8 +4,9 @@ The backend selects the conv core (``conv_kernels``, under the conv algorithm of
 compiled layers: max pooling's forward, ReLU's backward (``compiled_layers``), and on CPU max pooling's backward
 and dropout's mask (``compiled_cpu_layers``).
 The compiled kernels are the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops
-``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` adds their fake kernels and autograd formulas. When
-it is present 'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
+``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` (imported last by the package's ``__init__``, as it
+builds on the Functions' modules) adds their fake kernels and autograd formulas. When the extension is present
+'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
 """
 import contextlib
 import importlib
@@ -19,8 +20,6 @@ BACKENDS = ("python", "cpp")
 
 try:
     importlib.import_module("manual_conv._C")  # loading the library registers torch.ops.manual_conv.*
-    importlib.import_module("manual_conv.ops.library")  # their fake kernels and autograd formulas
-
     _extension_error = None
 except ImportError as error:  # not built, or built against another torch
     _extension_error = error

@@ -24,6 +24,7 @@ import manual_conv._C  # noqa: F401  (loads the library that defines the ops reg
 
 from ._utils import suggests_channels_last
 from .conv_reference import first_rows_and_columns
+from .pool import max_pool2d_input_grad, pool_memory_format, pooling_output_size
 
 _ops = torch.ops.manual_conv
 
@@ -69,9 +70,6 @@ def _conv2d_bias_grad_fake(grad_output):
 @torch.library.register_fake("manual_conv::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     """(N, C, H_out, W_out) or unbatched (C, H_out, W_out), channels_last when the input suggests it."""
-    # imported here: pool.py imports the backend, which imports this module while loading the extension
-    from .pool import pool_memory_format, pooling_output_size
-
     torch._check(input.dim() in (3, 4), lambda: f"manual_conv: expected a 3-D or 4-D input, but got {input.dim()}-D")
     output_height, output_width = (
         pooling_output_size(input.shape[axis - 2], kernel_size[axis], stride[axis], padding[axis], dilation[axis],
@@ -238,8 +236,6 @@ def _max_pool2d_setup_context(ctx, inputs, output):
 def _max_pool2d_backward(ctx, grad, _grad_indices):
     """y = max over each window, indices = its arg-max:  dx = the scatter-add of G to the arg-maxes (ops/pool.py),
     laid out as the input."""
-    from .pool import max_pool2d_input_grad  # imported here for the reason given in _max_pool2d_fake
-
     (indices,) = ctx.saved_tensors
     return max_pool2d_input_grad(grad, indices, ctx.input_shape, ctx.channels_last), None, None, None, None, None
 
