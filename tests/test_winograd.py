@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import manual_conv
 import manual_conv.functional as mF
 from manual_conv import algorithm
 from manual_conv.ops import winograd
+from test_conv_parity import RecordDispatchedOps
 
 needs_extension = pytest.mark.skipif(not manual_conv.extension_available(),
                                      reason="the compiled extension manual_conv._C is not built")
@@ -265,21 +265,9 @@ def test_forcing_winograd_where_it_cannot_run_is_a_clear_error(backend, call, ob
     assert obstacle in str(error.value) and "set_conv_algorithm('auto')" in str(error.value)
 
 
-class RecordOps(TorchDispatchMode):
-    """Records the name of every op that reaches the dispatcher below autograd."""
-
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def compiled_ops_run(input, weight, **kwargs):
     leaves = [input.requires_grad_(), weight.requires_grad_()]
-    with RecordOps() as recorder:
+    with RecordDispatchedOps() as recorder:
         output = mF.conv2d(*leaves, **kwargs)
         torch.autograd.grad(output, leaves, torch.ones_like(output))
     return {name.split(".")[1] for name in recorder.names if name.startswith("manual_conv.")}
