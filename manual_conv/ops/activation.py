@@ -347,6 +347,14 @@ def _saved_input(ctx, input, inplace, input_copy):
     ctx.save_for_backward(input_copy if inplace else input)
 
 
+def _saved_output_if_inplace(ctx, input, output):
+    """leaky_relu_'s and elu_'s saving, as torch's: in place, mark the input dirty and save y (their slope is then
+    written through y, and modifying y before the backward raises); out of place, save x."""
+    if ctx.inplace:
+        ctx.mark_dirty(input)
+    ctx.save_for_backward(output if ctx.inplace else input)
+
+
 def _result(input, output, inplace):
     """``output`` (computed in opmath) rounded once to the input's dtype: written into the input for an in-place call
     (and the input returned, as torch's in-place ops do), else a new tensor laid out as torch's unary kernel's."""
@@ -406,9 +414,7 @@ class LeakyReLUFunction(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.negative_slope, ctx.inplace = inputs
-        if ctx.inplace:
-            ctx.mark_dirty(input)
-        ctx.save_for_backward(output if ctx.inplace else input)
+        _saved_output_if_inplace(ctx, input, output)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -445,9 +451,7 @@ class ELUFunction(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.alpha, ctx.scale, ctx.input_scale, ctx.inplace = inputs
-        if ctx.inplace:
-            ctx.mark_dirty(input)
-        ctx.save_for_backward(output if ctx.inplace else input)
+        _saved_output_if_inplace(ctx, input, output)
 
     @staticmethod
     def backward(ctx, grad_output):
