@@ -328,8 +328,9 @@ def relu6(input, inplace=False):
 
 
 def leaky_relu(input, negative_slope=0.01, inplace=False):
-    """x for x > 0, negative_slope·x otherwise, element-wise, through ``LeakyReLUFunction``. In place (leaky_relu_)
-    the backward refuses a negative slope, as torch's."""
+    """x for x > 0, negative_slope·x otherwise, element-wise, through ``LeakyReLUFunction``. Floating input only
+    (torch's NotImplementedError otherwise). In place (leaky_relu_) the backward refuses a negative slope with
+    torch's RuntimeError."""
     negative_slope = _number(negative_slope, "leaky_relu_" if inplace else "leaky_relu", "negative_slope", 2)
     _activation_input("leaky_relu_cpu", input, inplace)
     return _activation.LeakyReLUFunction.apply(input, _real(negative_slope, input), inplace)
@@ -341,6 +342,7 @@ def leaky_relu_(input, negative_slope=0.01):
 
 
 def _elu(function, input, alpha, scale, input_scale, inplace):
+    """elu and elu_ after torch's checks: α, scale and input_scale as real Scalars, then the input's."""
     alpha, scale, input_scale = (_real(_number(value, function, name, position), input) for value, name, position in (
         (alpha, "alpha", 2), (scale, "scale", 3), (input_scale, "input_scale", 4)))
     _activation_input("elu_cpu", input, inplace)
@@ -348,8 +350,8 @@ def _elu(function, input, alpha, scale, input_scale, inplace):
 
 
 def elu(input, alpha=1.0, inplace=False):
-    """x for x > 0, α(eˣ − 1) otherwise, element-wise, through ``ELUFunction``. In place (elu_) the backward
-    refuses α < 0, as torch's."""
+    """x for x > 0, α(eˣ − 1) otherwise, element-wise, through ``ELUFunction``. Floating input only (torch's
+    NotImplementedError otherwise). In place (elu_) the backward refuses α < 0 with torch's RuntimeError."""
     return _elu("elu_" if inplace else "elu", input, alpha, 1, 1, inplace)
 
 
@@ -360,8 +362,8 @@ def elu_(input, alpha=1.0, scale=1.0, input_scale=1.0):
 
 
 def silu(input, inplace=False):
-    """x·σ(x) = x / (1 + e^{−x}) element-wise, through ``SiLUFunction``. Complex input is computed, without
-    gradients, as in torch."""
+    """x·σ(x) = x / (1 + e^{−x}) element-wise, through ``SiLUFunction``. Floating or complex input (torch's
+    NotImplementedError otherwise); complex input without gradients, as in torch (RuntimeError)."""
     _activation_input("silu_cpu", input, inplace, complex_allowed=True)
     if input.is_complex() and input.requires_grad and torch.is_grad_enabled():
         # torch's in-place silu_ lets a complex input through and returns δ·f'(x), not its convention's
@@ -371,26 +373,30 @@ def silu(input, inplace=False):
 
 
 def mish(input, inplace=False):
-    """x·tanh(log(1 + eˣ)) element-wise, through ``MishFunction``."""
+    """x·tanh(log(1 + eˣ)) element-wise, through ``MishFunction``. Floating input only (torch's
+    NotImplementedError otherwise)."""
     _activation_input("mish_cpu", input, inplace)
     return _activation.MishFunction.apply(input, inplace, _input_copy(input, inplace))
 
 
 def hardswish(input, inplace=False):
     """x·min(max(x + 3, 0), 6)/6 element-wise, through ``HardswishFunction``: ∂y/∂x = 0 for x ≤ −3,
-    x/3 + 1/2 for −3 < x < 3, 1 for x ≥ 3."""
+    x/3 + 1/2 for −3 < x < 3, 1 for x ≥ 3. Floating input only (torch's NotImplementedError otherwise)."""
     _activation_input("hardswish_cpu", input, inplace)
     return _activation.HardswishFunction.apply(input, inplace, _input_copy(input, inplace))
 
 
 def hardsigmoid(input, inplace=False):
-    """min(max(x + 3, 0), 6)/6 element-wise, through ``HardsigmoidFunction``: ∂y/∂x = 1/6 for −3 < x < 3, else 0."""
+    """min(max(x + 3, 0), 6)/6 element-wise, through ``HardsigmoidFunction``: ∂y/∂x = 1/6 for −3 < x < 3, else 0.
+    Floating input only (torch's NotImplementedError otherwise)."""
     _activation_input("hardsigmoid_cpu", input, inplace)
     return _activation.HardsigmoidFunction.apply(input, inplace, _input_copy(input, inplace))
 
 
 def softplus(input, beta=1, threshold=20):
-    """log(1 + e^{βx})/β element-wise, and x where βx > threshold, through ``SoftplusFunction``."""
+    """log(1 + e^{βx})/β element-wise, and x where βx > threshold, through ``SoftplusFunction``. Floating input
+    only (torch's NotImplementedError otherwise); beta and threshold real numbers (torch's TypeError/RuntimeError
+    otherwise)."""
     beta = _real(_number(beta, "softplus", "beta", 2), input)
     threshold = _real(_number(threshold, "softplus", "threshold", 3), input)
     _activation_input("softplus_cpu", input, False)
