@@ -6,8 +6,10 @@
 
 Shapes: the layers of conv_bench.py (train_mnist.py's two convolutions at batch 64, ResNet-18's 3×3 convolutions
 at batch 8), ViT-B/16's patch embedding (a 768×3×16×16 conv of stride 16 on 224×224 images, batch 4), and every
-other layer at the shape it has in train_mnist.py's network or in ResNet-18/ViT-B/16. For each op, manual_conv on
-'cpp' and on 'python', and native, run the same forward+backward (every floating input requires grad; the
+other layer at the shape it has in train_mnist.py's network or in ResNet-18/ViT-B/16 (relu6, silu and hardswish at
+the stems of MobileNetV2, EfficientNet-B0 and MobileNetV3; the other activations at train_mnist.py's first
+activation, as sigmoid and tanh; in-place forms on an intermediate x · 1, counted for both). For each op, manual_conv
+on 'cpp' and on 'python', and native, run the same forward+backward (every floating input requires grad; the
 incoming gradient exists beforehand), one after the other in one process.
 
 Peak memory: the largest total of bytes allocated and not yet freed during the call, from the CPU allocator's
@@ -85,6 +87,20 @@ CASES = [_conv_case(layer) for layer in conv_bench.LAYERS] + [
     Case("sigmoid", lambda lib, x: lib.sigmoid(x), 64, ((N, 32, 26, 26),)),
     Case("tanh", lambda lib, x: lib.tanh(x), 64, ((N, 32, 26, 26),)),
     Case("gelu ViT MLP", lambda lib, x: lib.gelu(x), 4, ((N, 197, 3072),)),
+    Case("relu6 MobileNetV2 stem", lambda lib, x: lib.relu6(x), 8, ((N, 32, 112, 112),)),
+    Case("relu6 in place", lambda lib, x: lib.relu6(x * 1, inplace=True), 8, ((N, 32, 112, 112),)),
+    Case("hardtanh", lambda lib, x: lib.hardtanh(x, -0.5, 2.0), 64, ((N, 32, 26, 26),)),
+    Case("leaky_relu", lambda lib, x: lib.leaky_relu(x, 0.2), 64, ((N, 32, 26, 26),)),
+    Case("leaky_relu_", lambda lib, x: lib.leaky_relu_(x * 1, 0.2), 64, ((N, 32, 26, 26),)),
+    Case("elu", lambda lib, x: lib.elu(x), 64, ((N, 32, 26, 26),)),
+    Case("elu_", lambda lib, x: lib.elu_(x * 1), 64, ((N, 32, 26, 26),)),
+    Case("silu EfficientNet-B0 stem", lambda lib, x: lib.silu(x), 8, ((N, 32, 112, 112),)),
+    Case("silu in place", lambda lib, x: lib.silu(x * 1, inplace=True), 8, ((N, 32, 112, 112),)),
+    Case("mish", lambda lib, x: lib.mish(x), 64, ((N, 32, 26, 26),)),
+    Case("hardswish MobileNetV3 stem", lambda lib, x: lib.hardswish(x), 8, ((N, 16, 112, 112),)),
+    Case("hardswish in place", lambda lib, x: lib.hardswish(x * 1, inplace=True), 8, ((N, 16, 112, 112),)),
+    Case("hardsigmoid", lambda lib, x: lib.hardsigmoid(x), 64, ((N, 32, 26, 26),)),
+    Case("softplus", lambda lib, x: lib.softplus(x), 64, ((N, 32, 26, 26),)),
     Case("softmax ViT attention", lambda lib, x: lib.softmax(x, -1), 4, ((N, 12, 197, 197),)),
     Case("log_softmax ImageNet classes", lambda lib, x: lib.log_softmax(x, -1), 64, ((N, 1000),)),
     Case("linear MNIST fc1", lambda lib, x, w, b: lib.linear(x, w, b), 64, ((N, 9216), (128, 9216), (128,))),

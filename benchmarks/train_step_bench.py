@@ -2,6 +2,7 @@
 
     python benchmarks/train_step_bench.py                  # 80 pairs of steps, torch's thread count
     python benchmarks/train_step_bench.py --threads 1 --pairs 40 --json out.json
+    python benchmarks/train_step_bench.py --conv-algorithm gemm   # im2col for the convolutions ('auto': default)
 
 A step is what train_mnist.py does per batch: zero_grad, forward, cross-entropy, backward, Adadelta step, on a
 fixed random batch of 64 images. The two implementations start from the same weights and alternate step by step
@@ -56,12 +57,15 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--backend", choices=("cpp", "python"), default=None,
                         help="manual_conv's kernels (default: cpp when the extension is built)")
+    parser.add_argument("--conv-algorithm", choices=manual_conv.algorithm.ALGORITHMS, default="auto",
+                        help="manual_conv.set_conv_algorithm: im2col or Winograd for the 3x3 convolutions")
     parser.add_argument("--json", type=str, default=None, help="also write the measurements to this file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.backend:
         manual_conv.set_backend(args.backend)
+    manual_conv.set_conv_algorithm(args.conv_algorithm)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch_size, 1, 28, 28, generator=generator)
     labels = torch.randint(0, 10, (args.batch_size,), generator=generator)
@@ -76,12 +80,14 @@ def main(argv=None):
     report = {
         "threads": torch.get_num_threads(),
         "backend": manual_conv.get_backend(),
+        "conv_algorithm": manual_conv.get_conv_algorithm(),
         "batch_size": args.batch_size,
         "pairs": args.pairs,
         "median_ms": {impl: 1e3 * statistics.median(seconds[impl]) for impl in IMPLEMENTATIONS},
         "median_pair_ratio": statistics.median(m / n for m, n in zip(seconds["manual"], seconds["native"])),
     }
     print(f"training step, batch {args.batch_size}, {report['threads']} threads, backend {report['backend']}, "
+          f"conv algorithm {report['conv_algorithm']}, "
           f"{args.pairs} pairs: manual {report['median_ms']['manual']:.1f} ms, native "
           f"{report['median_ms']['native']:.1f} ms (medians); manual / native = {report['median_pair_ratio']:.3f} "
           "(median of the pair ratios)")

@@ -1,4 +1,4 @@
-// Device-agnostic half of the convolution core: argument checks, batch chunking and the GEMMs.
+// Device-agnostic half of the convolution core: batch chunking and the GEMMs (argument checks: conv_checks.cpp).
 //
 // With columns = im2col(input) for a chunk of output pixels and G groups (weight viewed as (G, C_out/G, R),
 // R = C_in/G*kH*kW, columns as (G, R, Q), grad_output's chunk as (G, C_out/G, Q)):
@@ -17,108 +17,14 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/util/accumulate.h>
 
+#include "conv_checks.h"
+
 namespace manual_conv {
 namespace {
 
 // GEMMs narrower than this re-read the weight too often per multiply-add, so a chunk keeps at least this
 // many columns (output pixels) even when that exceeds the device's chunk_bytes.
 constexpr int64_t kMinColumnsPerChunk = 256;
-
-void check_ints(const char* op, const char* name, at::IntArrayRef values, int64_t lowest) {
-  TORCH_CHECK(values.size() == 2, op, ": expected ", name, " to be a list of 2 ints, but got ", values);
-  TORCH_CHECK(values[0] >= lowest && values[1] >= lowest, op, ": ", name, " must be ",
-              lowest == 0 ? "non-negative" : "positive", ", but got ", name, "=", values);
-}
-
-void check_4d(const char* op, const char* name, at::IntArrayRef sizes) {
-  TORCH_CHECK(sizes.size() == 4, op, ": expected ", name, " to be 4-D (N, C, H, W)",
-              name[0] == 'w' ? " i.e. (out_channels, in_channels/groups, kH, kW)" : "", ", but got size ", sizes);
-  for (const int64_t size : sizes) {
-    TORCH_CHECK(size >= 0, op, ": ", name, " sizes must be non-negative, but got ", sizes);
-  }
-}
-
-// The dtypes torch's convolutions compute: floating, complex and integer (a device's im2col/col2im may support
-// fewer: CUDA's are floating-point only, and say so).
-void check_numeric(const char* op, const char* name, const at::Tensor& tensor) {
-  TORCH_CHECK(tensor.scalar_type() != at::kBool, op, ": expected ", name, " to be a numeric tensor, but got Bool");
-}
-
-// The tensor as the kernels read it: dense NCHW, a lazy conjugate resolved (they read memory, not the conj bit).
-at::Tensor dense(const at::Tensor& tensor) { return tensor.resolve_conj().contiguous(); }
-
-// Two tensors that meet in one GEMM: same dtype, same device.
-void check_same_dtype_and_device(const char* op, const char* name_a, const at::Tensor& a, const char* name_b,
-                                 const at::Tensor& b) {
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), op, ": expected ", name_a, " and ", name_b,
-              " to have the same dtype, but got ", name_a, " ", a.scalar_type(), " and ", name_b, " ",
-              b.scalar_type());
-  TORCH_CHECK(a.device() == b.device(), op, ": expected ", name_a, " and ", name_b,
-              " to be on the same device, but got ", name_a, " on ", a.device(), " and ", name_b, " on ",
-              b.device());
-}
-
-// Checks the hyper-parameters against the input and weight sizes and computes every size of the conv.
-ConvShape checked_shape(const char* op, at::IntArrayRef input_size, at::IntArrayRef weight_size,
-                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  check_4d(op, "input", input_size);
-  check_4d(op, "weight", weight_size);
-  check_ints(op, "stride", stride, 1);
-  check_ints(op, "padding", padding, 0);
-  check_ints(op, "dilation", dilation, 1);
-  TORCH_CHECK(groups > 0, op, ": non-positive groups is not supported, but got groups=", groups);
-  TORCH_CHECK(weight_size[0] >= groups, op, ": given groups=", groups, ", expected weight to be at least ", groups,
-              " at dimension 0, but got weight of size ", weight_size, " instead");
-  TORCH_CHECK(weight_size[0] % groups == 0, op, ": expected out_channels (weight.size(0) = ", weight_size[0],
-              ") to be divisible by groups=", groups);
-  TORCH_CHECK(input_size[1] == weight_size[1] * groups, op, ": given groups=", groups, ", weight of size ",
-              weight_size, ", expected input", input_size, " to have ", weight_size[1] * groups,
-              " channels, but got ", input_size[1], " channels instead");
-  TORCH_CHECK(weight_size[2] > 0 && weight_size[3] > 0, op, ": kernel size must be positive, but got weight of size ",
-              weight_size);
-  const int64_t padded_height = input_size[2] + 2 * padding[0];
-  const int64_t padded_width = input_size[3] + 2 * padding[1];
-  const int64_t dilated_kernel_height = dilation[0] * (weight_size[2] - 1) + 1;
-  const int64_t dilated_kernel_width = dilation[1] * (weight_size[3] - 1) + 1;
-  // (A transposed convolution of an empty batch may ask for the input gradient of such a conv: no element.)
-  TORCH_CHECK(input_size[0] == 0 || (padded_height >= dilated_kernel_height && padded_width >= dilated_kernel_width),
-              op,
-              ": calculated padded input size per channel: (", padded_height, " x ", padded_width,
-              "). Kernel size (dilated): (", dilated_kernel_height, " x ", dilated_kernel_width,
-              "). Kernel size can't be greater than actual input size");
-  ConvShape shape;
-  shape.batch = input_size[0];
-  shape.in_channels = input_size[1];
-  shape.in_height = input_size[2];
-  shape.in_width = input_size[3];
-  shape.out_channels = weight_size[0];
-  shape.kernel_height = weight_size[2];
-  shape.kernel_width = weight_size[3];
-  shape.stride_height = stride[0];
-  shape.stride_width = stride[1];
-  shape.padding_height = padding[0];
-  shape.padding_width = padding[1];
-  shape.dilation_height = dilation[0];
-  shape.dilation_width = dilation[1];
-  shape.groups = groups;
-  shape.out_height = conv_output_size(shape.in_height, shape.kernel_height, stride[0], padding[0], dilation[0]);
-  shape.out_width = conv_output_size(shape.in_width, shape.kernel_width, stride[1], padding[1], dilation[1]);
-  return shape;
-}
-
-// grad_output is the output of the conv it is the gradient of, or its first rows and columns: a transposed
-// convolution whose output_padding reaches past the stride has fewer input rows than the conv of its output
-// gives back, and the missing ones contribute nothing (no zeros are multiplied in for them). The shape then
-// describes the output positions that exist.
-void fit_grad_output(const char* op, const at::Tensor& grad_output, ConvShape& shape) {
-  const std::vector<int64_t> expected{shape.batch, shape.out_channels, shape.out_height, shape.out_width};
-  TORCH_CHECK(grad_output.dim() == 4 && grad_output.size(0) == shape.batch && grad_output.size(1) == shape.out_channels &&
-                  grad_output.size(2) <= shape.out_height && grad_output.size(3) <= shape.out_width,
-              op, ": expected grad_output of size ", at::IntArrayRef(expected),
-              " (the output size of this convolution) or its first rows and columns, but got ", grad_output.sizes());
-  shape.out_height = grad_output.size(2);
-  shape.out_width = grad_output.size(3);
-}
 
 struct ChunkPlan {
   std::vector<ColumnChunk> chunks;
@@ -218,14 +124,8 @@ at::Tensor conv2d(const DeviceKernels& kernels, const at::Tensor& input_arg, con
                   const std::optional<at::Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                   at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d";
-  check_same_dtype_and_device(op, "input", input_arg, "weight", weight_arg);
-  const ConvShape shape = checked_shape(op, input_arg.sizes(), weight_arg.sizes(), stride, padding, dilation, groups);
+  const ConvShape shape = checked_conv2d(op, input_arg, weight_arg, bias, stride, padding, dilation, groups);
   const bool has_bias = bias.has_value() && bias->defined();
-  if (has_bias) {
-    check_same_dtype_and_device(op, "input", input_arg, "bias", *bias);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == shape.out_channels, op, ": expected bias of size [",
-                shape.out_channels, "] (out_channels), but got ", bias->sizes());
-  }
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
   const at::Tensor input = dense(input_arg);
   const at::Tensor weight = dense(weight_arg);
@@ -277,9 +177,8 @@ at::Tensor conv2d_input_grad(const DeviceKernels& kernels, const at::Tensor& gra
                              const at::Tensor& weight_arg, at::IntArrayRef input_size, at::IntArrayRef stride,
                              at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_input_grad";
-  check_same_dtype_and_device(op, "grad_output", grad_output_arg, "weight", weight_arg);
-  ConvShape shape = checked_shape(op, input_size, weight_arg.sizes(), stride, padding, dilation, groups);
-  fit_grad_output(op, grad_output_arg, shape);
+  const ConvShape shape =
+      checked_conv2d_input_grad(op, grad_output_arg, weight_arg, input_size, stride, padding, dilation, groups);
   const c10::OptionalDeviceGuard device_guard(grad_output_arg.device());
   const at::Tensor grad_output = dense(grad_output_arg);
   const at::Tensor weight = dense(weight_arg);
@@ -311,9 +210,8 @@ at::Tensor conv2d_weight_grad(const DeviceKernels& kernels, const at::Tensor& in
                               const at::Tensor& grad_output_arg, at::IntArrayRef weight_size, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   const char* op = "manual_conv::conv2d_weight_grad";
-  check_same_dtype_and_device(op, "input", input_arg, "grad_output", grad_output_arg);
-  ConvShape shape = checked_shape(op, input_arg.sizes(), weight_size, stride, padding, dilation, groups);
-  fit_grad_output(op, grad_output_arg, shape);
+  const ConvShape shape =
+      checked_conv2d_weight_grad(op, input_arg, grad_output_arg, weight_size, stride, padding, dilation, groups);
   const c10::OptionalDeviceGuard device_guard(input_arg.device());
   if (shape.batch == 0 || c10::multiply_integers(weight_size) == 0) {
     return at::zeros(weight_size, input_arg.options());

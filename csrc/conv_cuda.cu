@@ -100,15 +100,6 @@ void col2im_cuda(const at::Tensor& columns, const ConvShape& shape, const Column
   });
 }
 
-// One block: the chunks run in stream order, each parallel on the GPU.
-void sequential_blocks(int64_t items, const std::function<void(int64_t, int64_t)>& block) {
-  if (items > 0) {
-    block(0, items);
-  }
-}
-
-int64_t one_block() { return 1; }
-
 // 64 MiB per chunk: few, large launches and GEMMs, with memory that stays bounded whatever the batch.
 constexpr DeviceKernels kCudaKernels{&sequential_blocks, &one_block, int64_t(64) << 20, false, &im2col_cuda,
                                      &col2im_cuda};

@@ -1,10 +1,12 @@
 """Which kernels the autograd Functions run: the Python reference ('python') or the compiled ones ('cpp').
 
-The backend selects the conv core (``conv_kernels``) and the compiled layers: max pooling's forward, ReLU's
-backward (``compiled_layers``), and on CPU max pooling's backward and dropout's mask (``compiled_cpu_layers``).
+The backend selects the conv core (``conv_kernels``, under the conv algorithm of ``algorithm.py``) and the
+compiled layers: max pooling's forward, ReLU's backward (``compiled_layers``), and on CPU max pooling's backward
+and dropout's mask (``compiled_cpu_layers``).
 The compiled kernels are the extension ``manual_conv._C`` built from ``csrc/``; importing it registers the ops
-``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` adds their fake kernels and autograd formulas. When
-it is present 'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
+``torch.ops.manual_conv.*``, and ``manual_conv.ops.library`` (imported last by the package's ``__init__``, as it
+builds on the Functions' modules) adds their fake kernels and autograd formulas. When the extension is present
+'cpp' is the default; when it is missing manual_conv still works on 'python' and warns once.
 """
 import contextlib
 import importlib
@@ -12,14 +14,12 @@ import warnings
 
 import torch
 
-from .ops import conv_reference
+from . import algorithm
 
 BACKENDS = ("python", "cpp")
 
 try:
     importlib.import_module("manual_conv._C")  # loading the library registers torch.ops.manual_conv.*
-    importlib.import_module("manual_conv.ops.library")  # their fake kernels and autograd formulas
-
     _extension_error = None
 except ImportError as error:  # not built, or built against another torch
     _extension_error = error
@@ -68,10 +68,9 @@ def use_backend(name):
 
 
 def conv_kernels():
-    """The active backend's four conv kernels (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad)."""
-    if _backend == "cpp":
-        return torch.ops.manual_conv
-    return conv_reference
+    """The active backend's four conv kernels (conv2d, conv2d_input_grad, conv2d_weight_grad, conv2d_bias_grad),
+    under the active conv algorithm: the im2col ones, or ones that run Winograd where it applies (algorithm.py)."""
+    return algorithm.conv_kernels(_backend)
 
 
 # The dtypes the compiled layers are built for; integer max pooling, for one, stays on the Python path.

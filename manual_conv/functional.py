@@ -241,6 +241,167 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
         return torch.empty_like(input, memory_format=torch.contiguous_format)
     return _activation.LogSoftmaxFunction.apply(input, dim)
 
+def _number(value, function, name, position):
+    """A Scalar argument as torch's argument parser takes it: a real Python number, or a 0-dim tensor that does not
+    require grad (its value); anything else is torch's TypeError. (A complex number with an imaginary part is refused
+    later, by ``_real``.)"""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
+        return value.item()
+    if not isinstance(value, numbers.Number):
+        raise TypeError(
+            f"{function}(): argument '{name}' (position {position}) must be Number, not {type(value).__name__}")
+    return value
+
+
+def _real(value, input):
+    """A Scalar as the float torch's kernels convert it to (opmath: 'float' for float16/bfloat16/float32, 'double'
+    for float64): a complex one only when its imaginary part is 0, else torch's overflow error."""
+    if isinstance(value, complex):
+        if value.imag != 0:
+            kind = "double" if input.dtype == torch.float64 else "float"
+            raise RuntimeError(f"value cannot be converted to type {kind} without overflow")
+        return value.real
+    return value
+
+
+def _activation_input(kernel, input, inplace, complex_allowed=False):
+    """torch's errors for an element-wise activation's input, in torch's order: an in-place call on a leaf that
+    requires grad (or a view of one) first, then a dtype the kernel has no implementation for (integers, bool,
+    complex unless allowed; even when empty)."""
+    if inplace:
+        _check_inplace_allowed(input)
+    if not (input.is_floating_point() or complex_allowed and input.is_complex()):
+        raise not_implemented_for(kernel, input.dtype)
+
+
+def _input_copy(input, inplace):
+    """For an in-place call whose backward needs x: x copied before it is overwritten, when a gradient will be
+    needed (torch's autograd saves such a copy too), else None. A differentiable copy, so that the double backward
+    reaches x through it."""
+    return input.clone() if inplace and input.requires_grad and torch.is_grad_enabled() else None
+
+
+def _int64(value):
+    """Scalar::toLong: a hardtanh bound for an integer input, truncated toward 0, or torch's overflow error."""
+    if isinstance(value, complex):
+        value = value.real if value.imag == 0 else math.nan
+    if not math.isfinite(value) or not -2.0**63 <= value < 2.0**63:
+        raise RuntimeError("value cannot be converted to type int64_t without overflow")
+    return int(value)
+
+
+def _hardtanh(function, input, min_val, max_val, inplace):
+    """hardtanh for hardtanh, hardtanh_ and relu6, after torch's checks: bounds as Scalars, the in-place check,
+    no bool or complex input, and for an integer input bounds truncated to integers (non-negative for uint8)."""
+    min_val, max_val = _number(min_val, function, "min_val", 2), _number(max_val, function, "max_val", 3)
+    if inplace:
+        _check_inplace_allowed(input)
+    if input.dtype == torch.bool:
+        raise NotImplementedError("Bool inputs not supported for hardtanh")
+    if not (input.is_floating_point() or input.is_complex()):  # integers clamp with integer bounds, as torch's
+        min_val, max_val = _int64(min_val), _int64(max_val)
+        if input.dtype == torch.uint8 and (min_val < 0 or max_val < 0):
+            raise RuntimeError("cannot do hardtanh on an unsigned type with negative limits")
+    if input.is_complex():
+        raise NotImplementedError("clamp is not supported for complex types")
+    return _activation.HardtanhFunction.apply(input, min_val, max_val, inplace, _input_copy(input, inplace))
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    """min(max(x, min_val), max_val) element-wise, through ``HardtanhFunction``: ∂y/∂x = 1 strictly between the
+    bounds, else 0 (at the bounds too). Any real dtype (integers with integer bounds); inplace=True overwrites and
+    returns input. ValueError when min_val > max_val."""
+    if min_val > max_val:
+        raise ValueError("min_val cannot be greater than max_val")
+    return _hardtanh("hardtanh_" if inplace else "hardtanh", input, min_val, max_val, inplace)
+
+
+def hardtanh_(input, min_val=-1.0, max_val=1.0):
+    """hardtanh in place: torch.nn.functional.hardtanh_, which (unlike hardtanh) accepts min_val > max_val and then
+    sets every element to max_val, as torch.clamp does."""
+    return _hardtanh("hardtanh_", input, min_val, max_val, True)
+
+
+def relu6(input, inplace=False):
+    """min(max(x, 0), 6) element-wise: hardtanh(x, 0, 6), as torch's relu6 (errors named hardtanh, as torch's)."""
+    return _hardtanh("hardtanh_" if inplace else "hardtanh", input, 0, 6, inplace)
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    """x for x > 0, negative_slope·x otherwise, element-wise, through ``LeakyReLUFunction``. Floating input only
+    (torch's NotImplementedError otherwise). In place (leaky_relu_) the backward refuses a negative slope with
+    torch's RuntimeError."""
+    negative_slope = _number(negative_slope, "leaky_relu_" if inplace else "leaky_relu", "negative_slope", 2)
+    _activation_input("leaky_relu_cpu", input, inplace)
+    return _activation.LeakyReLUFunction.apply(input, _real(negative_slope, input), inplace)
+
+
+def leaky_relu_(input, negative_slope=0.01):
+    """leaky_relu(input, negative_slope, inplace=True): torch.nn.functional.leaky_relu_."""
+    return leaky_relu(input, negative_slope, inplace=True)
+
+
+def _elu(function, input, alpha, scale, input_scale, inplace):
+    """elu and elu_ after torch's checks: α, scale and input_scale as real Scalars, then the input's."""
+    alpha, scale, input_scale = (_real(_number(value, function, name, position), input) for value, name, position in (
+        (alpha, "alpha", 2), (scale, "scale", 3), (input_scale, "input_scale", 4)))
+    _activation_input("elu_cpu", input, inplace)
+    return _activation.ELUFunction.apply(input, alpha, scale, input_scale, inplace)
+
+
+def elu(input, alpha=1.0, inplace=False):
+    """x for x > 0, α(eˣ − 1) otherwise, element-wise, through ``ELUFunction``. Floating input only (torch's
+    NotImplementedError otherwise). In place (elu_) the backward refuses α < 0 with torch's RuntimeError."""
+    return _elu("elu_" if inplace else "elu", input, alpha, 1, 1, inplace)
+
+
+def elu_(input, alpha=1.0, scale=1.0, input_scale=1.0):
+    """ELU in place, torch.nn.functional.elu_ (torch's elu_ with SELU's and CELU's extra arguments):
+    scale·x for x > 0, α·scale·(e^{x·input_scale} − 1) otherwise."""
+    return _elu("elu_", input, alpha, scale, input_scale, True)
+
+
+def silu(input, inplace=False):
+    """x·σ(x) = x / (1 + e^{−x}) element-wise, through ``SiLUFunction``. Floating or complex input (torch's
+    NotImplementedError otherwise); complex input without gradients, as in torch (RuntimeError)."""
+    _activation_input("silu_cpu", input, inplace, complex_allowed=True)
+    if input.is_complex() and input.requires_grad and torch.is_grad_enabled():
+        # torch's in-place silu_ lets a complex input through and returns δ·f'(x), not its convention's
+        # δ·conj(f'(x)); refused here as torch's silu refuses it
+        raise RuntimeError("silu does not support automatic differentiation for outputs with complex dtype.")
+    return _activation.SiLUFunction.apply(input, inplace, _input_copy(input, inplace))
+
+
+def mish(input, inplace=False):
+    """x·tanh(log(1 + eˣ)) element-wise, through ``MishFunction``. Floating input only (torch's
+    NotImplementedError otherwise)."""
+    _activation_input("mish_cpu", input, inplace)
+    return _activation.MishFunction.apply(input, inplace, _input_copy(input, inplace))
+
+
+def hardswish(input, inplace=False):
+    """x·min(max(x + 3, 0), 6)/6 element-wise, through ``HardswishFunction``: ∂y/∂x = 0 for x ≤ −3,
+    x/3 + 1/2 for −3 < x < 3, 1 for x ≥ 3. Floating input only (torch's NotImplementedError otherwise)."""
+    _activation_input("hardswish_cpu", input, inplace)
+    return _activation.HardswishFunction.apply(input, inplace, _input_copy(input, inplace))
+
+
+def hardsigmoid(input, inplace=False):
+    """min(max(x + 3, 0), 6)/6 element-wise, through ``HardsigmoidFunction``: ∂y/∂x = 1/6 for −3 < x < 3, else 0.
+    Floating input only (torch's NotImplementedError otherwise)."""
+    _activation_input("hardsigmoid_cpu", input, inplace)
+    return _activation.HardsigmoidFunction.apply(input, inplace, _input_copy(input, inplace))
+
+
+def softplus(input, beta=1, threshold=20):
+    """log(1 + e^{βx})/β element-wise, and x where βx > threshold, through ``SoftplusFunction``. Floating input
+    only (torch's NotImplementedError otherwise); beta and threshold real numbers (torch's TypeError/RuntimeError
+    otherwise)."""
+    beta = _real(_number(beta, "softplus", "beta", 2), input)
+    threshold = _real(_number(threshold, "softplus", "threshold", 3), input)
+    _activation_input("softplus_cpu", input, False)
+    return _activation.SoftplusFunction.apply(input, beta, threshold)
+
 # --------------------------------------------------------------------------------------- linear, dropout, flatten
 
 

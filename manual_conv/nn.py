@@ -136,6 +136,68 @@ class LogSoftmax(nn.LogSoftmax):
     def forward(self, input):
         return mF.log_softmax(input, self.dim, _stacklevel=5)
 
+
+class Hardtanh(nn.Hardtanh):
+    """torch.nn.Hardtanh computed by manual_conv.functional.hardtanh."""
+
+    def forward(self, input):
+        return mF.hardtanh(input, self.min_val, self.max_val, self.inplace)
+
+
+class ReLU6(nn.ReLU6):
+    """torch.nn.ReLU6 (a torch.nn.Hardtanh with bounds 0 and 6) computed by manual_conv.functional.hardtanh."""
+
+    forward = Hardtanh.forward
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """torch.nn.LeakyReLU computed by manual_conv.functional.leaky_relu."""
+
+    def forward(self, input):
+        return mF.leaky_relu(input, self.negative_slope, self.inplace)
+
+
+class ELU(nn.ELU):
+    """torch.nn.ELU computed by manual_conv.functional.elu."""
+
+    def forward(self, input):
+        return mF.elu(input, self.alpha, self.inplace)
+
+
+class SiLU(nn.SiLU):
+    """torch.nn.SiLU computed by manual_conv.functional.silu."""
+
+    def forward(self, input):
+        return mF.silu(input, inplace=self.inplace)
+
+
+class Mish(nn.Mish):
+    """torch.nn.Mish computed by manual_conv.functional.mish."""
+
+    def forward(self, input):
+        return mF.mish(input, inplace=self.inplace)
+
+
+class Hardswish(nn.Hardswish):
+    """torch.nn.Hardswish computed by manual_conv.functional.hardswish."""
+
+    def forward(self, input):
+        return mF.hardswish(input, self.inplace)
+
+
+class Hardsigmoid(nn.Hardsigmoid):
+    """torch.nn.Hardsigmoid computed by manual_conv.functional.hardsigmoid."""
+
+    def forward(self, input):
+        return mF.hardsigmoid(input, self.inplace)
+
+
+class Softplus(nn.Softplus):
+    """torch.nn.Softplus computed by manual_conv.functional.softplus."""
+
+    def forward(self, input):
+        return mF.softplus(input, self.beta, self.threshold)
+
 # --------------------------------------------------------------------------------------- linear, dropout, flatten
 
 

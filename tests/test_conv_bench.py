@@ -1,6 +1,7 @@
-"""benchmarks/conv_bench.py (--quick), benchmarks/train_step_bench.py and benchmarks/memory_bench.py (--quick) run
-end to end and write complete JSON reports. No timing is asserted: the numbers of a shared machine say nothing
-about correctness. Memory is counted, not timed: the memory benchmark's target is asserted."""
+"""benchmarks/conv_bench.py (--quick, and its --thresholds sweep), benchmarks/train_step_bench.py and
+benchmarks/memory_bench.py (--quick) run end to end and write complete reports. No timing is asserted: the numbers
+of a shared machine say nothing about correctness. Memory is counted, not timed: the memory benchmark's target is
+asserted."""
 import json
 import os
 import subprocess
@@ -17,19 +18,37 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_quick_benchmark_writes_every_measurement(tmp_path):
     report = tmp_path / "bench.json"
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "conv_bench.py"), "--quick", "--repeats", "1",
-               "--threads", "1", "--json", str(report)]
+               "--threads", "1", "--interleave", "--json", str(report)]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert completed.returncode == 0, completed.stderr
-    assert "| MNIST conv1 | fwd | cpp |" in completed.stdout
+    assert "| MNIST conv1 | fwd | cpp gemm |" in completed.stdout
     results = json.loads(report.read_text())
-    assert results["mm_gflops"] > 0 and results["threads"] == 1
+    assert results["mm_gflops"] > 0 and results["threads"] == 1 and "capability" in results["cpu"]
     rows = {(row["layer"], row["mode"], row["implementation"]) for row in results["results"]}
     layers = {layer for layer, _, _ in rows}
-    assert len(layers) == 6
+    strided = {"ResNet-18 128ch s2 56x56"}  # Winograd runs 3x3 stride-1 layers only
+    assert len(layers) == 7 and strided < layers
     assert rows == {(layer, mode, implementation) for layer in layers for mode in ("fwd", "fwd+bwd")
-                    for implementation in ("native", "cpp", "python")}
+                    for implementation in ("native", "cpp gemm", "python", "cpp winograd")
+                    if implementation != "cpp winograd" or layer not in strided}
     for row in results["results"]:
-        assert row["median_ms"] > 0 and row["gflops"] > 0 and row["peak_mb"] >= 0
+        assert row["median_ms"] > 0 and row["gflops"] > 0 and row["peak_mb"] >= 0 and row["time_vs_native"] > 0
+    accuracy = {(row["layer"], row["implementation"]): row for row in results["accuracy"]}
+    assert set(accuracy) == {(layer, implementation) for layer in layers
+                             for implementation in ("cpp gemm", "cpp winograd", "python winograd F(4x4)")
+                             if implementation == "cpp gemm" or layer not in strided}
+    assert {row["auto"] for row in results["accuracy"]} == {"gemm", "winograd"}
+    assert all(row["output_error_vs_native"] > 0 for row in results["accuracy"])
+
+
+@pytest.mark.skipif(not manual_conv.extension_available(), reason="the compiled extension manual_conv._C is not built")
+def test_threshold_sweep_prints_its_grid():
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "conv_bench.py"), "--thresholds", "--quick",
+               "--repeats", "1", "--threads", "1", "--clock", "cpu"]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert len(rows) == 10 and all(len(row.split("|")) == 9 for row in rows), completed.stdout
 
 
 def test_training_step_benchmark_writes_its_report(tmp_path):

@@ -522,6 +522,51 @@ def softmax_calls(draw, function):
     return Call(function, (draw(tensors(shape, dtype)),), kwargs, **draw(call_options()))
 
 
+# torch's bug, not copied: for a NaN input, torch's hardtanh (relu6), elu and hardswish backwards give 0 or NaN in
+# their vectorised CPU loops (a blend on x > min_val, x > 0, x ≥ 3) and pass δ (δ·scale for elu) in their scalar
+# loops (x ≤ min_val ? 0 : δ, ...), which run for strided tensors and for the tail of a contiguous one, so which one
+# a NaN meets depends on its position. manual_conv passes δ, as the scalar loops and torch._decomp do. So no NaN in
+# their inputs when they require grad (tests/test_activation.py compares with the scalar loop).
+NAN_INPUT_GRADIENT_DIFFERS = {"relu6", "hardtanh", "hardtanh_", "elu", "elu_", "hardswish"}
+
+
+@st.composite
+def activation_calls(draw, function, takes_inplace=True, **parameters):
+    """A call of an element-wise activation on any dtype and shape: ``parameters`` name strategies for its
+    arguments, and inplace is drawn when the function takes it."""
+    input = draw(tensors(any_shape(draw), draw(dtypes())))
+    kwargs = {name: draw(values) for name, values in parameters.items()}
+    if takes_inplace:
+        kwargs["inplace"] = draw(st.booleans())
+    if function in NAN_INPUT_GRADIENT_DIFFERS and input.requires_grad:
+        input.values.nan_to_num_(nan=math.inf, posinf=math.inf, neginf=-math.inf)
+    if function == "hardsigmoid" and input.values.dtype == torch.float64:
+        # torch's bug, not copied: its float64 backward multiplies by float32's 1/6 (0.16666667163…), a float32
+        # gradient (tests/test_activation.py checks ours, δ/6, and torch's); float64 forwards only here
+        input.requires_grad = input.intermediate = False
+    if function == "silu" and kwargs["inplace"] and input.values.is_complex():
+        # torch's bug, not copied: its in-place silu_ lets a complex input that requires grad through (silu refuses
+        # it) and returns δ·f'(x), not δ·conj(f'(x)) as its convention; manual_conv refuses both
+        input.requires_grad = input.intermediate = False
+    return Call(function, (input,), kwargs, **draw(call_options()))
+
+
+HARDTANH_BOUNDS = st.sampled_from(((-1.0, 1.0), (0, 6), (-0.5, 2), (-2.5, -1), (0.25, 0.25), (1.0, -1.0), (-1.5, 0)))
+
+
+@st.composite
+def hardtanh_calls(draw, function):
+    """hardtanh or hardtanh_: bounds of both kinds, equal ones, min_val > max_val (hardtanh's ValueError,
+    hardtanh_'s clamp to max_val) and negative ones (refused for uint8)."""
+    min_val, max_val = draw(HARDTANH_BOUNDS)
+    return draw(activation_calls(function, takes_inplace=function == "hardtanh", min_val=st.just(min_val),
+                                 max_val=st.just(max_val)))
+
+
+NEGATIVE_SLOPES = st.sampled_from((0.01, 0.01, 0.2, 0.0, -0.5, 1.5, None))
+ELU_ALPHAS = st.sampled_from((1.0, 1.0, 0.5, 2, 0.0, -1.0))
+ELU_SCALES = st.sampled_from((1.0, 1.0, 2.0, 0.5, -1.0))
+
 # ------------------------------------------------------------------------------------------ linear, dropout
 
 
@@ -745,6 +790,20 @@ CALLS = {
     "sigmoid": elementwise_calls("sigmoid"),
     "tanh": elementwise_calls("tanh"),
     "gelu": gelu_calls(),
+    "relu6": activation_calls("relu6"),
+    "hardtanh": hardtanh_calls("hardtanh"),
+    "hardtanh_": hardtanh_calls("hardtanh_"),
+    "leaky_relu": activation_calls("leaky_relu", negative_slope=NEGATIVE_SLOPES),
+    "leaky_relu_": activation_calls("leaky_relu_", takes_inplace=False, negative_slope=NEGATIVE_SLOPES),
+    "elu": activation_calls("elu", alpha=ELU_ALPHAS),
+    "elu_": activation_calls("elu_", takes_inplace=False, alpha=ELU_ALPHAS, scale=ELU_SCALES,
+                             input_scale=ELU_SCALES),
+    "silu": activation_calls("silu"),
+    "mish": activation_calls("mish"),
+    "hardswish": activation_calls("hardswish"),
+    "hardsigmoid": activation_calls("hardsigmoid"),
+    "softplus": activation_calls("softplus", takes_inplace=False, beta=st.sampled_from((1, 1, 2.0, 0.5, -1.0, 0)),
+                                 threshold=st.sampled_from((20, 20, 1.0, 0, -1.5, "20"))),
     "softmax": softmax_calls("softmax"),
     "log_softmax": softmax_calls("log_softmax"),
     "linear": linear_calls(),

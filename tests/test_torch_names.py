@@ -55,19 +55,19 @@ def test_containers_and_helpers_are_silent_layers_are_not():
     for name in ("Module", "Sequential", "ModuleList", "ModuleDict", "ParameterList", "Parameter", "Identity",
                  "init", "utils", "parallel"):
         assert not resolve_fresh(mnn, name)[1], name
-    for name in ("ReLU6", "Dropout2d", "Hardswish", "MultiheadAttention", "Transformer"):
+    for name in ("SELU", "Dropout2d", "Softsign", "MultiheadAttention", "Transformer"):
         assert len(resolve_fresh(mnn, name)[1]) == 1, name
-    for name in ("pad", "interpolate", "silu", "scaled_dot_product_attention"):
+    for name in ("pad", "interpolate", "selu", "scaled_dot_product_attention"):
         assert len(resolve_fresh(mF, name)[1]) == 1, name
     for name in ("Tensor", "handle_torch_function", "GRID_SAMPLE_PADDING_MODES"):
         assert not resolve_fresh(mF, name)[1], name
 
 
 def test_one_warning_per_name():
-    resolve_fresh(mnn, "ReLU6")
+    resolve_fresh(mnn, "SELU")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert mnn.ReLU6 is nn.ReLU6 and mnn.ReLU6 is nn.ReLU6
+        assert mnn.SELU is nn.SELU and mnn.SELU is nn.SELU
 
 
 def test_unknown_names_are_attribute_errors():
@@ -83,8 +83,8 @@ def test_nn_functional_is_manual_conv_functional_and_dir_lists_torchs_names():
 
 
 def test_convert_warns_in_the_same_words():
-    with pytest.warns(UserWarning, match="these torch.nn layers have no manual_conv twin and run natively: ReLU6"):
-        manual_conv.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU6()))
+    with pytest.warns(UserWarning, match="these torch.nn layers have no manual_conv twin and run natively: SELU"):
+        manual_conv.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.SELU()))
 
 
 def test_model_code_written_against_torch_nn_runs(backend):

@@ -1,4 +1,5 @@
-"""Activations' autograd Functions: ReLU, sigmoid, tanh, GELU, softmax and log-softmax, forward and backward by hand.
+"""Activations' autograd Functions, forward and backward by hand: ReLU, sigmoid, tanh, GELU, softmax and log-softmax;
+hardtanh (and relu6), leaky ReLU, ELU, hardsigmoid, hardswish, SiLU, mish and softplus.
 
 Notation (docs/derivations.md, "Activations"): x the input, y the output, δ = ∂L/∂y. The element-wise ones have a
 diagonal Jacobian, so ∂L/∂x = δ ⊙ f'(x), with f' written through y where that is cheaper (σ' = y(1 − y),
@@ -12,8 +13,11 @@ once at the end, forward and backward; the backwards written through y then reco
 kernel puts them (0 · ∞ = NaN where torch's kernel multiplies, a selection where it selects).
 
 Every backward is made of differentiable tensor ops on saved tensors; where it uses the saved output y, y is an
-output of the same Function, so differentiating the backward goes through this Function again: double backward
-works for all of them.
+output of the same Function, so differentiating the backward goes through this Function again, and where it needs
+σ, tanh or softplus of x it calls their Functions: double backward works for all of them. At a kink (where the
+derivative jumps) each takes the one-sided slope that PyTorch's kernel takes (torch's derivatives.yaml and
+aten/src/ATen/native/cpu/Activation.cpp); for a NaN x, where torch's vectorised and scalar loops disagree, the
+scalar loop's (which runs for strided tensors, for the tail of contiguous ones, and in torch._decomp).
 """
 import math
 
@@ -78,21 +82,88 @@ class ReLUFunction(Function):
             grad_input = torch.ops.manual_conv.relu_backward(grad_output, output)
         else:
             grad_input = torch.where(output <= 0, 0.0, grad_output)
-        if 1 in output.shape:
-            grad_input = _laid_out_as_elementwise(grad_input, output, grad_output)
-        return grad_input, None
+        return _laid_out_as_elementwise(grad_input, output, grad_output), None
 
 
 def _laid_out_as_elementwise(result, *operands):
-    """``result`` with the strides torch's elementwise kernels give it (TensorIterator's fast setup): standard
-    contiguous strides when every operand is contiguous, channels_last ones when every one is channels_last
-    (contiguous winning a tie), else as it is. The strides of size-1 dims, which ``where`` and the compiled kernel
-    take from the operands, decide whether a 1-channel tensor counts as channels_last."""
+    """``result`` with the strides torch's element-wise kernel over ``operands`` (same shape, in the kernel's order)
+    gives its output: a copy where ours differ. Ours come from a chain of ops, some with a Python scalar or a
+    condition first, which TensorIterator lays out by other cases of its rule; the difference shows in the strides
+    of size-1 dims (which decide whether a 1-channel tensor counts as channels_last) and for mixed layouts.
+    The common case, no size-1 dim and operands laid out as the result, costs two checks."""
+    if 1 not in result.shape and all(operand.stride() == result.stride() for operand in operands):
+        return result  # TensorIterator keeps dense operands' common strides
+    strides = _elementwise_strides(result.shape, operands)
+    if result.stride() == strides:
+        return result
+    return torch.empty_strided(result.shape, strides, dtype=result.dtype, device=result.device).copy_(result)
+
+
+def _elementwise_strides(shape, operands):
+    """The strides of the output TensorIterator allocates for an op over ``operands`` of ``shape``
+    (aten/src/ATen/TensorIterator.cpp): standard contiguous strides when every operand is contiguous, channels_last
+    ones when every one is channels_last, the operands' own when they are all dense with the same strides (its fast
+    setup); otherwise dense strides in the order of the dims sorted by the operands' strides, the first operand
+    deciding, a tie going to the larger dim last and then to the next operand (``reorder_dimensions``)."""
+    contiguous = _standard_strides(shape)
     if all(operand.is_contiguous() for operand in operands):
-        return laid_out_like(result, result, torch.contiguous_format, result.dtype)
-    if all(operand.dim() == 4 and operand.is_contiguous(memory_format=torch.channels_last) for operand in operands):
-        return laid_out_like(result, result, torch.channels_last, result.dtype)
-    return result
+        return contiguous
+    if all(operand.is_contiguous(memory_format=torch.channels_last) for operand in operands):
+        batch, channels, height, width = shape  # c10's get_channels_last_strides_2d
+        return (height * width * channels, 1, width * channels, channels)
+    if all(_non_overlapping_and_dense(operand) for operand in operands) and \
+            all(operand.stride() == operands[0].stride() for operand in operands):
+        return operands[0].stride()
+
+    def order(dim0, dim1):  # TensorIterator's should_swap: 1 when dim0 goes after dim1, −1 before, 0 undecided
+        for operand in operands:
+            stride0, stride1 = operand.stride(dim0), operand.stride(dim1)
+            if stride0 == 0 or stride1 == 0:
+                continue
+            if stride0 != stride1:
+                return -1 if stride0 < stride1 else 1
+            if shape[dim0] > shape[dim1]:
+                return 1
+        return 0
+
+    permutation = list(reversed(range(len(shape))))  # fastest-moving dim first
+    for i in range(1, len(shape)):
+        moving = i
+        for j in reversed(range(i)):
+            comparison = order(permutation[j], permutation[moving])
+            if comparison > 0:
+                permutation[j], permutation[moving] = permutation[moving], permutation[j]
+                moving = j
+            elif comparison < 0:
+                break
+    if permutation == list(reversed(range(len(shape)))):
+        return contiguous
+    strides, step = [0] * len(shape), 1
+    for dim in permutation:
+        strides[dim], step = step, step * shape[dim]
+    return tuple(strides)
+
+
+def _standard_strides(shape):
+    """Row-major strides of ``shape`` as c10 computes them (a size-0 or size-1 dim counting as 1)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def _non_overlapping_and_dense(tensor):
+    """c10's is_non_overlapping_and_dense: the elements fill a block of memory exactly, in some order of the dims."""
+    dims = sorted((tensor.stride(dim), size) for dim, size in enumerate(tensor.shape) if size != 1)
+    if any(size == 0 for _, size in dims):
+        return True
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class SigmoidFunction(Function):
@@ -259,3 +330,292 @@ def _max_along(input, dim):
     if input.numel() == 0:
         return input.new_zeros(())
     return input.amax(dim, keepdim=True)
+
+
+# ------------------------------------------------------------------------------------------ piecewise activations
+#
+# The Functions below take ``inplace`` as torch's activations do. Where their backward needs x, an in-place call
+# also takes ``input_copy``, x copied before it is overwritten (None when no gradient will be needed): torch's
+# autograd saves such a copy too, so modifying the output in place before the backward is allowed, as in torch.
+# leaky_relu_ and elu_ instead save y, as torch's do (their slope is a function of y), and modifying it raises.
+
+
+def _saved_input(ctx, input, inplace, input_copy):
+    """Mark an in-place call's input dirty and save x for the backward: the input, or its copy when overwritten."""
+    if inplace:
+        ctx.mark_dirty(input)
+    ctx.save_for_backward(input_copy if inplace else input)
+
+
+def _saved_output_if_inplace(ctx, input, output):
+    """leaky_relu_'s and elu_'s saving, as torch's: in place, mark the input dirty and save y (their slope is then
+    written through y, and modifying y before the backward raises); out of place, save x."""
+    if ctx.inplace:
+        ctx.mark_dirty(input)
+    ctx.save_for_backward(output if ctx.inplace else input)
+
+
+def _result(input, output, inplace):
+    """``output`` (computed in opmath) rounded once to the input's dtype: written into the input for an in-place call
+    (and the input returned, as torch's in-place ops do), else a new tensor laid out as torch's unary kernel's."""
+    return input.copy_(output) if inplace else _laid_out_as_elementwise(output.to(input.dtype), input)
+
+
+def _gradient(grad_input, grad_output, saved, saved_first=False):
+    """∂L/∂x (computed in opmath) rounded once to δ's dtype and laid out as by torch's backward kernel, an
+    element-wise one over δ and the saved x or y (in that order, or the other with ``saved_first``)."""
+    operands = (saved, grad_output) if saved_first else (grad_output, saved)
+    return _laid_out_as_elementwise(grad_input.to(grad_output.dtype), *operands)
+
+
+class HardtanhFunction(Function):
+    """y = min(max(x, min_val), max_val), torch.clamp (NaN stays NaN); relu6 is hardtanh(x, 0, 6), as in torch.
+
+    Backward: ∂y/∂x = 1 for min_val < x < max_val, 0 outside, and PyTorch's choice 0 at both bounds:
+        ∂L/∂x = 0 where x ≤ min_val or x ≥ max_val, else δ   (a NaN x passes δ, as torch's scalar loop).
+    A selection, so an infinite δ where x is clamped gives 0. The comparisons are made in opmath (float32 for
+    float16/bfloat16), as torch's kernel compares with the bounds as floats. Any real dtype forward (integers
+    clamp as integers); the backward only runs for floating point.
+    """
+
+    @staticmethod
+    def forward(input, min_val, max_val, inplace, input_copy):
+        if inplace:
+            return input.clamp_(min_val, max_val)
+        return torch.clamp(input, min_val, max_val, out=torch.empty_like(input))  # torch's: into empty_like(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.min_val, ctx.max_val, inplace, input_copy = inputs
+        _saved_input(ctx, input, inplace, input_copy)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        x = _in_opmath(input)
+        grad_input = torch.where((x <= ctx.min_val) | (x >= ctx.max_val), 0.0, grad_output)
+        return _laid_out_as_elementwise(grad_input, grad_output, input), None, None, None, None
+
+
+class LeakyReLUFunction(Function):
+    """y = x for x > 0, s·x otherwise (s = negative_slope; NaN stays NaN, and −∞·0 is NaN as in torch).
+
+    Backward: ∂y/∂x = 1 for x > 0 and s for x < 0, with PyTorch's choice s at x = 0:
+        ∂L/∂x = δ where x > 0, else δ·s.
+    In place, torch decides by y instead (y > 0 exactly where x > 0, for s ≥ 0) and saves y; for s < 0 that is
+    wrong, and torch's backward refuses it with a RuntimeError, as this one does.
+    """
+
+    @staticmethod
+    def forward(input, negative_slope, inplace):
+        x = _in_opmath(input)
+        return _result(input, torch.where(x > 0, x, x * negative_slope), inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.negative_slope, ctx.inplace = inputs
+        _saved_output_if_inplace(ctx, input, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.inplace and ctx.negative_slope < 0:
+            raise RuntimeError(
+                "In-place leakyReLu backward calculation is triggered with a negative slope which is not supported. "
+                "This is caused by calling in-place forward function with a negative slope, please call out-of-place "
+                "version instead. File an issue at https://github.com/pytorch/pytorch if you do require supporting "
+                "in-place leakRelu backward calculation with negative slope")
+        (saved,) = ctx.saved_tensors
+        x_or_y, grad = _in_opmath(saved), _in_opmath(grad_output)
+        grad_input = torch.where(x_or_y > 0, grad, grad * ctx.negative_slope)
+        return _gradient(grad_input, grad_output, saved, saved_first=True), None, None  # as torch's kernel
+
+
+class ELUFunction(Function):
+    """y = scale·x for x > 0, α·scale·(e^{x·is} − 1) for x ≤ 0 (is = input_scale; elu is α, 1, 1). Clevert et al.,
+    "Fast and Accurate Deep Network Learning by Exponential Linear Units" (2015); scale and input_scale are the
+    arguments of torch's elu_ (SELU's and CELU's forms). e^{x·is} − 1 by expm1 (no cancellation near 0).
+
+    Backward: ∂y/∂x = scale for x > 0 and α·scale·is·e^{x·is} for x ≤ 0 (at x = 0 torch takes the second):
+        ∂L/∂x = δ·is·α·scale·e^{x·is} where x ≤ 0, else δ·scale   (a NaN x gives δ·scale, as torch's scalar loop).
+    e^{x·is} is formed of min(x, 0), equal where it is used, so that the unused branch never overflows: its
+    infinity would turn into 0·∞ = NaN in the double backward. In place, torch saves y and writes the slope through
+    it, α·scale·is·e^{x·is} = is·(y + α·scale) for y ≤ 0, refusing α < 0 in the backward; this one does the same.
+    """
+
+    @staticmethod
+    def forward(input, alpha, scale, input_scale, inplace):
+        x = _in_opmath(input)
+        output = torch.where(x <= 0, torch.expm1(x * input_scale) * (alpha * scale), x * scale)
+        return _result(input, output, inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.alpha, ctx.scale, ctx.input_scale, ctx.inplace = inputs
+        _saved_output_if_inplace(ctx, input, output)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.inplace and ctx.alpha < 0:
+            raise RuntimeError(
+                "In-place elu backward calculation is triggered with a negative slope which is not supported. "
+                "This is caused by calling in-place forward function with a negative slope, please call out-of-place "
+                "version instead.")
+        (saved,) = ctx.saved_tensors
+        x_or_y, grad = _in_opmath(saved), _in_opmath(grad_output)
+        negative_coefficient = ctx.alpha * ctx.scale
+        if ctx.inplace:
+            negative_part = grad * ctx.input_scale * (x_or_y + negative_coefficient)
+        else:
+            exp = torch.exp(x_or_y.clamp(max=0) * ctx.input_scale)
+            negative_part = grad * (ctx.input_scale * negative_coefficient) * exp
+        grad_input = torch.where(x_or_y <= 0, negative_part, grad * ctx.scale)
+        return _gradient(grad_input, grad_output, saved), None, None, None, None
+
+
+class HardsigmoidFunction(Function):
+    """y = min(max(x + 3, 0), 6) / 6: 0 for x ≤ −3, 1 for x ≥ 3, x/6 + 1/2 between (NaN stays NaN). Howard et al.,
+    "Searching for MobileNetV3" (2019).
+
+    Backward: ∂y/∂x = 1/6 for −3 < x < 3, 0 outside, and PyTorch's choice 0 at ±3 (and for NaN):
+        ∂L/∂x = δ/6 where −3 < x < 3, else 0.
+    (torch's float64 kernel multiplies by float32's 1/6, 0.16666667163…: its float64 gradient has float32's
+    precision. Here 1/6 is exact in every dtype.)
+    """
+
+    @staticmethod
+    def forward(input, inplace, input_copy):
+        x = _in_opmath(input)
+        return _result(input, (x + 3).clamp_(0, 6).div_(6), inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace, input_copy = inputs
+        _saved_input(ctx, input, inplace, input_copy)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        x = _in_opmath(input)
+        grad_input = torch.where((x > -3) & (x < 3), _in_opmath(grad_output) / 6, 0.0)
+        return _gradient(grad_input, grad_output, input), None, None
+
+
+class HardswishFunction(Function):
+    """y = x · min(max(x + 3, 0), 6) / 6: 0 for x ≤ −3, x for x ≥ 3, x(x + 3)/6 between (torch's order of
+    operations: (x · clamp) / 6, so −∞ gives −∞·0 = NaN as in torch). Howard et al., "Searching for MobileNetV3".
+
+    Backward: ∂y/∂x = 0 for x < −3, (2x + 3)/6 = x/3 + 1/2 for −3 < x < 3, 1 for x > 3; at the kinks PyTorch
+    takes the outer pieces, 0 at x = −3 and 1 at x = 3 (where the middle piece's slope is −1/2 and 3/2):
+        ∂L/∂x = 0 where x ≤ −3, δ·(x/3 + 1/2) where −3 < x < 3, δ where x ≥ 3   (a NaN x passes δ).
+    """
+
+    @staticmethod
+    def forward(input, inplace, input_copy):
+        x = _in_opmath(input)
+        return _result(input, (x * (x + 3).clamp_(0, 6)).div_(6), inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace, input_copy = inputs
+        _saved_input(ctx, input, inplace, input_copy)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        x, grad = _in_opmath(input), _in_opmath(grad_output)
+        grad_input = torch.where(x <= -3, 0.0, torch.where(x < 3, grad * (x / 3 + 0.5), grad))
+        return _gradient(grad_input, grad_output, input), None, None
+
+
+# ------------------------------------------------------------------------------------------- smooth activations
+
+
+class SiLUFunction(Function):
+    """y = x·σ(x) = x / (1 + e^{−x}) (SiLU, or swish: Hendrycks & Gimpel, "Gaussian Error Linear Units" (2016);
+    Elfwing et al. (2017); Ramachandran et al., "Searching for Activation Functions" (2017)). Written as torch's
+    kernel, a division: x = −∞ gives −∞/∞ = NaN as in torch. Complex x too (forward only, as in torch).
+
+    Backward, by the product rule with σ' = σ(1 − σ):
+        y' = σ(x) + x·σ(x)(1 − σ(x)) = σ(x)·(1 + x(1 − σ(x))),   ∂L/∂x = (δ·σ(x))·(1 + x(1 − σ(x)))
+    (torch's order of products), σ by ``SigmoidFunction`` so that the double backward runs through it.
+    """
+
+    @staticmethod
+    def forward(input, inplace, input_copy):
+        x = _in_opmath(input)
+        return _result(input, torch.div(x, torch.exp(-x).add_(1)), inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace, input_copy = inputs
+        _saved_input(ctx, input, inplace, input_copy)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        x = _in_opmath(input)
+        sigmoid = SigmoidFunction.apply(x)
+        grad_input = _in_opmath(grad_output) * sigmoid * (1 + x * (1 - sigmoid))
+        return _gradient(grad_input, grad_output, input), None, None
+
+
+class MishFunction(Function):
+    """y = x·tanh(softplus(x)) = x·tanh(log(1 + eˣ)) (Misra, "Mish: A Self Regularized Non-Monotonic Activation
+    Function" (2019)); x = −∞ gives −∞·0 = NaN, as in torch.
+
+    Backward, by the product and chain rules with softplus' = σ and tanh' = 1 − tanh², t = tanh(softplus(x)):
+        y' = t + x·σ(x)·(1 − t²),   ∂L/∂x = δ·y'.
+    t and σ come from ``SoftplusFunction`` (β = 1, threshold 20), ``TanhFunction`` and ``SigmoidFunction``, so that
+    the double backward runs through them; log(1 + eˣ) written out would give ∞/∞ = NaN there once eˣ overflows,
+    and above 20 the softplus' linear branch changes tanh by less than an ulp.
+    """
+
+    @staticmethod
+    def forward(input, inplace, input_copy):
+        x = _in_opmath(input)
+        return _result(input, x * torch.tanh(torch.log1p(torch.exp(x))), inplace)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace, input_copy = inputs
+        _saved_input(ctx, input, inplace, input_copy)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        x = _in_opmath(input)
+        tanh_softplus = TanhFunction.apply(SoftplusFunction.apply(x, 1.0, 20.0))
+        slope = tanh_softplus + x * SigmoidFunction.apply(x) * (1 - tanh_softplus * tanh_softplus)
+        return _gradient(_in_opmath(grad_output) * slope, grad_output, input), None, None
+
+
+class SoftplusFunction(Function):
+    """y = log(1 + e^{βx}) / β, and y = x where βx > threshold (there the two differ by less than e^{−threshold}/β,
+    and e^{βx} could overflow). Dugas et al., "Incorporating Second-Order Functional Knowledge for Better Option
+    Pricing" (2001).
+
+    Backward: d/dx log(1 + e^{βx})/β = e^{βx}/(1 + e^{βx}) = σ(βx), and 1 on the linear branch:
+        ∂L/∂x = δ where βx > threshold, else δ·σ(βx)   (at βx = threshold, σ, as torch's).
+    σ by ``SigmoidFunction`` (the double backward runs through it: β·σ(1 − σ)). torch's kernel writes σ as
+    z/(z + 1), z = e^{βx}, which is ∞/∞ = NaN once z overflows below the threshold (βx > 88 in float32 with a
+    threshold above that); σ(βx) = 1/(1 + e^{−βx}) gives its limit δ there. (torch's double backward also takes 0
+    at βx = threshold exactly, its mask being βx < threshold; the σ branch's β·σ(1 − σ) here.)
+    """
+
+    @staticmethod
+    def forward(input, beta, threshold):
+        x = _in_opmath(input)
+        scaled = x * beta
+        return _result(input, torch.where(scaled > threshold, x, torch.log1p(torch.exp(scaled)).div_(beta)), False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.beta, ctx.threshold = inputs
+        ctx.save_for_backward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        scaled, grad = _in_opmath(input) * ctx.beta, _in_opmath(grad_output)
+        grad_input = torch.where(scaled > ctx.threshold, grad, grad * SigmoidFunction.apply(scaled))
+        return _gradient(grad_input, grad_output, input), None, None

@@ -207,7 +207,7 @@ def differentiable_maps():
     on 'cpp' compiles for training without a graph break, and double backward works on both backends.
     """
     if get_backend() == "cpp":
-        ops = torch.ops.manual_conv
+        ops = conv_kernels()  # the compiled ops of the algorithm that runs (manual_conv/algorithm.py)
         return BilinearMaps(*(functools.partial(_in_opmath, op) for op in (
             ops.conv2d, ops.conv2d_input_grad, ops.conv2d_weight_grad, ops.conv2d_bias_grad)))
     return _FUNCTION_MAPS

@@ -1,5 +1,6 @@
 """Fake kernels and autograd formulas of the compiled ops ``torch.ops.manual_conv.*`` (built from csrc/): the conv
-core and the compiled layers (max pooling's forward and backward, ReLU's backward, dropout's mask).
+core (im2col, and Winograd F(2×2, 3×3) for 3×3 stride-1 layers) and the compiled layers (max pooling's forward
+and backward, ReLU's backward, dropout's mask).
 
 The fake kernels give the output's shape and dtype without computing it, so FakeTensor, ``torch.compile`` and
 ``torch.export`` trace through the ops (with symbolic sizes too). The autograd formulas make the three core
@@ -23,6 +24,7 @@ import manual_conv._C  # noqa: F401  (loads the library that defines the ops reg
 
 from ._utils import suggests_channels_last
 from .conv_reference import first_rows_and_columns
+from .pool import max_pool2d_input_grad, pool_memory_format, pooling_output_size
 
 _ops = torch.ops.manual_conv
 
@@ -68,9 +70,6 @@ def _conv2d_bias_grad_fake(grad_output):
 @torch.library.register_fake("manual_conv::max_pool2d")
 def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
     """(N, C, H_out, W_out) or unbatched (C, H_out, W_out), channels_last when the input suggests it."""
-    # imported here: pool.py imports the backend, which imports this module while loading the extension
-    from .pool import pool_memory_format, pooling_output_size
-
     torch._check(input.dim() in (3, 4), lambda: f"manual_conv: expected a 3-D or 4-D input, but got {input.dim()}-D")
     output_height, output_width = (
         pooling_output_size(input.shape[axis - 2], kernel_size[axis], stride[axis], padding[axis], dilation[axis],
@@ -174,6 +173,58 @@ torch.library.register_autograd(
 )
 
 
+# Winograd F(2×2, 3×3) (csrc/winograd_core.h): the same three bilinear maps for 3×3 stride-1 convolutions, with the
+# conv core's signatures and shapes, so the same fake kernels. Their derivatives are the table above written with
+# the Winograd ops themselves (and conv2d_bias_grad), so a layer computed by Winograd stays Winograd to any order.
+for _name, _fake in (("conv2d", _conv2d_fake), ("conv2d_input_grad", _conv2d_input_grad_fake),
+                     ("conv2d_weight_grad", _conv2d_weight_grad_fake)):
+    torch.library.register_fake(f"manual_conv::winograd_{_name}")(_fake)
+
+
+def _winograd_conv2d_backward(ctx, grad):
+    """y = winograd_conv2d(x, w) + b:  dx = winograd_conv2d_input_grad(G, w), dw = winograd_conv2d_weight_grad(x, G)."""
+    input, weight = ctx.saved_tensors
+    needs_input, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+    grad_input = _ops.winograd_conv2d_input_grad(grad, weight, input.shape, *ctx.conv_args) if needs_input else None
+    grad_weight = (_ops.winograd_conv2d_weight_grad(input, grad, weight.shape, *ctx.conv_args) if needs_weight
+                   else None)
+    grad_bias = _ops.conv2d_bias_grad(grad) if needs_bias else None
+    return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def _winograd_conv2d_input_grad_backward(ctx, grad):
+    """gx = winograd_conv2d_input_grad(δ, w):  dδ = winograd_conv2d(G, w), dw = winograd_conv2d_weight_grad(G, δ)."""
+    grad_output, weight = ctx.saved_tensors
+    needs_grad_output, needs_weight = ctx.needs_input_grad[:2]
+    grad_grad_output = _ops.winograd_conv2d(grad, weight, None, *ctx.conv_args) if needs_grad_output else None
+    grad_weight = (_ops.winograd_conv2d_weight_grad(grad, grad_output, weight.shape, *ctx.conv_args) if needs_weight
+                   else None)
+    return grad_grad_output, grad_weight, None, None, None, None, None
+
+
+def _winograd_conv2d_weight_grad_backward(ctx, grad):
+    """gw = winograd_conv2d_weight_grad(x, δ):  dx = winograd_conv2d_input_grad(δ, G), dδ = winograd_conv2d(x, G)."""
+    input, grad_output = ctx.saved_tensors
+    needs_input, needs_grad_output = ctx.needs_input_grad[:2]
+    grad_input = (_ops.winograd_conv2d_input_grad(grad_output, grad, input.shape, *ctx.conv_args) if needs_input
+                  else None)
+    grad_grad_output = _ops.winograd_conv2d(input, grad, None, *ctx.conv_args) if needs_grad_output else None
+    return grad_input, grad_grad_output, None, None, None, None, None
+
+
+torch.library.register_autograd(
+    "manual_conv::winograd_conv2d", _winograd_conv2d_backward, setup_context=_save_two_tensors_and_conv_args
+)
+torch.library.register_autograd(
+    "manual_conv::winograd_conv2d_input_grad", _winograd_conv2d_input_grad_backward,
+    setup_context=_save_two_tensors_and_conv_args
+)
+torch.library.register_autograd(
+    "manual_conv::winograd_conv2d_weight_grad", _winograd_conv2d_weight_grad_backward,
+    setup_context=_save_two_tensors_and_conv_args
+)
+
+
 def _max_pool2d_setup_context(ctx, inputs, output):
     _, indices = output
     ctx.mark_non_differentiable(indices)
@@ -185,8 +236,6 @@ def _max_pool2d_setup_context(ctx, inputs, output):
 def _max_pool2d_backward(ctx, grad, _grad_indices):
     """y = max over each window, indices = its arg-max:  dx = the scatter-add of G to the arg-maxes (ops/pool.py),
     laid out as the input."""
-    from .pool import max_pool2d_input_grad  # imported here for the reason given in _max_pool2d_fake
-
     (indices,) = ctx.saved_tensors
     return max_pool2d_input_grad(grad, indices, ctx.input_shape, ctx.channels_last), None, None, None, None, None
 
