@@ -11,6 +11,7 @@ the module's parameters, state_dict and repr. Most run on both backends (the `ba
 compiled kernel, but the dropout mask is drawn by the compiled kernel on 'cpp'.
 """
 import math
+import warnings
 
 import pytest
 import torch
@@ -396,3 +397,28 @@ def test_functional_multi_head_attention_gradgradcheck(backend):
             x, x, x, 4, 2, w, None, None, None, False, 0.0, o, None, attn_mask=m, need_weights=need_weights)[0]
         assert gradcheck(function, (query, in_proj, out_proj, mask))
         assert gradgradcheck(function, (query, in_proj, out_proj, mask))
+
+
+def test_convert_swaps_the_attention_of_torchvisions_vision_transformer(backend):
+    """ViT's encoder blocks hold torch.nn.MultiheadAttention (called batch_first, need_weights=False): convert makes
+    them ours, without a warning (the out-projection, a Linear subclass, is read by our forward, not run), and the
+    model's output and every gradient stay torch's, in train and eval mode."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    native = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                               num_classes=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converted = manual_conv.convert(native)
+    assert all(type(layer.self_attention) is mnn.MultiheadAttention for layer in converted.encoder.layers)
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    for train in (True, False):
+        native.train(train), converted.train(train)
+        output, expected = converted(x), native(x)
+        assert "ScaledDotProductAttentionFunctionBackward" in graph_nodes(output)
+        torch.testing.assert_close(output, expected)
+        grads = torch.autograd.grad(output.sum(), [x, *converted.parameters()])
+        expected_grads = torch.autograd.grad(expected.sum(), [x, *native.parameters()])
+        for grad, expected_grad in zip(grads, expected_grads):
+            torch.testing.assert_close(grad, expected_grad)
