@@ -422,3 +422,24 @@ def test_convert_swaps_the_attention_of_torchvisions_vision_transformer(backend)
         expected_grads = torch.autograd.grad(expected.sum(), [x, *native.parameters()])
         for grad, expected_grad in zip(grads, expected_grads):
             torch.testing.assert_close(grad, expected_grad)
+
+
+def test_torch_compile_traces_multihead_attention_whole(backend):
+    """One graph (fullgraph=True: no graph break; the fused-kernel switch is read as a constant), and the training
+    step's output and gradients equal to eager's."""
+    torch.manual_seed(0)
+    module = mnn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+
+    def step(x):
+        output, _ = module(x, x, x, need_weights=False)
+        return output
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    output, expected = compiled(x), step(x)
+    torch.testing.assert_close(output, expected)
+    grads = torch.autograd.grad(output.sum(), [x, *module.parameters()])
+    expected_grads = torch.autograd.grad(expected.sum(), [x, *module.parameters()])
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad)
+    torch._dynamo.reset()

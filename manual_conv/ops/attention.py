@@ -221,7 +221,7 @@ def fused_kernel_runs(query, key, value, attn_mask, dropout_p, enable_gqa):
     in its order. The kernel computes the same attention; its choice decides the output's layout (like the query
     instead of contiguous) and a few errors (a mask of fewer than 2 dims: IndexError; dropout_p < 0: RuntimeError).
     """
-    if not torch.backends.cuda.flash_sdp_enabled() or dropout_p > 0:
+    if not _flash_attention_enabled() or dropout_p > 0:
         return False
     if not query.dim() == key.dim() == value.dim() == 4 or not query.size(0) == key.size(0) == value.size(0):
         return False
@@ -242,6 +242,13 @@ def fused_kernel_runs(query, key, value, attn_mask, dropout_p, enable_gqa):
     if not query.stride(-1) == key.stride(-1) == value.stride(-1) == 1:
         return False
     return query.dtype in _FUSED_KERNEL_DTYPES
+
+
+@torch.compiler.assume_constant_result
+def _flash_attention_enabled():
+    """torch.backends.cuda.flash_sdp_enabled() (which gates the CPU kernel too), a constant to torch.compile: a bool
+    from torch's C API would break its graph (a compiled model keeps the setting it was compiled with)."""
+    return torch.backends.cuda.flash_sdp_enabled()
 
 
 def _mask_fits_fused_kernel(attn_mask, query, key):
