@@ -18,6 +18,10 @@ Only GEMMs (matmul) and elementwise ops and reductions: never torch's fused atte
 and to K before the product, float16/bfloat16 are computed in float32 and rounded once, a row whose scores are all
 −∞ (every key masked) gets P = 0 and so O = 0 (torch's ``_safe_softmax``), and dropout's mask is drawn as torch's
 math path draws it, so a seed gives torch's very mask.
+
+Sources: A. Vaswani et al., "Attention Is All You Need", NeurIPS 2017, §3.2 (the forward); T. Dao et al.,
+"FlashAttention", NeurIPS 2022, appendix B.2 (the same backward); PyTorch's aten/src/ATen/native/transformers/
+attention.cpp (the math path's arrangement). The derivation: docs/derivations.md, "Attention".
 """
 import math
 import numbers
