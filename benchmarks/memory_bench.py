@@ -112,6 +112,13 @@ CASES = [_conv_case(layer) for layer in conv_bench.LAYERS] + [
     Case("layer_norm ViT", lambda lib, x, w, b: lib.layer_norm(x, (768,), w, b), 4, ((N, 197, 768), (768,), (768,))),
     Case("batch_norm ResNet 64 ch 56×56", lambda lib, x, w, b: lib.batch_norm(
         x, torch.zeros(64), torch.ones(64), w, b, training=True), 8, ((N, 64, 56, 56), (64,), (64,))),
+    # Native here is torch's fused (flash) CPU kernel, which keeps only O and a log-sum-exp per row for its
+    # backward; ours keeps the L×S attention matrix P, as torch's math path does (_scaled_dot_product_attention_math).
+    Case("scaled_dot_product_attention ViT-B/16", lambda lib, q, k, v: lib.scaled_dot_product_attention(q, k, v), 4,
+         ((N, 12, 197, 64),) * 3),
+    Case("multi_head_attention_forward ViT-B/16", lambda lib, x, w, b, w_out, b_out: lib.multi_head_attention_forward(
+        x, x, x, 768, 12, w, b, None, None, False, 0.0, w_out, b_out, need_weights=False)[0], 4,
+         ((197, N, 768), (3 * 768, 768), (3 * 768,), (768, 768), (768,))),
 ]
 
 

@@ -47,7 +47,8 @@ def convert(module, inplace=False, functional=True):
 
     Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
     Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
-    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, and the Lazy variants of
+    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, MultiheadAttention (with its
+    out-projection, which its forward reads, so torchvision's ViT encoder blocks run by hand), and the Lazy variants of
     Conv2d, ConvTranspose2d, Linear, BatchNorm1d and BatchNorm2d. Containers and modules
     that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. Dropout2d, and subclasses of
     supported layers) stay as they are; those that run natively are named in one UserWarning.

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction as _Reduction
 
 from .ops import activation as _activation
+from .ops import attention as _attention
 from .ops import conv as _conv
 from .ops import linear as _linear
 from .ops import loss as _loss
@@ -623,3 +624,226 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         values_per_channel = input.numel() // input.shape[1]
         _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
     return output
+
+# ------------------------------------------------------------------------------------------------------ attention
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
+                                 enable_gqa=False):
+    """Attention as torch.nn.functional.scaled_dot_product_attention, through ``ScaledDotProductAttentionFunction``:
+    O = softmax(s · Q Kᵀ + B) V, s = 1/√E unless ``scale`` is given, dropout with probability ``dropout_p`` on the
+    softmax's output (always, as torch's: pass 0 in evaluation).
+
+    query (..., L, E), key (..., S, E), value (..., S, Eᵥ), the leading dims broadcast; output (..., L, Eᵥ).
+    attn_mask broadcast to (..., L, S): bool (True: may attend, False: −∞ added) or float (added). is_causal: query
+    i attends to keys 0..i (no attn_mask with it). enable_gqa: key and value may have fewer heads (dim −3), each
+    shared by a group of query heads. A query whose every key is masked gets output 0, as torch's. float16 and
+    bfloat16 are computed in float32 and rounded once. torch's behaviour beyond the formula is kept: 3-D inputs are
+    a batch of one, no queries or no values give zeros without computing, the output is laid out as the kernel torch
+    would pick lays it out, errors of torch's types in torch's order.
+    """
+    _attention.check_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    dropout_p, scale = float(dropout_p), None if scale is None else float(scale)
+    if query.dim() == key.dim() == value.dim() == 3:
+        output = scaled_dot_product_attention(query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0),
+                                              _attention.as_batch_of_one(attn_mask), dropout_p, is_causal,
+                                              scale=scale, enable_gqa=enable_gqa)
+        return output.squeeze(0)
+    if _attention.has_nothing_to_attend(query, value):
+        return _attention.empty_attention(query, key, value)
+    fused = _attention.fused_kernel_runs(query, key, value, attn_mask, dropout_p, enable_gqa)
+    if fused and dropout_p < 0:
+        raise RuntimeError("scaled_dot_product_attention_flash_attention: Currently do not support dropout > 0")
+    bias = _attention.additive_mask(attn_mask, is_causal, query, key)
+    key, value = _attention.expand_groups(query, key, value, enable_gqa)
+    output_shape = _attention.check_computable(query, _attention.scores_shape(query, key, bias), value, dropout_p)
+    if not query.is_floating_point():  # integers and no scores to compute: torch's empty result of their dtype
+        return query.new_empty(output_shape)
+    output, _ = _attention.attention(query, key, value, bias, dropout_p, _attention.sdpa_scales(query, scale),
+                                     zero_masked_rows=True, like_query=fused)
+    return output
+
+
+def multi_head_attention_forward(
+    query, key, value, embed_dim_to_check, num_heads, in_proj_weight, in_proj_bias, bias_k, bias_v, add_zero_attn,
+    dropout_p, out_proj_weight, out_proj_bias, training=True, key_padding_mask=None, need_weights=True,
+    attn_mask=None, use_separate_proj_weight=False, q_proj_weight=None, k_proj_weight=None, v_proj_weight=None,
+    static_k=None, static_v=None, average_attn_weights=True, is_causal=False,
+):
+    """Multi-head attention as torch.nn.functional.multi_head_attention_forward, the step torch.nn.MultiheadAttention
+    runs: project the inputs (``linear``), attend in each of ``num_heads`` heads of embed_dim / num_heads features
+    (``ScaledDotProductAttentionFunction``), concatenate the heads and project the result (``linear``).
+
+    query (L, N, E) or unbatched (L, E), key and value (S, N, E_k|E_v) or (S, E_k|E_v). Masks: key_padding_mask
+    (N, S) or (S,), attn_mask (L, S) or (N·num_heads, L, S), bool (True: masked out) or float (added). With
+    need_weights the heads attend as torch's code does there (the queries scaled by 1/√head_dim, a plain softmax: a
+    query with every key masked gets NaN) and the attention weights after dropout are returned too, averaged over
+    the heads with average_attn_weights; without, through ``scaled_dot_product_attention``. Dropout only when
+    training. Returns (output, weights or None). torch's argument checks and errors, by torch's own helpers.
+    """
+    is_batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask, num_heads)
+    if not is_batched:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+        if key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+    tgt_len, bsz, embed_dim = query.shape
+    src_len = key.shape[0]
+    key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                         other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                         target_type=query.dtype)
+    if is_causal and attn_mask is None:
+        raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use the Transformer module "
+                           "method `generate_square_subsequent_mask` to create this mask.")
+    if is_causal and key_padding_mask is None and not need_weights:
+        attn_mask = None  # scaled_dot_product_attention's is_causal stands for the mask
+    else:
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        is_causal = is_causal and key_padding_mask is None
+    if embed_dim != embed_dim_to_check:
+        raise AssertionError(f"was expecting embedding dimension of {embed_dim_to_check}, but got {embed_dim}")
+    head_dim = embed_dim // num_heads
+    if head_dim * num_heads != embed_dim:
+        raise AssertionError(f"embed_dim {embed_dim} not divisible by num_heads {num_heads}")
+    if use_separate_proj_weight and key.shape[:2] != value.shape[:2]:
+        raise AssertionError(f"key's sequence and batch dims {key.shape[:2]} do not match value's {value.shape[:2]}")
+    if not use_separate_proj_weight and key.shape != value.shape:
+        raise AssertionError(f"key shape {key.shape} does not match value shape {value.shape}")
+    q, k, v = _in_projection(query, key, value, in_proj_weight, in_proj_bias, use_separate_proj_weight,
+                             q_proj_weight, k_proj_weight, v_proj_weight)
+    if attn_mask is not None:
+        expected = (tgt_len, src_len) if attn_mask.dim() == 2 else (bsz * num_heads, tgt_len, src_len)
+        if attn_mask.dim() not in (2, 3):
+            raise RuntimeError(f"attn_mask's dimension {attn_mask.dim()} is not supported")
+        if attn_mask.shape != expected:
+            raise RuntimeError(f"The shape of the {attn_mask.dim()}D attn_mask is {attn_mask.shape}, but should be "
+                               f"{expected}.")
+        attn_mask = attn_mask.unsqueeze(0) if attn_mask.dim() == 2 else attn_mask
+    if (bias_k is None) != (bias_v is None):
+        raise AssertionError(f"bias_{'k' if bias_v is None else 'v'} is set but bias_{'v' if bias_v is None else 'k'}"
+                             " is None")
+    if bias_k is not None:
+        if static_k is not None or static_v is not None:
+            raise AssertionError(f"bias cannot be added to static {'key' if static_k is not None else 'value'}.")
+        k, v = torch.cat([k, bias_k.repeat(1, bsz, 1)]), torch.cat([v, bias_v.repeat(1, bsz, 1)])
+        attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+        key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+    q = q.view(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
+    k = _heads_first(k, static_k, "static_k", bsz * num_heads, head_dim)
+    v = _heads_first(v, static_v, "static_v", bsz * num_heads, head_dim)
+    if add_zero_attn:
+        zeros = torch.zeros((bsz * num_heads, 1, head_dim), dtype=k.dtype, device=k.device)
+        k, v = torch.cat([k, zeros], dim=1), torch.cat([v, zeros.to(v.dtype)], dim=1)
+        attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
+        key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
+    src_len = k.size(1)
+    if key_padding_mask is not None:
+        F._check_key_padding_mask(key_padding_mask, src_len, bsz)
+        key_padding_mask = (key_padding_mask.view(bsz, 1, 1, src_len).expand(-1, num_heads, -1, -1)
+                            .reshape(bsz * num_heads, 1, src_len))
+        attn_mask = key_padding_mask if attn_mask is None else attn_mask + key_padding_mask
+    dropout_p = dropout_p if training else 0.0
+    if need_weights:
+        attn_output, weights = _heads_attending_with_weights(q, k, v, attn_mask, dropout_p, is_causal)
+        weights = weights.view(bsz, num_heads, tgt_len, src_len)
+        weights = (weights.mean(dim=1) if average_attn_weights else weights).to(query.dtype)
+        attn_output = attn_output.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
+    else:
+        if attn_mask is not None:
+            attn_mask = (attn_mask.unsqueeze(0) if attn_mask.size(0) == 1 and attn_mask.dim() == 3 else
+                         attn_mask.view(bsz, num_heads, -1, src_len))
+        q, k, v = (t.view(bsz, num_heads, t.size(1), head_dim) for t in (q, k, v))
+        attn_output = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
+        attn_output = attn_output.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
+        weights = None
+    attn_output = linear(attn_output, out_proj_weight, out_proj_bias)
+    attn_output = attn_output.view(tgt_len, bsz, attn_output.size(1))
+    if not is_batched:
+        attn_output = attn_output.squeeze(1)
+        weights = None if weights is None else weights.squeeze(0)
+    return attn_output, weights
+
+
+def _in_projection(query, key, value, in_proj_weight, in_proj_bias, separate, q_proj_weight, k_proj_weight,
+                   v_proj_weight):
+    """(q, k, v) = (query W_qᵀ + b_q, key W_kᵀ + b_k, value W_vᵀ + b_v) by ``linear``, with torch's checks in its
+    order (torch's ``_in_projection_packed`` and ``_in_projection``): the weights packed in in_proj_weight (3E, E),
+    one product for self-attention (q is k is v) and one for k and v when k is v, or given separately."""
+    biases = (None,) * 3
+    if separate:
+        for name, weight in (("q", q_proj_weight), ("k", k_proj_weight), ("v", v_proj_weight)):
+            if weight is None:
+                raise AssertionError(f"use_separate_proj_weight is True but {name}_proj_weight is None")
+        if in_proj_bias is not None:
+            biases = tuple(in_proj_bias.chunk(3))
+        _check_projection_shapes(query, key, value, (q_proj_weight, k_proj_weight, v_proj_weight), *biases)
+        weights = (q_proj_weight, k_proj_weight, v_proj_weight)
+    else:
+        if in_proj_weight is None:
+            raise AssertionError("use_separate_proj_weight is False but in_proj_weight is None")
+        if key is value:
+            return _packed_in_projection(query, key, in_proj_weight, in_proj_bias)
+        weights = tuple(in_proj_weight.chunk(3))
+        if in_proj_bias is not None:
+            biases = tuple(in_proj_bias.chunk(3))
+    (w_q, w_k, w_v), (b_q, b_k, b_v) = weights, biases  # torch's unpacking: a ValueError for fewer than 3 chunks
+    return linear(query, w_q, b_q), linear(key, w_k, b_k), linear(value, w_v, b_v)
+
+
+def _packed_in_projection(query, key, in_proj_weight, in_proj_bias):
+    """Self-attention (query is key is value): the three projections as one product with the packed weight; with
+    key is value, query's projection and one product for both key's and value's."""
+    embed_dim = query.size(-1)
+    parts = 3 if query is key else 2
+    if parts == 2:
+        weight_q, in_proj_weight = in_proj_weight.split([embed_dim, embed_dim * 2])
+        bias_q, in_proj_bias = (None, None) if in_proj_bias is None else in_proj_bias.split([embed_dim, embed_dim * 2])
+        query_projected = linear(query, weight_q, bias_q)
+    projected = linear(key, in_proj_weight, in_proj_bias)
+    projected = projected.unflatten(-1, (parts, embed_dim)).unsqueeze(0).transpose(0, -2).squeeze(-2).contiguous()
+    return (projected[0], projected[1], projected[2]) if parts == 3 else (query_projected, projected[0], projected[1])
+
+
+def _check_projection_shapes(query, key, value, weights, *biases):
+    """torch's ``_in_projection`` checks: W_q (E, E), W_k (E, E_k), W_v (E, E_v), each bias (E,)."""
+    embed_dim = query.size(-1)
+    for name, weight, features in zip(("query", "key", "value"), weights, (embed_dim, key.size(-1), value.size(-1))):
+        if weight.shape != (embed_dim, features):
+            raise AssertionError(f"expecting {name} weights shape of {(embed_dim, features)}, but got {weight.shape}")
+    for name, bias in zip(("query", "key", "value"), biases):
+        if bias is not None and bias.shape != (embed_dim,):
+            raise AssertionError(f"expecting {name} bias shape of {(embed_dim,)}, but got {bias.shape}")
+
+
+def _heads_first(projected, static, name, batch_heads, head_dim):
+    """(S, N, E) → (N·heads, S, head_dim), or the given static key/value after torch's checks."""
+    if static is None:
+        return projected.view(projected.shape[0], batch_heads, head_dim).transpose(0, 1)
+    if static.size(0) != batch_heads:
+        raise AssertionError(f"expecting {name}.size(0) of {batch_heads}, but got {static.size(0)}")
+    if static.size(2) != head_dim:
+        raise AssertionError(f"expecting {name}.size(2) of {head_dim}, but got {static.size(2)}")
+    return static
+
+
+def _heads_attending_with_weights(q, k, v, attn_mask, dropout_p, is_causal):
+    """torch's need_weights branch: softmax((q/√head_dim) kᵀ + mask) (plain softmax: NaN for a query with every
+    key masked), dropout (torch.nn.functional.dropout's ValueError for p > 1), times v; (output, weights after
+    dropout), each (N·heads, L, ·). torch's errors in its order: is_causal without a mask, a mask of another dtype
+    than the scaled queries (its baddbmm), integer keys (the queries were scaled to float), then dropout_p."""
+    if is_causal and attn_mask is None:
+        raise AssertionError("FIXME: is_causal not implemented for need_weights")
+    scaled_dtype = q.dtype if q.is_floating_point() else torch.get_default_dtype()
+    if attn_mask is not None and attn_mask.dtype != scaled_dtype:
+        raise RuntimeError(f"expected scalar type {scalar_type_name(scaled_dtype)} but found "
+                           f"{scalar_type_name(attn_mask.dtype)}")
+    integer = not q.is_floating_point()
+    if integer and q.size(0) * q.size(1) * k.size(1):
+        raise RuntimeError(f"expected scalar type {scalar_type_name(scaled_dtype)} but found "
+                           f"{scalar_type_name(k.dtype)}")
+    if dropout_p > 1:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {dropout_p}")
+    if integer:  # no scores to compute: torch's zeros of the integer dtype
+        return q.new_zeros((q.size(0), q.size(1), v.size(-1))), q.new_zeros((q.size(0), q.size(1), k.size(1)))
+    scales = (math.sqrt(1.0 / float(q.size(-1))), 1)
+    return _attention.attention(q, k, v, attn_mask, dropout_p, scales, zero_masked_rows=False, need_weights=True)

@@ -322,3 +322,46 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d):
 
     cls_to_become = BatchNorm2d
     forward = BatchNorm2d.forward
+
+# ------------------------------------------------------------------------------------------------------ attention
+
+
+class MultiheadAttention(nn.MultiheadAttention):
+    """torch.nn.MultiheadAttention computed by manual_conv.functional.multi_head_attention_forward: the in- and
+    out-projections by manual_conv's linear, the attention by hand (with its weights when need_weights). Always
+    torch's general path: torch's fast path (one fused native kernel, in eval mode without autograd) is never taken.
+    Masks are canonicalized and batch_first inputs transposed as torch's forward does."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if query.is_nested or key.is_nested or value.is_nested:
+            raise AssertionError("MultiheadAttention does not support NestedTensor outside of its fast path. The "
+                                 "fast path was not hit because manual_conv never takes it")
+        is_batched = query.dim() == 3
+        key_padding_mask = F._canonical_mask(mask=key_padding_mask, mask_name="key_padding_mask",
+                                             other_type=F._none_or_dtype(attn_mask), other_name="attn_mask",
+                                             target_type=query.dtype)
+        attn_mask = F._canonical_mask(mask=attn_mask, mask_name="attn_mask", other_type=None, other_name="",
+                                      target_type=query.dtype, check_other=False)
+        if self.batch_first and is_batched:  # transposed views that keep query is key is value where it holds
+            query, key, value = _sequence_first(query, key, value)
+        separate = not self._qkv_same_embed_dim
+        attn_output, attn_output_weights = mF.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads, self.in_proj_weight, self.in_proj_bias, self.bias_k,
+            self.bias_v, self.add_zero_attn, self.dropout, self.out_proj.weight, self.out_proj.bias,
+            training=self.training, key_padding_mask=key_padding_mask, need_weights=need_weights,
+            attn_mask=attn_mask, use_separate_proj_weight=separate,
+            q_proj_weight=self.q_proj_weight if separate else None,
+            k_proj_weight=self.k_proj_weight if separate else None,
+            v_proj_weight=self.v_proj_weight if separate else None,
+            average_attn_weights=average_attn_weights, is_causal=is_causal,
+        )
+        if self.batch_first and is_batched:
+            attn_output = attn_output.transpose(1, 0)
+        return attn_output, attn_output_weights
+
+
+def _sequence_first(query, key, value):
+    """(N, L, E) inputs as (L, N, E) views, one view for arguments that are the same tensor."""
+    views = {}
+    return tuple(views.setdefault(id(tensor), tensor.transpose(1, 0)) for tensor in (query, key, value))

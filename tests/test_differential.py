@@ -212,7 +212,8 @@ def run(library, call, dtype_override=None, grad_dtypes=None):
             output = getattr(library, call.function)(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - the type is the result
             return Outcome(type(error), "forward")
-        outputs = output if isinstance(output, tuple) else (output,)
+        # a None in a tuple (multi_head_attention_forward's weights when not needed) is not an output to compare
+        outputs = tuple(o for o in output if o is not None) if isinstance(output, tuple) else (output,)
         try:
             _apply_inplace(outputs[0], call.inplace)
             grads = _gradients(outputs, list(leaves.values()), call, grad_dtypes)
@@ -777,6 +778,190 @@ def batch_norm_calls(draw):
     return Call("batch_norm", tuple(args), kwargs, **draw(call_options()))
 
 
+# ------------------------------------------------------------------------------------------------ attention
+
+
+# torch's CPU attention has two kernels that disagree where inf or NaN enter: its fused (flash) kernel and its math
+# path (the reference its docs give), which manual_conv follows. The fused kernel takes the row max with std::max,
+# which skips a NaN score when the row is short, and so gives such a row 0 instead of NaN, and its backward sums
+# δ ⊙ O per row instead of ∂L/∂P ⊙ P, so NaN and inf land elsewhere. Calls that torch runs on its fused kernel get
+# finite inputs and gradients from above. The fused kernel also saves its output for the backward, so an in-place
+# op on the output makes torch's backward raise (manual_conv does not need the output): no in-place op there.
+
+
+def _graph_nodes(output):
+    """The names of the autograd nodes behind ``output``."""
+    names, stack, seen = [], [output.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.append(type(node).__name__)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+def _torch_runs_fused_attention(call):
+    """Whether torch computes ``call`` with its fused CPU attention kernel somewhere (its graph holds the kernel's
+    node; the query requires grad so that there is a graph)."""
+    arguments = {}
+    for arg in _tensor_args(call):
+        tensor = arg.materialize()[1].detach()
+        arguments[id(arg)] = tensor.requires_grad_(arg.requires_grad or arg is call.args[0] and
+                                                   tensor.is_floating_point())
+    args = [arguments.get(id(value), value) for value in call.args]
+    kwargs = {key: arguments.get(id(value), value) for key, value in call.kwargs.items()}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            output = getattr(F, call.function)(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - a call that raises runs no kernel
+        return False
+    output = output[0] if isinstance(output, tuple) else output
+    return any("FlashAttention" in name for name in _graph_nodes(output))
+
+
+def _finite_where_torch_fuses(call):
+    """Whether torch runs ``call`` on its fused attention kernel; if so, ``call`` now has finite inputs (masks keep
+    their −∞), finite gradients from above and no in-place op (see above)."""
+    fused = _torch_runs_fused_attention(call)
+    if fused:
+        masks = [value for key, value in call.kwargs.items() if key.endswith("mask")]
+        for arg in _tensor_args(call):
+            if arg.values.is_floating_point() and all(arg is not mask for mask in masks):
+                arg.values = arg.values.nan_to_num(0.5, 2.0, -2.0)
+                # The fused kernel lays its gradients out (N, L, H, E), which c10 calls channels_last when E = 1;
+                # manual_conv's are contiguous, as torch's math path's.
+                arg.grad_layout_compared = arg.values.shape[-1] != 1
+        call.grad_non_finite, call.inplace = False, "none"
+    return fused
+
+
+# Mostly contiguous: torch's fused kernel runs only where the last dim of query, key and value is contiguous.
+ATTENTION_LAYOUTS = ("contiguous",) * 4 + LAYOUTS
+
+
+@st.composite
+def attention_masks(draw, shape, dtype):
+    """A mask of ``shape``: bool (True: may attend), float (added; −∞ at some positions) or, for torch's errors,
+    integer; now and then a whole row masked."""
+    def make(dense_shape, generator):
+        allowed = torch.rand(dense_shape, generator=generator) < 0.7
+        if len(dense_shape) > 1 and torch.rand((), generator=generator) < 0.3:
+            allowed[..., :1, :] = False
+        if not (dtype.is_floating_point or dtype.is_complex):
+            return allowed.to(dtype)
+        values = torch.randn(dense_shape, generator=generator, dtype=torch.float64)
+        return values.masked_fill(~allowed, -math.inf).to(dtype)
+
+    return draw(tensors(shape, dtype, differentiable=draw(st.booleans()), non_finite=False, make=make))
+
+
+@st.composite
+def scaled_dot_product_attention_calls(draw):
+    # Half the calls are as models make them (4-D floating point, no dropout, contiguous heads), where torch runs its
+    # fused kernel, the other half anything.
+    model_like = draw(st.booleans())
+    dtype = draw(dtypes(FLOATING if model_like else DTYPES))
+    dims = 4 if model_like else draw(st.sampled_from((2, 3, 4, 4)))
+    heads, features = draw(st.integers(1, 3)), draw(st.integers(0, 4))
+    length, source = draw(st.integers(int(model_like), 4)), draw(st.integers(int(model_like), 4))
+    value_features = features if model_like else draw(st.sampled_from((features,) * 3 + (draw(st.integers(0, 4)),)))
+    query_lead = [[], [heads], [draw(st.integers(0, 2)), heads]][dims - 2]
+    key_lead, value_lead = list(query_lead), list(query_lead)
+    key_features, value_source = features, source
+    kwargs = {}
+    variant = draw(st.sampled_from(("same",) * 6 + ("one key head", "groups", "broadcast", "features", "source")))
+    if variant == "one key head" and dims > 2:
+        key_lead[-1] = value_lead[-1] = 1
+    elif variant == "groups":
+        kwargs["enable_gqa"] = True
+        if dims > 2:
+            query_lead[-1] = heads * draw(st.integers(1, 2))
+            value_lead[-1] = draw(st.sampled_from((heads,) * 3 + (1,)))
+    elif variant == "broadcast" and dims == 4:
+        key_lead = value_lead = draw(st.sampled_from(([heads], [1, heads])))
+    elif variant == "features":
+        key_features += 1
+    elif variant == "source" and dims == 2:  # only where torch's fused kernel never runs: it reads S off the value
+        value_source += 1
+    query = draw(tensors((*query_lead, length, features), dtype, layouts=ATTENTION_LAYOUTS))
+    key = draw(tensors((*key_lead, source, key_features), dtype, layouts=ATTENTION_LAYOUTS))
+    value = draw(tensors((*value_lead, value_source, value_features), dtype, layouts=ATTENTION_LAYOUTS))
+    mask_kind = draw(st.sampled_from(("none",) * 3 + ("bool", "bool", "float", "float32", "integer", "few dims")))
+    if mask_kind != "none":
+        mask_shape = draw(st.sampled_from(([length, source], [1, source], [length, 1],
+                                           [*query_lead, length, source], [*query_lead[:-1], 1, length, source])))
+        if mask_kind == "few dims":  # torch's IndexError where it looks at the mask's last two dims
+            mask_shape = draw(st.sampled_from(([], [source])))
+        mask_dtype = {"float": dtype, "float32": torch.float32, "integer": torch.int64}.get(mask_kind, torch.bool)
+        kwargs["attn_mask"] = draw(attention_masks(mask_shape, mask_dtype))
+    if draw(st.sampled_from((False, False, False, True))):
+        kwargs["is_causal"] = True
+    kwargs["dropout_p"] = 0.0 if model_like else draw(st.sampled_from((0.0, 0.0, 0.3, 1.0, -0.5, 1.5)))
+    kwargs["scale"] = draw(st.sampled_from((None,) * 5 + (0.5, -1.0, 0.0, 2)))
+    call = Call("scaled_dot_product_attention", (query, key, value), kwargs, **draw(call_options()))
+    fused = _finite_where_torch_fuses(call)
+    # torch's bug: its fused kernel fills the causal mask's −∞ in before it scales the scores, so a scale of 0 makes
+    # them −∞·0 = NaN and a negative one +∞ (its math path and manual_conv mask those keys at any scale).
+    assume(not (fused and kwargs.get("is_causal") and kwargs["scale"] is not None and kwargs["scale"] <= 0))
+    return call
+
+
+@st.composite
+def multi_head_attention_forward_calls(draw):
+    # No float16/bfloat16: the function chains linear (rounded to the dtype, as torch's), attention and linear, and
+    # torch rounds each step of its attention where manual_conv rounds once; the error of the whole against float64
+    # is then set by how the projections condition it, and either library's can be the larger by chance.
+    # tests/test_attention.py compares the two in the mean; linear's and attention's own strategies draw them.
+    dtype = draw(dtypes((torch.float32,) * 3 + (torch.float64, torch.int64)))
+    heads, head_dim = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    embed = heads * head_dim
+    batch, length, source = draw(st.integers(0, 2)), draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    batched = draw(st.sampled_from((True, True, True, False)))
+    lead = (lambda sequence: [sequence, batch]) if batched else (lambda sequence: [sequence])
+    arrangement = draw(st.sampled_from(("self", "self", "key is value", "separate", "packed")))
+    key_dim, value_dim = (draw(st.integers(1, 4)), draw(st.integers(1, 4))) if arrangement == "separate" else (
+        embed, embed)
+    query = draw(tensors(lead(length) + [embed], dtype))
+    if arrangement == "self":  # one tensor three times: torch projects it with one product
+        source, key, value = length, query, query
+    else:
+        key = draw(tensors(lead(source) + [key_dim], dtype))
+        value = key if arrangement == "key is value" else draw(tensors(lead(source) + [value_dim], dtype))
+    weight = lambda shape: draw(tensors(shape, dtype, layouts=("contiguous",)))  # noqa: E731
+    has_bias = draw(st.booleans())
+    args = [query, key, value, embed, heads, None if arrangement == "separate" else weight((3 * embed, embed)),
+            weight((3 * embed,)) if has_bias else None]
+    with_bias_kv = draw(st.sampled_from((False, False, True)))
+    args += [weight((1, 1, embed)) if with_bias_kv else None, weight((1, 1, embed)) if with_bias_kv else None,
+             draw(st.sampled_from((False, False, True))), draw(st.sampled_from((0.0, 0.0, 0.5, 1.0))),
+             weight((embed, embed)), weight((embed,)) if has_bias else None]
+    kwargs = {"training": draw(st.booleans()), "need_weights": draw(st.booleans()),
+              "average_attn_weights": draw(st.booleans())}
+    if arrangement == "separate":
+        kwargs.update(use_separate_proj_weight=True, q_proj_weight=weight((embed, embed)),
+                      k_proj_weight=weight((embed, key_dim)), v_proj_weight=weight((embed, value_dim)))
+    mistake = draw(st.sampled_from((None,) * 12 + ("embed_dim", "attn_mask", "key_padding_mask", "is_causal")))
+    if mistake == "embed_dim":
+        args[3] += 1
+    mask_dtype = draw(st.sampled_from((torch.bool, torch.bool, dtype if dtype.is_floating_point else torch.bool)))
+    if draw(st.booleans()) or mistake == "key_padding_mask":
+        padding_shape = [batch + (mistake == "key_padding_mask"), source] if batched else [source]
+        kwargs["key_padding_mask"] = draw(attention_masks(padding_shape, mask_dtype))
+    if draw(st.booleans()) or mistake == "attn_mask":
+        mask_shape = draw(st.sampled_from(([length, source], [batch * heads if batched else heads, length, source])))
+        mask_shape[-2] += mistake == "attn_mask"
+        kwargs["attn_mask"] = draw(attention_masks(mask_shape, mask_dtype))
+        kwargs["is_causal"] = draw(st.sampled_from((False, False, True)))
+    elif mistake == "is_causal":
+        kwargs["is_causal"] = True
+    call = Call("multi_head_attention_forward", tuple(args), kwargs, **draw(call_options()))
+    _finite_where_torch_fuses(call)
+    return call
+
+
 # ---------------------------------------------------------------------------------------------------- tests
 
 CALLS = {
@@ -813,6 +998,8 @@ CALLS = {
     "mse_loss": mse_loss_calls(),
     "layer_norm": layer_norm_calls(),
     "batch_norm": batch_norm_calls(),
+    "scaled_dot_product_attention": scaled_dot_product_attention_calls(),
+    "multi_head_attention_forward": multi_head_attention_forward_calls(),
 }
 
 
