@@ -122,24 +122,55 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                                          divisor_override)
 
 
+def _adaptive_output_size(input, output_size, function):
+    """output_size as the adaptive poolings take it: an int n is (n, n); in a sequence None keeps the input's size
+    (torch.nn.modules.utils._list_with_default, with its ValueError), and anything but ints is a TypeError."""
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        return (output_size, output_size)
+    if isinstance(output_size, bool):
+        raise TypeError(f"{function}(): argument 'output_size' (position 2) must be tuple of ints, not bool")
+    if len(input.shape) <= len(output_size):
+        raise ValueError(f"Input dimension should be at least {len(output_size) + 1}")
+    output_size = tuple(
+        size if size is not None else default for size, default in zip(output_size, input.shape[-len(output_size):])
+    )
+    for position, size in enumerate(output_size):
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{function}(): argument 'output_size' (position 2) must be tuple of ints, but found "
+                            f"element of type {type(size).__name__} at pos {position}")
+    return output_size
+
+
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d, through
     ``AdaptiveAvgPool2dFunction``, or ``GlobalAvgPool2dFunction`` for a 1×1 output (the mean over the plane).
 
     output_size an int or a pair, None keeping that input size; window i spans ⌊i·H/H_out⌋ .. ⌈(i+1)·H/H_out⌉.
     """
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    elif len(input.shape) <= len(output_size):
-        raise ValueError(f"Input dimension should be at least {len(output_size) + 1}")
-    else:
-        output_size = tuple(
-            size if size is not None else default for size, default in zip(output_size, input.shape[-len(output_size):])
-        )
+    output_size = _adaptive_output_size(input, output_size, "adaptive_avg_pool2d")
     _pool.check_adaptive_pool2d_args(input, output_size)
     if output_size == (1, 1):
         return _pool.GlobalAvgPool2dFunction.apply(input)
     return _pool.AdaptiveAvgPool2dFunction.apply(input, output_size)
+
+def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
+    """2-D adaptive max pooling as torch.nn.functional.adaptive_max_pool2d_with_indices, through
+    ``AdaptiveMaxPool2dFunction``: (y, indices), the max of every window and its arg-max as a flat index h·W + w
+    into its input plane (return_indices is ignored, as torch's).
+
+    input (N, C, H, W) or unbatched (C, H, W), floating point; output_size an int or a pair, None keeping that input
+    size; window i spans ⌊i·H/H_out⌋ .. ⌈(i+1)·H/H_out⌉.
+    """
+    output_size = _adaptive_output_size(input, output_size, "adaptive_max_pool2d")
+    _pool.check_adaptive_max_pool2d_args(input, output_size)
+    return _pool.AdaptiveMaxPool2dFunction.apply(input, tuple(output_size))
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """2-D adaptive max pooling as torch.nn.functional.adaptive_max_pool2d: y, or (y, indices) with
+    return_indices (``adaptive_max_pool2d_with_indices``)."""
+    output, indices = adaptive_max_pool2d_with_indices(input, output_size)
+    return (output, indices) if return_indices else output
 
 # ---------------------------------------------------------------------------------------------------- activations
 

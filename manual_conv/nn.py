@@ -92,6 +92,13 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     def forward(self, input):
         return mF.adaptive_avg_pool2d(input, self.output_size)
 
+
+class AdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
+    """torch.nn.AdaptiveMaxPool2d computed by manual_conv.functional.adaptive_max_pool2d."""
+
+    def forward(self, input):
+        return mF.adaptive_max_pool2d(input, self.output_size, self.return_indices)
+
 # ---------------------------------------------------------------------------------------------------- activations
 
 

@@ -480,6 +480,16 @@ def adaptive_avg_pool2d_calls(draw):
                 **draw(call_options()))
 
 
+@st.composite
+def adaptive_max_pool2d_calls(draw, function):
+    dtype = draw(dtypes())
+    output_size = draw(st.one_of(st.integers(-1, 4), st.tuples(st.one_of(st.none(), st.integers(0, 8)),
+                                                               st.one_of(st.none(), st.integers(1, 8)))))
+    kwargs = {"return_indices": draw(st.booleans())} if draw(st.booleans()) else {}
+    return Call(function, (draw(tensors(image_shape(draw, size=(0, 7)), dtype)), output_size), kwargs,
+                **draw(call_options()))
+
+
 # ------------------------------------------------------------------------------------------- activations
 
 
@@ -740,6 +750,8 @@ CALLS = {
     "max_pool2d": max_pool2d_calls(),
     "avg_pool2d": avg_pool2d_calls(),
     "adaptive_avg_pool2d": adaptive_avg_pool2d_calls(),
+    "adaptive_max_pool2d": adaptive_max_pool2d_calls("adaptive_max_pool2d"),
+    "adaptive_max_pool2d_with_indices": adaptive_max_pool2d_calls("adaptive_max_pool2d_with_indices"),
     "relu": relu_calls(),
     "relu_": elementwise_calls("relu_"),
     "sigmoid": elementwise_calls("sigmoid"),
