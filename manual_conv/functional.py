@@ -474,10 +474,19 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     ones for a float16/bfloat16 input (mixed precision).
     """
     _norm.check_batch_norm_args(input, training, eps)
+    _check_momentum("batch_norm", momentum)
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _check_momentum(function, momentum):
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(
-            f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
+            f"{function}(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
         )
+
+
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps):
+    """torch.batch_norm (ATen's, below torch.nn.functional's own checks), which batch_norm and instance_norm run."""
     if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
         output = input.clone()
         output = output if weight is None else output * weight.select(0, 0)
@@ -493,3 +502,70 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
         values_per_channel = input.numel() // input.shape[1]
         _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
     return output
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-05):
+    """Instance normalization as torch.nn.functional.instance_norm: each (sample, channel) plane of an
+    (N, C, d1, ...) input normalized over its own d1·… values, y = γ_c·(x − μ_nc)/√(σ²_nc + ε) + β_c.
+
+    As torch defines it: batch normalization of the input viewed as one sample of N·C channels
+    (``BatchNormFunction``; with use_input_stats=False ``BatchNormEvalFunction`` and the running statistics), with
+    γ, β and the running statistics repeated N times. The running statistics take part in γ's dtype (else the
+    input's, when the mean's differs) and in training are then set to the mean over the batch of their updated
+    repeats (momentum as batch_norm's).
+    """
+    if use_input_stats and math.prod(input.shape[2:]) == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    _check_momentum("instance_norm", momentum)
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    batch, channels = input.size(0), input.size(1)
+    statistics_dtype = input.dtype if weight is None else weight.dtype
+    weight, bias = (None if tensor is None else tensor.repeat(batch) for tensor in (weight, bias))
+    running = [running_mean, running_var]
+    if running_mean is not None and running_mean.dtype != statistics_dtype:  # torch converts both, by the mean's
+        if running_var is None:
+            raise RuntimeError("Expected a proper Tensor but got None (or an undefined Tensor in C++) for argument "
+                               "#0 'self'")
+        running = [tensor.to(statistics_dtype) for tensor in running]
+    running = [None if tensor is None else tensor.repeat(batch) for tensor in running]
+    one_sample = input.contiguous().view(1, batch * channels, *input.shape[2:])
+    output = _batch_norm(one_sample, *running, weight, bias, use_input_stats, momentum, eps)
+    # (for an empty batch torch sets them to the mean of no repeats, NaN; they are left as they are here)
+    if use_input_stats and batch > 0:
+        with torch.no_grad():
+            for statistic, repeats in zip((running_mean, running_var), running):
+                if statistic is not None:
+                    statistic.copy_(repeats.view(batch, channels).mean(0))
+    return output.view(input.shape)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-05):
+    """Group normalization as torch.nn.functional.group_norm, through ``GroupNormFunction``: the C channels of an
+    (N, C, d1, ...) input split into num_groups groups, each sample's group normalized over its C/G·d1·… values,
+    y = γ_c·(x − μ)/√(σ² + ε) + β_c. γ, β of shape (C,), of the input's dtype or float32 ones for a
+    float16/bfloat16 input (mixed precision)."""
+    _norm.check_group_norm_args(input, num_groups, weight, bias)
+    return _norm.GroupNormFunction.apply(input, num_groups, weight, bias, eps)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
+    """Lₚ normalization as torch.nn.functional.normalize, through ``NormalizeFunction``: v / max(‖v‖ₚ, ε) for each
+    slice v along dim (an int, a sequence of ints, or None for all dims). p a number (0, ±∞ too) or 'fro' (2).
+    With out, the result is written there and is not differentiable (torch raises if input requires grad)."""
+    if isinstance(p, str):
+        if p != "fro" or not (dim is None or isinstance(dim, int) or len(dim) <= 2):
+            raise NotImplementedError(f"normalize: p={p!r} is a matrix norm, which has no hand-written twin here; "
+                                      "p is a number or 'fro'")
+        p = 2.0
+    p = 2.0 if p is None else p
+    dims = [dim] if isinstance(dim, int) else dim
+    output = _norm.NormalizeFunction.apply(input, p, dims, eps)
+    if out is None:
+        return output
+    if torch.is_grad_enabled() and input.requires_grad:
+        raise RuntimeError("div(): functions with out=... arguments don't support automatic differentiation, but "
+                           "one of the arguments requires grad.")
+    # torch.div's out= semantics (resizing, dtype casting and its errors); multiplying by 1 changes nothing
+    return torch.mul(output, 1, out=out)

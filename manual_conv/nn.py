@@ -267,3 +267,38 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d):
 
     cls_to_become = BatchNorm2d
     forward = BatchNorm2d.forward
+
+
+class GroupNorm(nn.GroupNorm):
+    """torch.nn.GroupNorm (input (N, C, ...)) computed by manual_conv.functional.group_norm."""
+
+    def forward(self, input):
+        return mF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def _apply_instance_norm(module, input):
+    """torch.nn's _InstanceNorm._apply_instance_norm, computed by manual_conv.functional.instance_norm: the
+    instance's own statistics in training and whenever no running statistics are tracked, the running ones (updated
+    with momentum, 0 for None) otherwise. torch.nn's forward around it checks the input and takes unbatched input."""
+    return mF.instance_norm(input, module.running_mean, module.running_var, module.weight, module.bias,
+                            module.training or not module.track_running_stats,
+                            module.momentum if module.momentum is not None else 0.0, module.eps)
+
+
+class InstanceNorm1d(nn.InstanceNorm1d):
+    """torch.nn.InstanceNorm1d (input (N, C, L) or (C, L)) computed by manual_conv.functional.instance_norm."""
+
+    _apply_instance_norm = _apply_instance_norm
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """torch.nn.InstanceNorm2d (input (N, C, H, W) or (C, H, W)) computed by manual_conv.functional.instance_norm."""
+
+    _apply_instance_norm = _apply_instance_norm
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """torch.nn.InstanceNorm3d (input (N, C, D, H, W) or (C, D, H, W)) computed by
+    manual_conv.functional.instance_norm."""
+
+    _apply_instance_norm = _apply_instance_norm

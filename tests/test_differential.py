@@ -742,6 +742,98 @@ def batch_norm_calls(draw):
     return Call("batch_norm", tuple(args), kwargs, **draw(call_options()))
 
 
+def _normalization_parameters(draw, channels, parameter_dtype, plain):
+    """weight and bias for (C,) channels, each drawn or not; a weight of one value per group (``plain``) keeps
+    inf/NaN out and takes no gradient (see DEGENERATE_GROUPS)."""
+    kwargs = {}
+    for name in ("weight", "bias"):
+        if draw(st.booleans()):
+            shape = draw(st.sampled_from(((channels,),) * 5 + ((channels + 1,),)))
+            flat = name == "weight" and plain
+            kwargs[name] = draw(tensors(shape, parameter_dtype, layouts=("contiguous", "sliced"),
+                                        differentiable=not flat, non_finite=not flat))
+    return kwargs
+
+
+@st.composite
+def group_norm_calls(draw):
+    dtype = draw(dtypes())
+    num_groups = draw(st.sampled_from((1, 1, 2, 2, 3, 0, -1)))
+    per_group = draw(st.integers(0, 3))
+    channels = max(num_groups, 1) * per_group + draw(st.sampled_from((0,) * 6 + (1,)))
+    shape = [draw(st.integers(0, 3)), channels] + [draw(st.integers(0, 3)) for _ in range(draw(st.integers(0, 2)))]
+    group = per_group * math.prod(shape[2:])
+    kwargs = {"eps": draw(st.sampled_from((1e-5, 1e-5, 0.1)))}
+    parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
+    kwargs.update(_normalization_parameters(draw, channels, parameter_dtype, group == 1))
+    # torch's bug: with a float16/bfloat16 input, a float32 bias and no weight, its backward raises "expected scalar
+    # type Float but found BFloat16" (it allocates the bias's gradient in the input's dtype).
+    assume(not (dtype in HALF_DTYPES and parameter_dtype == torch.float32 and "weight" not in kwargs
+                and "bias" in kwargs and shape[0] > 0))
+    options = draw(call_options())
+    options["grad_non_finite"] &= group != 1
+    input = draw(tensors(shape, dtype, differentiable=group not in DEGENERATE_GROUPS))
+    return Call("group_norm", (input, num_groups), kwargs, **options)
+
+
+@st.composite
+def instance_norm_calls(draw):
+    dtype = draw(dtypes())
+    channels = draw(st.integers(0, 3))
+    shape = [draw(st.integers(0, 3)), channels] + [draw(st.integers(0, 3)) for _ in range(draw(st.integers(0, 2)))]
+    if draw(st.sampled_from((False,) * 9 + (True,))):
+        shape = shape[:draw(st.integers(0, 1))]
+    use_input_stats = draw(st.booleans())
+    plane = math.prod(shape[2:])
+    kwargs = {"use_input_stats": use_input_stats, "momentum": draw(st.sampled_from((0.1, 0.5, 1.0))),
+              "eps": draw(st.sampled_from((1e-5, 1e-5, 0.1)))}
+    parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
+    kwargs.update(_normalization_parameters(draw, channels, parameter_dtype, plain=False))
+    # The running statistics take part in the weight's dtype (else the input's), whatever their own. Not drawn more
+    # precise than that: they come back with its precision (torch rounds them otherwise than manual_conv, by an ulp
+    # of the coarser dtype, far beyond their own dtype's tolerance).
+    statistics = draw(st.sampled_from(("both",) * 4 + ("none", "mean only")))
+    computed_in = parameter_dtype if "weight" in kwargs else dtype
+    statistics_dtype = draw(st.sampled_from((parameter_dtype,) * 3 + (torch.float64, torch.bfloat16)))
+    if statistics_dtype.is_floating_point and computed_in.is_floating_point:
+        assume(torch.finfo(statistics_dtype).eps >= torch.finfo(computed_in).eps)
+    positive = lambda s, g: torch.rand(s, generator=g, dtype=torch.float64).add(0.5).to(statistics_dtype)  # noqa: E731
+    for name, make in (("running_mean", None), ("running_var", positive)):
+        if statistics == "both" or statistics == "mean only" and name == "running_mean":
+            kwargs[name] = draw(tensors((channels,), statistics_dtype, differentiable=False, layouts=("contiguous",),
+                                        make=make, non_finite=False))
+    # torch's bug, not copied: for an empty batch it sets the running statistics to the mean of no repeats, NaN
+    # (manual_conv leaves them as they are, as batch_norm does for an empty batch).
+    assume(not (shape[:1] == [0] and "running_mean" in kwargs))
+    degenerate = use_input_stats and plane in DEGENERATE_GROUPS
+    options = draw(call_options())
+    return Call("instance_norm", (draw(tensors(shape, dtype, differentiable=not degenerate)),), kwargs, **options)
+
+
+@st.composite
+def normalize_calls(draw):
+    dtype = draw(dtypes())
+    shape = any_shape(draw)
+    ndim = len(shape)
+    kwargs = {"p": draw(st.sampled_from((2.0, 2.0, 2, 1.0, 0, 3.0, 1.5, 0.5, -1.0, math.inf, -math.inf, "fro")))}
+    dim = draw(st.one_of(st.integers(-ndim - 1, ndim), st.none(), st.lists(st.integers(-ndim, max(ndim - 1, 0)),
+                                                                             min_size=1, max_size=2).map(tuple)))
+    if dim != 1 or draw(st.booleans()):
+        kwargs["dim"] = dim
+    kwargs["eps"] = draw(st.sampled_from((1e-12, 1e-12, 0.5)))
+    # A slice of one element (p ≠ 0) is normalized to sgn(x) where |x| ≥ ε: its gradient is 0 up to rounding, which
+    # is what torch returns there (in float16 the two terms of g/d − g·x²/d³ cancel to 0 or not, by chance). Not
+    # compared, as DEGENERATE_GROUPS.
+    reduced = range(ndim) if dim is None else [dim] if isinstance(dim, int) else dim
+    one_element = all(-ndim <= d < max(ndim, 1) for d in reduced) and math.prod(
+        shape[d] for d in reduced if ndim) == 1 and kwargs["p"] != 0
+    input = draw(tensors(shape, dtype, differentiable=not one_element))
+    if draw(st.sampled_from((False,) * 9 + (True,))):
+        kwargs["out"] = draw(tensors(shape, draw(dtypes((dtype, dtype, torch.float64))), differentiable=False,
+                                     layouts=("contiguous",), non_finite=False))
+    return Call("normalize", (input,), kwargs, **draw(call_options()))
+
+
 # ---------------------------------------------------------------------------------------------------- tests
 
 CALLS = {
@@ -766,6 +858,9 @@ CALLS = {
     "mse_loss": mse_loss_calls(),
     "layer_norm": layer_norm_calls(),
     "batch_norm": batch_norm_calls(),
+    "group_norm": group_norm_calls(),
+    "instance_norm": instance_norm_calls(),
+    "normalize": normalize_calls(),
 }
 
 
