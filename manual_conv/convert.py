@@ -4,6 +4,7 @@ Every torch.nn layer that has a twin in ``manual_conv.nn`` (a subclass of the to
 overriding only the computation) is swapped for it; everything else stays as it is.
 """
 import copy
+import sys
 import warnings
 
 from torch import nn
@@ -19,13 +20,21 @@ _NO_COMPUTATION = (nn.Identity,)
 
 
 def _twins():
-    """{torch.nn class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines."""
+    """{torch.nn or torchvision.ops class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines
+    (torchvision's only once torchvision is loaded, as it is wherever a model holds its layers)."""
+    libraries = [nn]
+    names = list(vars(manual_nn))
+    if "torchvision.ops" in sys.modules:
+        libraries.append(sys.modules["torchvision.ops"])
+        names += manual_nn.TORCHVISION_TWINS
     twins = {}
-    for name, twin in vars(manual_nn).items():
-        original = getattr(nn, name, None)
-        is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
-        if is_twin and issubclass(twin, original):
-            twins[original] = twin
+    for name in names:
+        twin = getattr(manual_nn, name)
+        for library in libraries:
+            original = getattr(library, name, None)
+            is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
+            if is_twin and issubclass(twin, original):
+                twins[original] = twin
     return twins
 
 
@@ -33,6 +42,15 @@ def _is_torch_nn_layer(module):
     """A torch.nn layer (or a subclass of one), as opposed to a container or a user's composite module."""
     return not isinstance(module, _CONTAINERS) and any(
         cls.__module__.startswith("torch.nn.") and cls is not nn.Module for cls in type(module).__mro__
+    )
+
+
+def _is_torchvision_ops_layer(module):
+    """A torchvision.ops module (or a subclass of one) without children, that computes: a layer, as opposed to
+    torchvision's blocks (SqueezeExcitation, Conv2dNormActivation, MLP), which hold layers and are looked inside,
+    and Permute, a view."""
+    return next(module.children(), None) is None and type(module).__name__ != "Permute" and any(
+        cls.__module__.startswith("torchvision.ops.") for cls in type(module).__mro__
     )
 
 
@@ -81,7 +99,7 @@ def _convert_in_place(module, path, twins, unsupported):
         module.__class__ = twins[module_type]
     elif module_type in twins.values() or isinstance(module, _NO_COMPUTATION):
         pass  # already converted, or nothing to convert
-    elif _is_torch_nn_layer(module):
+    elif _is_torch_nn_layer(module) or _is_torchvision_ops_layer(module):
         unsupported.append((path, module_type.__name__))
     else:
         for name, child in module.named_children():

@@ -20,6 +20,7 @@ from .ops import linear as _linear
 from .ops import loss as _loss
 from .ops import norm as _norm
 from .ops import pool as _pool
+from .ops import stochastic_depth as _stochastic_depth
 from .ops._utils import _pair, not_implemented_for, opmath_dtype, require_floating, scalar_type_name
 from . import torch_names
 
@@ -339,6 +340,24 @@ def dropout(input, p=0.5, training=True, inplace=False):
     with torch.no_grad():
         scaled_mask = input.new_zeros(()) if p == 1 else _linear.scaled_bernoulli_mask(input, 1 - p)
     return _linear.DropoutFunction.apply(input, scaled_mask, inplace)
+
+# ------------------------------------------------------------------------------- stochastic depth (torchvision.ops)
+
+
+def stochastic_depth(input, p, mode, training=True):
+    """Stochastic depth as torchvision.ops.stochastic_depth, through ``StochasticDepthFunction``: with probability
+    p zero the input of each sample (mode 'row': input (N, ...)) or the whole input (mode 'batch'), and scale what
+    is kept by 1/(1 − p). The noise is drawn as torchvision draws it, so a seed gives torchvision's very result.
+    The identity (input itself, as torchvision returns it) when not training or for p = 0."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    if mode not in ("batch", "row"):
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    if not training or p == 0.0:
+        return input
+    with torch.no_grad():
+        scaled_noise = _stochastic_depth.survival_noise(input, p, mode)
+    return _stochastic_depth.StochasticDepthFunction.apply(input, scaled_noise)
 
 # --------------------------------------------------------------------------------------------------------- losses
 

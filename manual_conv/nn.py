@@ -17,11 +17,21 @@ from . import functional  # noqa: F401  (manual_conv.nn.functional, as torch.nn.
 from . import functional as mF
 from . import torch_names
 
-__getattr__ = torch_names.resolver(sys.modules[__name__], nn, torch_names.nn_layer_computes, "torch.nn layers")
+_torch_nn_name = torch_names.resolver(sys.modules[__name__], nn, torch_names.nn_layer_computes, "torch.nn layers")
+
+
+def __getattr__(name):
+    """A twin of a torchvision.ops layer, made at its first use (``TORCHVISION_TWINS``), or torch.nn's name."""
+    if name in TORCHVISION_TWINS:
+        twin = TORCHVISION_TWINS[name]()
+        twin.__module__, twin.__qualname__ = __name__, name  # pickled by name, as the other twins
+        globals()[name] = twin
+        return twin
+    return _torch_nn_name(name)
 
 
 def __dir__():
-    return torch_names.directory(sys.modules[__name__], nn)
+    return sorted(set(torch_names.directory(sys.modules[__name__], nn)) | set(TORCHVISION_TWINS))
 
 
 # ---------------------------------------------------------------------------------------------------- convolution
@@ -200,6 +210,28 @@ class MSELoss(nn.MSELoss):
     def forward(self, input, target):
         return mF.mse_loss(input, target, reduction=self.reduction)
 
+
+# ------------------------------------------------------------------------------- stochastic depth (torchvision.ops)
+
+# Twins of torchvision.ops layers subclass torchvision's classes, so they are made when first asked for: importing
+# torchvision takes seconds that a model of torch.nn layers need not pay (and manual_conv does not depend on it).
+
+
+def _stochastic_depth():
+    from torchvision.ops import StochasticDepth as TorchvisionStochasticDepth
+
+    class StochasticDepth(TorchvisionStochasticDepth):
+        """torchvision.ops.StochasticDepth computed by manual_conv.functional.stochastic_depth (torchvision's
+        constructor, repr and state_dict: a subclass)."""
+
+        def forward(self, input):
+            return mF.stochastic_depth(input, self.p, self.mode, self.training)
+
+    return StochasticDepth
+
+
+# {name: a function making the twin of torchvision.ops.<name>}
+TORCHVISION_TWINS = {"StochasticDepth": _stochastic_depth}
 
 # -------------------------------------------------------------------------------------------------- normalization
 

@@ -16,6 +16,7 @@ backend) from identical inputs, and the two must agree on:
 The examples are derandomized (tests/conftest.py's profile), so a failure reproduces.
 """
 import dataclasses
+import importlib
 import math
 import warnings
 
@@ -165,7 +166,9 @@ def pairs(low, high):
 @dataclasses.dataclass
 class Call:
     """F.<function>(*args, **kwargs), TensorArgs among them; ``grad_seed`` draws the gradients arriving from
-    above (with ±inf/NaN when ``grad_non_finite``); ``inplace`` is applied to the output before the backward."""
+    above (with ±inf/NaN when ``grad_non_finite``); ``inplace`` is applied to the output before the backward.
+    ``reference`` names the module whose function is the reference, torch.nn.functional unless it lives elsewhere
+    (torchvision.ops.stochastic_depth)."""
 
     function: str
     args: tuple
@@ -175,6 +178,7 @@ class Call:
     grad_layout: str = "contiguous"
     inplace: str = "none"  # 'none', 'whole' (output.mul_(2)) or 'view' (output[..., :1].mul_(2))
     rng_seed: int = 0
+    reference: str = "torch.nn.functional"
 
 
 @dataclasses.dataclass
@@ -342,13 +346,14 @@ def assert_no_less_precise(actual, expected, reference, what):
 
 
 def check(call, backend):
-    """Run ``call`` through torch and through manual_conv on ``backend``, and compare."""
-    theirs = run(F, call)
+    """Run ``call`` through torch (or its ``reference``) and through manual_conv on ``backend``, and compare."""
+    reference_library = importlib.import_module(call.reference)
+    theirs = run(reference_library, call)
     with manual_conv.use_backend(backend):
         ours = run(mF, call)
     reference = None
     if theirs.error is None and any(arg.values.dtype in HALF_DTYPES for arg in _tensor_args(call)):
-        reference = run(F, call, dtype_override={False: torch.float64, True: torch.complex128},
+        reference = run(reference_library, call, dtype_override={False: torch.float64, True: torch.complex128},
                         grad_dtypes=[output.dtype for output in theirs.outputs])
         reference = None if reference.error is not None else reference
     assert_same_outcome(ours, theirs, reference)
@@ -834,6 +839,17 @@ def normalize_calls(draw):
     return Call("normalize", (input,), kwargs, **draw(call_options()))
 
 
+# ------------------------------------------------------------------------------------------- stochastic depth
+
+
+@st.composite
+def stochastic_depth_calls(draw):
+    args = (draw(tensors(any_shape(draw), draw(dtypes()))), draw(st.sampled_from((0.2, 0.5, 0.5, 1.0, 0.0, 1.5))),
+            draw(st.sampled_from(("row", "row", "batch", "col"))))
+    kwargs = {"training": draw(st.booleans())} if draw(st.booleans()) else {}
+    return Call("stochastic_depth", args, kwargs, **draw(call_options()), reference="torchvision.ops")
+
+
 # ---------------------------------------------------------------------------------------------------- tests
 
 CALLS = {
@@ -861,6 +877,7 @@ CALLS = {
     "group_norm": group_norm_calls(),
     "instance_norm": instance_norm_calls(),
     "normalize": normalize_calls(),
+    "stochastic_depth": stochastic_depth_calls(),
 }
 
 
