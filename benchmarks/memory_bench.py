@@ -96,7 +96,25 @@ CASES = [_conv_case(layer) for layer in conv_bench.LAYERS] + [
     Case("layer_norm ViT", lambda lib, x, w, b: lib.layer_norm(x, (768,), w, b), 4, ((N, 197, 768), (768,), (768,))),
     Case("batch_norm ResNet 64 ch 56×56", lambda lib, x, w, b: lib.batch_norm(
         x, torch.zeros(64), torch.ones(64), w, b, training=True), 8, ((N, 64, 56, 56), (64,), (64,))),
+    Case("group_norm 32 groups 256 ch 28×28", lambda lib, x, w, b: lib.group_norm(x, 32, w, b), 8,
+         ((N, 256, 28, 28), (256,), (256,))),
+    Case("instance_norm 64 ch 56×56", lambda lib, x, w, b: lib.instance_norm(x, weight=w, bias=b), 8,
+         ((N, 64, 56, 56), (64,), (64,))),
+    Case("normalize 2048 features", lambda lib, x: lib.normalize(x, dim=1), 64, ((N, 2048),)),
+    Case("adaptive_max_pool2d 6×6 from 13×13", lambda lib, x: lib.adaptive_max_pool2d(x, 6), 8,
+         ((N, 256, 13, 13),)),
+    Case("stochastic_depth EfficientNet block", lambda lib, x: _stochastic_depth(lib)(x, 0.2, "row"), 8,
+         ((N, 112, 14, 14),)),
 ]
+
+
+def _stochastic_depth(library):
+    """manual_conv's stochastic_depth, or for native torchvision's (torch.nn.functional has none)."""
+    if library is F:
+        from torchvision.ops import stochastic_depth  # only for this case: importing torchvision costs a second
+
+        return stochastic_depth
+    return library.stochastic_depth
 
 
 def peak_bytes(case, library, backend, quick):
