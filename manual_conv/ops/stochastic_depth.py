@@ -23,7 +23,7 @@ def survival_noise(input, p, mode):
     noise = torch.empty(size, dtype=input.dtype, device=input.device).bernoulli_(survival_rate)
     if survival_rate == 0.0:
         return noise
-    if not input.dtype.is_floating_point:
+    if not (input.dtype.is_floating_point or input.dtype.is_complex):  # (complex input is empty here)
         raise RuntimeError(f"result type Float can't be cast to the desired output type "
                            f"{scalar_type_name(input.dtype)}")
     return noise.to(opmath_dtype(input.dtype)).div_(survival_rate)
