@@ -48,10 +48,10 @@ def _is_torch_nn_layer(module):
 def _is_torchvision_ops_layer(module):
     """A torchvision.ops module (or a subclass of one) without children, that computes: a layer, as opposed to
     torchvision's blocks (SqueezeExcitation, Conv2dNormActivation, MLP), which hold layers and are looked inside,
-    and Permute, a view."""
-    return next(module.children(), None) is None and type(module).__name__ != "Permute" and any(
-        cls.__module__.startswith("torchvision.ops.") for cls in type(module).__mro__
-    )
+    and Permute, a view. (A module of torchvision.ops exists only once torchvision.ops is loaded.)"""
+    is_from_torchvision_ops = any(cls.__module__.startswith("torchvision.ops.") for cls in type(module).__mro__)
+    return is_from_torchvision_ops and next(module.children(), None) is None and not isinstance(
+        module, sys.modules["torchvision.ops"].Permute)
 
 
 def convert(module, inplace=False):
@@ -59,11 +59,13 @@ def convert(module, inplace=False):
     manual_conv.nn twin, and return the converted module.
 
     Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
-    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
-    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, and the Lazy variants of
-    Conv2d, ConvTranspose2d, Linear, BatchNorm1d and BatchNorm2d. Containers and modules
-    that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. ReLU6, Dropout2d, and
-    subclasses of supported layers) stay as they are and are named in one UserWarning: they run natively.
+    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d, Dropout, Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d,
+    GroupNorm, InstanceNorm1d/2d/3d, and the Lazy variants of Conv2d, ConvTranspose2d, Linear, BatchNorm1d and
+    BatchNorm2d — and torchvision.ops.StochasticDepth. Containers and modules that are not from torch.nn are
+    searched recursively (torchvision.ops' blocks too, such as SqueezeExcitation). Other torch.nn and
+    torchvision.ops layers (e.g. ReLU6, Dropout2d, FrozenBatchNorm2d, and subclasses of supported layers) stay as
+    they are and are named in one UserWarning: they run natively.
 
     By default the model is deep-copied first (as torch.ao.quantization.convert does) and ``module`` is left
     untouched. With ``inplace=True`` ``module`` itself is converted: a twin adds no state of its own, so each
