@@ -154,6 +154,7 @@ def adaptive_avg_pool2d(input, output_size):
         return _pool.GlobalAvgPool2dFunction.apply(input)
     return _pool.AdaptiveAvgPool2dFunction.apply(input, output_size)
 
+
 def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
     """2-D adaptive max pooling as torch.nn.functional.adaptive_max_pool2d_with_indices, through
     ``AdaptiveMaxPool2dFunction``: (y, indices), the max of every window and its arg-max as a flat index h·W + w
@@ -164,7 +165,7 @@ def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
     """
     output_size = _adaptive_output_size(input, output_size, "adaptive_max_pool2d")
     _pool.check_adaptive_max_pool2d_args(input, output_size)
-    return _pool.AdaptiveMaxPool2dFunction.apply(input, tuple(output_size))
+    return _pool.AdaptiveMaxPool2dFunction.apply(input, output_size)
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False):
@@ -504,8 +505,11 @@ def _check_momentum(function, momentum):
         )
 
 
-def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps):
-    """torch.batch_norm (ATen's, below torch.nn.functional's own checks), which batch_norm and instance_norm run."""
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                update_running_stats=_norm.update_running_stats):
+    """torch.batch_norm (ATen's, below torch.nn.functional's own checks), which batch_norm and instance_norm run;
+    in training ``update_running_stats`` is given the running statistics and the batch's (instance_norm's averages
+    the batch's over the samples)."""
     if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
         output = input.clone()
         output = output if weight is None else output * weight.select(0, 0)
@@ -519,7 +523,7 @@ def _batch_norm(input, running_mean, running_var, weight, bias, training, moment
     output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps, folded)
     if running_mean is not None:
         values_per_channel = input.numel() // input.shape[1]
-        _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
+        update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
     return output
 
 
@@ -531,8 +535,10 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     As torch defines it: batch normalization of the input viewed as one sample of N·C channels
     (``BatchNormFunction``; with use_input_stats=False ``BatchNormEvalFunction`` and the running statistics), with
     γ, β and the running statistics repeated N times. The running statistics take part in γ's dtype (else the
-    input's, when the mean's differs) and in training are then set to the mean over the batch of their updated
-    repeats (momentum as batch_norm's).
+    input's, when the mean's differs). In training each repeat is updated as batch_norm's, and the statistics are set
+    to the repeats' mean over the batch: m_c ← (1 − momentum)·m_c + momentum·mean_n μ_nc (v_c alike, unbiased),
+    computed from the batch's statistics averaged over the samples and rounded once (torch rounds every repeat to
+    the statistics' dtype, then their mean).
     """
     if use_input_stats and math.prod(input.shape[2:]) == 1:
         raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
@@ -549,14 +555,14 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
                                "#0 'self'")
         running = [tensor.to(statistics_dtype) for tensor in running]
     running = [None if tensor is None else tensor.repeat(batch) for tensor in running]
+
+    def update_averaged(_repeated_mean, _repeated_var, batch_mean, batch_var, count, momentum):
+        averaged = (statistic.view(batch, channels).mean(0) for statistic in (batch_mean, batch_var))
+        _norm.update_running_stats(running_mean, running_var, *averaged, count, momentum)
+
     one_sample = input.contiguous().view(1, batch * channels, *input.shape[2:])
-    output = _batch_norm(one_sample, *running, weight, bias, use_input_stats, momentum, eps)
-    # (for an empty batch torch sets them to the mean of no repeats, NaN; they are left as they are here)
-    if use_input_stats and batch > 0:
-        with torch.no_grad():
-            for statistic, repeats in zip((running_mean, running_var), running):
-                if statistic is not None:
-                    statistic.copy_(repeats.view(batch, channels).mean(0))
+    # (for an empty batch torch sets the statistics to the mean of no repeats, NaN; they are left as they are here)
+    output = _batch_norm(one_sample, *running, weight, bias, use_input_stats, momentum, eps, update_averaged)
     return output.view(input.shape)
 
 
