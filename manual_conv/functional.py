@@ -563,6 +563,13 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     one_sample = input.contiguous().view(1, batch * channels, *input.shape[2:])
     # (for an empty batch torch sets the statistics to the mean of no repeats, NaN; they are left as they are here)
     output = _batch_norm(one_sample, *running, weight, bias, use_input_stats, momentum, eps, update_averaged)
+    if use_input_stats and batch > 0 and one_sample.numel() == 0:
+        # nothing normalized, nothing updated: torch still sets the statistics to their repeats' mean (the same
+        # values, through the statistics' dtype; for an integer dtype, the mean's error)
+        with torch.no_grad():
+            for statistic, repeats in zip((running_mean, running_var), running):
+                if statistic is not None:
+                    statistic.copy_(repeats.view(batch, channels).mean(0))
     return output.view(input.shape)
 
 
