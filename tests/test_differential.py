@@ -22,7 +22,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -768,7 +767,10 @@ def group_norm_calls(draw):
     channels = max(num_groups, 1) * per_group + draw(st.sampled_from((0,) * 6 + (1,)))
     shape = [draw(st.integers(0, 3)), channels] + [draw(st.integers(0, 3)) for _ in range(draw(st.integers(0, 2)))]
     group = per_group * math.prod(shape[2:])
-    kwargs = {"eps": draw(st.sampled_from((1e-5, 1e-5, 0.1)))}
+    # One value per group: y = β + the rounding residual of x·α − μ·α (α = γ/√ε, x = μ), which torch's vectorized
+    # kernel and ours round differently (neither is exactly β); with ε = 1e-5, α·x is 316·γ·x and that residual
+    # exceeds the tolerance (one call in a thousand). Drawn with ε = 0.1 there, where it is far below.
+    kwargs = {"eps": draw(st.sampled_from((1e-5, 1e-5, 0.1) if group != 1 else (0.1,)))}
     parameter_dtype = draw(st.sampled_from((dtype, dtype, torch.float32)))
     kwargs.update(_normalization_parameters(draw, channels, parameter_dtype, group == 1))
     # torch's bug: with a float16/bfloat16 input, a float32 bias and no weight, its backward raises "expected scalar
@@ -812,6 +814,10 @@ def instance_norm_calls(draw):
     assume(not (shape[:1] == [0] and "running_mean" in kwargs))
     degenerate = use_input_stats and plane in DEGENERATE_GROUPS
     options = draw(call_options())
+    # torch's bug: for a batch of one 4-D sample and a channels_last gradient from above, its input, weight and bias
+    # gradients are wrong, in training and evaluation (off by the gradient's size; its own autograd through the
+    # formula agrees with manual_conv: tests/test_norm.py).
+    assume(not (len(shape) == 4 and shape[0] == 1 and options["grad_layout"] == "channels_last"))
     return Call("instance_norm", (draw(tensors(shape, dtype, differentiable=not degenerate)),), kwargs, **options)
 
 
@@ -826,6 +832,10 @@ def normalize_calls(draw):
     if dim != 1 or draw(st.booleans()):
         kwargs["dim"] = dim
     kwargs["eps"] = draw(st.sampled_from((1e-12, 1e-12, 0.5)))
+    # torch's float16 artefact: its backward for a finite p < 1 (p ≠ 0) raises |x| to the power p − 2 in float16,
+    # which overflows to inf for small |x| (|x|⁻³ > 65504 for |x| < 0.025 at p = −1) where the gradient is finite;
+    # manual_conv computes in float32 and rounds once (one call in 500).
+    assume(not (dtype == torch.float16 and kwargs["p"] in (0.5, -1.0)))
     # A slice of one element (p ≠ 0) is normalized to sgn(x) where |x| ≥ ε: its gradient is 0 up to rounding, which
     # is what torch returns there (in float16 the two terms of g/d − g·x²/d³ cancel to 0 or not, by chance). Not
     # compared, as DEGENERATE_GROUPS.
