@@ -61,8 +61,8 @@ def convert(module, inplace=False):
     Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
     Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
     AdaptiveMaxPool2d, Dropout, Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d,
-    GroupNorm, InstanceNorm1d/2d/3d, and the Lazy variants of Conv2d, ConvTranspose2d, Linear, BatchNorm1d and
-    BatchNorm2d — and torchvision.ops.StochasticDepth. Containers and modules that are not from torch.nn are
+    GroupNorm, InstanceNorm1d/2d/3d, and the Lazy variants of Conv2d, ConvTranspose2d, Linear, BatchNorm1d,
+    BatchNorm2d and InstanceNorm1d/2d/3d — and torchvision.ops.StochasticDepth. Containers and modules that are not from torch.nn are
     searched recursively (torchvision.ops' blocks too, such as SqueezeExcitation). Other torch.nn and
     torchvision.ops layers (e.g. ReLU6, Dropout2d, FrozenBatchNorm2d, and subclasses of supported layers) stay as
     they are and are named in one UserWarning: they run natively.

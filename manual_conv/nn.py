@@ -334,3 +334,27 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     manual_conv.functional.instance_norm."""
 
     _apply_instance_norm = _apply_instance_norm
+
+
+class LazyInstanceNorm1d(nn.LazyInstanceNorm1d):
+    """torch.nn.LazyInstanceNorm1d computed by manual_conv.functional.instance_norm; becomes
+    manual_conv.nn.InstanceNorm1d at the first call."""
+
+    cls_to_become = InstanceNorm1d
+    _apply_instance_norm = _apply_instance_norm
+
+
+class LazyInstanceNorm2d(nn.LazyInstanceNorm2d):
+    """torch.nn.LazyInstanceNorm2d computed by manual_conv.functional.instance_norm; becomes
+    manual_conv.nn.InstanceNorm2d at the first call."""
+
+    cls_to_become = InstanceNorm2d
+    _apply_instance_norm = _apply_instance_norm
+
+
+class LazyInstanceNorm3d(nn.LazyInstanceNorm3d):
+    """torch.nn.LazyInstanceNorm3d computed by manual_conv.functional.instance_norm; becomes
+    manual_conv.nn.InstanceNorm3d at the first call."""
+
+    cls_to_become = InstanceNorm3d
+    _apply_instance_norm = _apply_instance_norm

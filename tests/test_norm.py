@@ -865,3 +865,20 @@ def test_group_norm_module_matches_torch(kwargs):
     for expected, actual in zip(theirs.parameters(), ours.parameters()):
         torch.testing.assert_close(actual.grad, expected.grad)
 
+
+
+@pytest.mark.parametrize("name, shape", [("LazyInstanceNorm1d", (2, 3, 5)), ("LazyInstanceNorm2d", (2, 3, 4, 4)),
+                                         ("LazyInstanceNorm3d", (2, 3, 2, 3, 2))])
+def test_lazy_instance_norms_become_our_twins_and_match_torch(name, shape):
+    input = torch.randn(shape, dtype=torch.float64)
+    outputs = []
+    for library in (mnn, torch.nn):
+        layer = getattr(library, name)(affine=True, track_running_stats=True).double()
+        outputs.append((layer(input), layer.running_mean))
+    assert type(layer) is torch.nn.modules.instancenorm.__dict__[name.removeprefix("Lazy")]
+    for ours, theirs in zip(*outputs):
+        torch.testing.assert_close(ours, theirs)
+    ours = getattr(mnn, name)(affine=True)
+    output = ours(input.float())
+    assert type(ours) is getattr(mnn, name.removeprefix("Lazy"))
+    assert isinstance(output.grad_fn.next_functions[0][0], BatchNormFunction._backward_cls)
