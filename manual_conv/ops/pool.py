@@ -451,15 +451,7 @@ class AdaptiveMaxPool2dFunction(Function):
         _as_batch(indices).add_(rows * width)
         return output, indices
 
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input = inputs[0]
-        _, indices = output
-        ctx.mark_non_differentiable(indices)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(indices)
-        ctx.input_shape = input.shape
-        ctx.channels_last = suggests_channels_last(input)
+    setup_context = staticmethod(MaxPool2dFunction.setup_context)  # the indices saved, none of their gradient
 
     @staticmethod
     def backward(ctx, grad_output, _grad_indices):
