@@ -5,15 +5,16 @@ import torch
 import torch.nn.functional as F
 
 import manual_conv.functional as mF
-from manual_conv.ops import _utils, activation, conv, linear, loss, norm, pool
+from manual_conv.ops import _utils, activation, conv, linear, loss, norm, pool, stochastic_depth
 
-FUNCTIONS = [value for module in (activation, conv, linear, loss, norm, pool) for value in vars(module).values()
+FUNCTIONS = [value for module in (activation, conv, linear, loss, norm, pool, stochastic_depth)
+             for value in vars(module).values()
              if isinstance(value, type) and issubclass(value, torch.autograd.Function)
              and value.__module__ == module.__name__]
 
 
 def test_every_function_stores_its_forward_signature():
-    assert len(FUNCTIONS) == 24
+    assert len(FUNCTIONS) == 28
     for function in FUNCTIONS:
         assert issubclass(function, _utils.Function)
         code = function.forward.__code__
