@@ -591,3 +591,16 @@ def test_modules_are_torch_modules_with_our_computation(name, args, kwargs):
     ours.load_state_dict(theirs.state_dict())
     input = torch.randn(2, 3, 7, 8, dtype=torch.float64)
     assert_same_forward_and_backward(ours, theirs, input, atol=1e-12, rtol=1e-12)
+
+
+def test_adaptive_max_pool2d_compiles_into_one_graph(backend):
+    """torch.compile(fullgraph=True) traces forward and backward: the windows' bounds are Python ints, not values
+    read back from tensors (a data-dependent loop length breaks the graph)."""
+    input = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(lambda x: mF.adaptive_max_pool2d(x, (2, 3), return_indices=True), backend="aot_eager",
+                             fullgraph=True)
+    (output, indices), (expected, expected_indices) = compiled(input), mF.adaptive_max_pool2d(input, (2, 3), True)
+    assert torch.equal(output, expected) and torch.equal(indices, expected_indices)
+    upstream = torch.randn(output.shape, dtype=torch.float64)
+    assert torch.equal(*(torch.autograd.grad(y, input, upstream)[0] for y in (output, expected)))
+    torch._dynamo.reset()

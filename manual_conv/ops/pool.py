@@ -382,18 +382,20 @@ class AdaptiveAvgPool2dFunction(Function):
 
 
 def _adaptive_bounds(size, output_size, device):
-    """(begins, lasts): b_i and e_i − 1 of every window i along one dim (see ``_adaptive_windows``), as tensors."""
+    """(begins, lasts, steps): b_i and e_i − 1 of every window i along one dim (see ``_adaptive_windows``), as
+    tensors, and the longest window's length (a Python int: no data-dependent size for torch.compile)."""
     begins = [i * size // output_size for i in range(output_size)]
     lasts = [-(-(i + 1) * size // output_size) - 1 for i in range(output_size)]
-    return (torch.tensor(values, dtype=torch.int64, device=device) for values in (begins, lasts))
+    steps = max(last - begin for begin, last in zip(begins, lasts)) + 1
+    return (*(torch.tensor(values, dtype=torch.int64, device=device) for values in (begins, lasts)), steps)
 
 
-def _scan_adaptive_windows(x, dim, begins, lasts, best, winner):
+def _scan_adaptive_windows(x, dim, bounds, best, winner):
     """The running maximum along ``dim`` over each adaptive window's rows b_i, b_i + 1, ..., into ``best`` and the
     winning step into ``winner``, by ``_scan_taps``'s rule (strictly greater, or NaN). Step t reads row
     min(b_i + t, e_i − 1): a window shorter than the longest reads its last row again, which never beats itself
     (a NaN wins again, at the same row). Returns the row of each window's winner, b_i for none (all −∞)."""
-    steps = int((lasts - begins).max()) + 1
+    begins, lasts, steps = bounds
     for t in range(steps):
         tap = x.index_select(dim, torch.minimum(begins + t, lasts))
         wins = tap > best
@@ -435,17 +437,16 @@ class AdaptiveMaxPool2dFunction(Function):
             return output, indices
         x = _as_batch(input)
         height, width = x.shape[-2:]
-        (begins_h, lasts_h), (begins_w, lasts_w) = (
+        rows_bounds, columns_bounds = (
             _adaptive_bounds(size, out, input.device) for size, out in zip((height, width), output_size)
         )
-        steps = max(int((lasts_h - begins_h).max()), int((lasts_w - begins_w).max())) + 1
-        counter = torch.uint8 if steps < 255 else torch.int64
+        counter = torch.uint8 if max(rows_bounds[2], columns_bounds[2]) < 255 else torch.int64
         # each row's maximum over the columns of every window C_j: (N, C, H, W_out)
         row_best = _new_zeros((*x.shape[:-1], output_size[1]), x, memory_format).fill_(-torch.inf)
-        columns = _scan_adaptive_windows(x, -1, begins_w, lasts_w, row_best,
+        columns = _scan_adaptive_windows(x, -1, columns_bounds, row_best,
                                          _new_zeros(row_best.shape, x, memory_format, counter))
         best = _as_batch(output).fill_(-torch.inf)
-        rows = _scan_adaptive_windows(row_best, -2, begins_h, lasts_h, best,
+        rows = _scan_adaptive_windows(row_best, -2, rows_bounds, best,
                                       _new_zeros(best.shape, x, memory_format, counter))
         torch.gather(columns, -2, rows, out=_as_batch(indices))
         _as_batch(indices).add_(rows * width)
