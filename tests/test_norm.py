@@ -882,3 +882,20 @@ def test_lazy_instance_norms_become_our_twins_and_match_torch(name, shape):
     output = ours(input.float())
     assert type(ours) is getattr(mnn, name.removeprefix("Lazy"))
     assert isinstance(output.grad_fn.next_functions[0][0], BatchNormFunction._backward_cls)
+
+
+@pytest.mark.parametrize("function", [
+    lambda x, w, b: mF.group_norm(x, 2, w, b),
+    lambda x, w, b: mF.instance_norm(x, torch.zeros(4, dtype=x.dtype), torch.ones(4, dtype=x.dtype), w, b),
+    lambda x, w, b: mF.normalize(x * w.view(1, 4, 1, 1) + b.view(1, 4, 1, 1), p=3.0, dim=(1, 2)),
+], ids=["group_norm", "instance_norm", "normalize"])
+def test_compiles_into_one_graph(backend, function):
+    """torch.compile(fullgraph=True) traces forward and backward, with values and gradients unchanged."""
+    inputs = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in ((2, 4, 3, 3), (4,), (4,))]
+    compiled = torch.compile(function, backend="aot_eager", fullgraph=True)
+    upstream = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    results = [(output, *torch.autograd.grad(output, inputs, upstream)) for output in (compiled(*inputs),
+                                                                                         function(*inputs))]
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected)
+    torch._dynamo.reset()

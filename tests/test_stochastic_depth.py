@@ -167,3 +167,17 @@ def test_convert_swaps_torchvisions_stochastic_depth_and_names_the_torchvision_l
     expected = model(input)
     torch.manual_seed(0)
     torch.testing.assert_close(converted(input), expected)
+
+
+def test_compiles_into_one_graph(backend):
+    """torch.compile(fullgraph=True) traces the noise's draw and the Function: a seed gives the eager result."""
+    input = torch.randn(4, 3, 2, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(lambda x: mF.stochastic_depth(x, 0.5, "row"), backend="aot_eager", fullgraph=True)
+    results = []
+    for function in (compiled, lambda x: mF.stochastic_depth(x, 0.5, "row")):
+        torch.manual_seed(0)
+        output = function(input)
+        results.append((output, *torch.autograd.grad(output.sum(), input)))
+    for actual, expected in zip(*results):
+        torch.testing.assert_close(actual, expected)
+    torch._dynamo.reset()
