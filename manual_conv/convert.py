@@ -4,6 +4,7 @@ Every torch.nn layer that has a twin in ``manual_conv.nn`` (a subclass of the to
 overriding only the computation) is swapped for it; everything else stays as it is.
 """
 import copy
+import sys
 import warnings
 
 from torch import nn
@@ -19,13 +20,21 @@ _NO_COMPUTATION = (nn.Identity,)
 
 
 def _twins():
-    """{torch.nn class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines."""
+    """{torch.nn or torchvision.ops class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines
+    (torchvision's only once torchvision is loaded, as it is wherever a model holds its layers)."""
+    libraries = [nn]
+    names = list(vars(manual_nn))
+    if "torchvision.ops" in sys.modules:
+        libraries.append(sys.modules["torchvision.ops"])
+        names += manual_nn.TORCHVISION_TWINS
     twins = {}
-    for name, twin in vars(manual_nn).items():
-        original = getattr(nn, name, None)
-        is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
-        if is_twin and issubclass(twin, original):
-            twins[original] = twin
+    for name in names:
+        twin = getattr(manual_nn, name)
+        for library in libraries:
+            original = getattr(library, name, None)
+            is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
+            if is_twin and issubclass(twin, original):
+                twins[original] = twin
     return twins
 
 
@@ -36,17 +45,28 @@ def _is_torch_nn_layer(module):
     )
 
 
+def _is_torchvision_ops_layer(module):
+    """A torchvision.ops module (or a subclass of one) without children, that computes: a layer, as opposed to
+    torchvision's blocks (SqueezeExcitation, Conv2dNormActivation, MLP), which hold layers and are looked inside,
+    and Permute, a view. (A module of torchvision.ops exists only once torchvision.ops is loaded.)"""
+    is_from_torchvision_ops = any(cls.__module__.startswith("torchvision.ops.") for cls in type(module).__mro__)
+    return is_from_torchvision_ops and next(module.children(), None) is None and not isinstance(
+        module, sys.modules["torchvision.ops"].Permute)
+
+
 def convert(module, inplace=False):
     """Swap every supported torch.nn layer of ``module`` (and ``module`` itself, if it is one) for its
     manual_conv.nn twin, and return the converted module.
 
     Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
-    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
-    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, MultiheadAttention (with its
-    out-projection, which its forward reads, so torchvision's ViT encoder blocks run by hand), and the Lazy variants of
-    Conv2d, ConvTranspose2d, Linear, BatchNorm1d and BatchNorm2d. Containers and modules
-    that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. ReLU6, Dropout2d, and
-    subclasses of supported layers) stay as they are and are named in one UserWarning: they run natively.
+    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d, Dropout, Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d,
+    GroupNorm, InstanceNorm1d/2d/3d, MultiheadAttention (with its out-projection, which its forward reads, so
+    torchvision's ViT encoder blocks run by hand), and the Lazy variants of Conv2d, ConvTranspose2d, Linear,
+    BatchNorm1d, BatchNorm2d and InstanceNorm1d/2d/3d — and torchvision.ops.StochasticDepth. Containers and modules
+    that are not from torch.nn are searched recursively (torchvision.ops' blocks too, such as SqueezeExcitation).
+    Other torch.nn and torchvision.ops layers (e.g. SELU, Dropout2d, FrozenBatchNorm2d, and subclasses of supported
+    layers) stay as they are and are named in one UserWarning: they run natively.
 
     By default the model is deep-copied first (as torch.ao.quantization.convert does) and ``module`` is left
     untouched. With ``inplace=True`` ``module`` itself is converted: a twin adds no state of its own, so each
@@ -64,7 +84,7 @@ def convert(module, inplace=False):
 
 
 def _unsupported_message(unsupported):
-    """One line per class: "ReLU6 ×35 (features.0.2, features.1.conv.0.2, features.2.conv.0.2, ...)"."""
+    """One line per class: "SELU ×2 (features.0.2, features.1.2, ...)"."""
     paths_by_type = {}
     for path, type_name in unsupported:
         paths_by_type.setdefault(type_name, []).append(path or "<root>")
@@ -82,7 +102,7 @@ def _convert_in_place(module, path, twins, unsupported):
         module.__class__ = twins[module_type]
     elif module_type in twins.values() or isinstance(module, _NO_COMPUTATION):
         pass  # already converted, or nothing to convert
-    elif _is_torch_nn_layer(module):
+    elif _is_torch_nn_layer(module) or _is_torchvision_ops_layer(module):
         unsupported.append((path, module_type.__name__))
     else:
         for name, child in module.named_children():
