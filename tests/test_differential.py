@@ -829,7 +829,7 @@ def _torch_runs_fused_attention(call):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            output = getattr(F, call.function)(*args, **kwargs)
+            output = getattr(importlib.import_module(call.reference), call.function)(*args, **kwargs)
     except Exception:  # noqa: BLE001 - a call that raises runs no kernel
         return False
     output = output[0] if isinstance(output, tuple) else output
