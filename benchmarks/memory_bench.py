@@ -119,7 +119,25 @@ CASES = [_conv_case(layer) for layer in conv_bench.LAYERS] + [
     Case("multi_head_attention_forward ViT-B/16", lambda lib, x, w, b, w_out, b_out: lib.multi_head_attention_forward(
         x, x, x, 768, 12, w, b, None, None, False, 0.0, w_out, b_out, need_weights=False)[0], 4,
          ((197, N, 768), (3 * 768, 768), (3 * 768,), (768, 768), (768,))),
+    Case("group_norm 32 groups 256 ch 28×28", lambda lib, x, w, b: lib.group_norm(x, 32, w, b), 8,
+         ((N, 256, 28, 28), (256,), (256,))),
+    Case("instance_norm 64 ch 56×56", lambda lib, x, w, b: lib.instance_norm(x, weight=w, bias=b), 8,
+         ((N, 64, 56, 56), (64,), (64,))),
+    Case("normalize 2048 features", lambda lib, x: lib.normalize(x, dim=1), 64, ((N, 2048),)),
+    Case("adaptive_max_pool2d 6×6 from 13×13", lambda lib, x: lib.adaptive_max_pool2d(x, 6), 8,
+         ((N, 256, 13, 13),)),
+    Case("stochastic_depth EfficientNet block", lambda lib, x: _stochastic_depth(lib)(x, 0.2, "row"), 8,
+         ((N, 112, 14, 14),)),
 ]
+
+
+def _stochastic_depth(library):
+    """manual_conv's stochastic_depth, or for native torchvision's (torch.nn.functional has none)."""
+    if library is F:
+        from torchvision.ops import stochastic_depth  # only for this case: importing torchvision costs a second
+
+        return stochastic_depth
+    return library.stochastic_depth
 
 
 def peak_bytes(case, library, backend, quick):

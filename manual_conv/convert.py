@@ -7,6 +7,7 @@ x.softmax(-1)) run by hand too.
 """
 import copy
 import inspect
+import sys
 import types
 import warnings
 
@@ -24,13 +25,21 @@ _NO_COMPUTATION = (nn.Identity,)
 
 
 def _twins():
-    """{torch.nn class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines."""
+    """{torch.nn or torchvision.ops class: its manual_conv.nn twin}, by name, for every twin manual_conv.nn defines
+    (torchvision's only once torchvision is loaded, as it is wherever a model holds its layers)."""
+    libraries = [nn]
+    names = list(vars(manual_nn))
+    if "torchvision.ops" in sys.modules:
+        libraries.append(sys.modules["torchvision.ops"])
+        names += manual_nn.TORCHVISION_TWINS
     twins = {}
-    for name, twin in vars(manual_nn).items():
-        original = getattr(nn, name, None)
-        is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
-        if is_twin and issubclass(twin, original):
-            twins[original] = twin
+    for name in names:
+        twin = getattr(manual_nn, name)
+        for library in libraries:
+            original = getattr(library, name, None)
+            is_twin = isinstance(twin, type) and isinstance(original, type) and twin is not original
+            if is_twin and issubclass(twin, original):
+                twins[original] = twin
     return twins
 
 
@@ -41,17 +50,28 @@ def _is_torch_nn_layer(module):
     )
 
 
+def _is_torchvision_ops_layer(module):
+    """A torchvision.ops module (or a subclass of one) without children, that computes: a layer, as opposed to
+    torchvision's blocks (SqueezeExcitation, Conv2dNormActivation, MLP), which hold layers and are looked inside,
+    and Permute, a view. (A module of torchvision.ops exists only once torchvision.ops is loaded.)"""
+    is_from_torchvision_ops = any(cls.__module__.startswith("torchvision.ops.") for cls in type(module).__mro__)
+    return is_from_torchvision_ops and next(module.children(), None) is None and not isinstance(
+        module, sys.modules["torchvision.ops"].Permute)
+
+
 def convert(module, inplace=False, functional=True):
     """Swap every supported torch.nn layer of ``module`` (and ``module`` itself, if it is one) for its
     manual_conv.nn twin, and return the converted module.
 
     Supported: the torch.nn classes (exact type) that manual_conv.nn has a twin for — Conv2d, ConvTranspose2d,
-    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout,
-    Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d, MultiheadAttention (with its
-    out-projection, which its forward reads, so torchvision's ViT encoder blocks run by hand), and the Lazy variants of
-    Conv2d, ConvTranspose2d, Linear, BatchNorm1d and BatchNorm2d. Containers and modules
-    that are not from torch.nn are searched recursively. Other torch.nn layers (e.g. Dropout2d, and subclasses of
-    supported layers) stay as they are; those that run natively are named in one UserWarning.
+    Linear, ReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d,
+    AdaptiveMaxPool2d, Dropout, Flatten, CrossEntropyLoss, NLLLoss, MSELoss, LayerNorm, BatchNorm1d, BatchNorm2d,
+    GroupNorm, InstanceNorm1d/2d/3d, MultiheadAttention (with its out-projection, which its forward reads, so
+    torchvision's ViT encoder blocks run by hand), and the Lazy variants of Conv2d, ConvTranspose2d, Linear,
+    BatchNorm1d, BatchNorm2d and InstanceNorm1d/2d/3d — and torchvision.ops.StochasticDepth. Containers and modules
+    that are not from torch.nn are searched recursively (torchvision.ops' blocks too, such as SqueezeExcitation).
+    Other torch.nn and torchvision.ops layers (e.g. SELU, Dropout2d, FrozenBatchNorm2d, and subclasses of supported
+    layers) stay as they are; those that run natively are named in one UserWarning.
 
     With ``functional=True`` (the default) the converted module's forward runs under ``manual_conv.enable()``:
     the torch functions that model code calls itself (torchvision's DenseNet ``F.relu``, Swin ``F.linear`` and
@@ -59,11 +79,10 @@ def convert(module, inplace=False, functional=True):
     subclass of a supported layer (ConvNeXt's LayerNorm2d, a LayerNorm whose forward permutes and calls
     ``F.layer_norm``) then runs by hand, and convert does not warn about it, when the code of its own classes (the
     classes of its MRO before the supported one, and the module-level functions they call) names no function that
-    enable() leaves to torch (``enable.native_function_names``: hardswish while it has no twin, interpolate, pad,
-    the in-place sigmoid_, ...): its computation is the supported layer's, which calls its twin's function, and
-    its own code's. Every other layer left (a torch.nn layer without a twin, or a subclass naming such a function)
-    is named in the warning: it runs natively. With ``functional=False`` the forward is left alone, and every
-    torch.nn layer left, subclasses included, is named.
+    enable() leaves to torch (``enable.native_function_names``: interpolate, pad, the in-place sigmoid_, ...): its
+    computation is the supported layer's, which calls its twin's function, and its own code's. Every other layer
+    left (a layer without a twin, or a subclass naming such a function) is named in the warning: it runs natively.
+    With ``functional=False`` the forward is left alone, and every layer left, subclasses included, is named.
 
     By default the model is deep-copied first (as torch.ao.quantization.convert does) and ``module`` is left
     untouched. With ``inplace=True`` ``module`` itself is converted: a twin adds no state of its own, so each
@@ -97,7 +116,7 @@ class ForwardUnderEnable:
 
 
 def _unsupported_message(unsupported):
-    """One line per class: "ReLU6 ×35 (features.0.2, features.1.conv.0.2, features.2.conv.0.2, ...)"."""
+    """One line per class: "SELU ×2 (features.0.2, features.1.2, ...)"."""
     paths_by_type = {}
     for path, type_name in unsupported:
         paths_by_type.setdefault(type_name, []).append(path or "<root>")
@@ -115,7 +134,8 @@ def _convert_in_place(module, path, twins, unsupported, functional):
         module.__class__ = twins[module_type]
     elif module_type in twins.values() or isinstance(module, _NO_COMPUTATION):
         pass  # already converted, or nothing to convert
-    elif _is_torch_nn_layer(module) and not (functional and _runs_by_hand_under_enable(module_type, twins)):
+    elif (_is_torch_nn_layer(module) or _is_torchvision_ops_layer(module)) and not (
+            functional and _runs_by_hand_under_enable(module_type, twins)):
         unsupported.append((path, module_type.__name__))
     else:
         for name, child in module.named_children():

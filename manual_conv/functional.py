@@ -21,6 +21,7 @@ from .ops import linear as _linear
 from .ops import loss as _loss
 from .ops import norm as _norm
 from .ops import pool as _pool
+from .ops import stochastic_depth as _stochastic_depth
 from .ops._utils import _pair, not_implemented_for, opmath_dtype, require_floating, scalar_type_name
 from . import torch_names
 
@@ -123,24 +124,56 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                                          divisor_override)
 
 
+def _adaptive_output_size(input, output_size, function):
+    """output_size as the adaptive poolings take it: an int n is (n, n); in a sequence None keeps the input's size
+    (torch.nn.modules.utils._list_with_default, with its ValueError), and anything but ints is a TypeError."""
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        return (output_size, output_size)
+    if isinstance(output_size, bool):
+        raise TypeError(f"{function}(): argument 'output_size' (position 2) must be tuple of ints, not bool")
+    if len(input.shape) <= len(output_size):
+        raise ValueError(f"Input dimension should be at least {len(output_size) + 1}")
+    output_size = tuple(
+        size if size is not None else default for size, default in zip(output_size, input.shape[-len(output_size):])
+    )
+    for position, size in enumerate(output_size):
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"{function}(): argument 'output_size' (position 2) must be tuple of ints, but found "
+                            f"element of type {type(size).__name__} at pos {position}")
+    return output_size
+
+
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling as torch.nn.functional.adaptive_avg_pool2d, through
     ``AdaptiveAvgPool2dFunction``, or ``GlobalAvgPool2dFunction`` for a 1×1 output (the mean over the plane).
 
     output_size an int or a pair, None keeping that input size; window i spans ⌊i·H/H_out⌋ .. ⌈(i+1)·H/H_out⌉.
     """
-    if isinstance(output_size, int):
-        output_size = (output_size, output_size)
-    elif len(input.shape) <= len(output_size):
-        raise ValueError(f"Input dimension should be at least {len(output_size) + 1}")
-    else:
-        output_size = tuple(
-            size if size is not None else default for size, default in zip(output_size, input.shape[-len(output_size):])
-        )
+    output_size = _adaptive_output_size(input, output_size, "adaptive_avg_pool2d")
     _pool.check_adaptive_pool2d_args(input, output_size)
     if output_size == (1, 1):
         return _pool.GlobalAvgPool2dFunction.apply(input)
     return _pool.AdaptiveAvgPool2dFunction.apply(input, output_size)
+
+
+def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
+    """2-D adaptive max pooling as torch.nn.functional.adaptive_max_pool2d_with_indices, through
+    ``AdaptiveMaxPool2dFunction``: (y, indices), the max of every window and its arg-max as a flat index h·W + w
+    into its input plane (return_indices is ignored, as torch's).
+
+    input (N, C, H, W) or unbatched (C, H, W), floating point; output_size an int or a pair, None keeping that input
+    size; window i spans ⌊i·H/H_out⌋ .. ⌈(i+1)·H/H_out⌉.
+    """
+    output_size = _adaptive_output_size(input, output_size, "adaptive_max_pool2d")
+    _pool.check_adaptive_max_pool2d_args(input, output_size)
+    return _pool.AdaptiveMaxPool2dFunction.apply(input, output_size)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """2-D adaptive max pooling as torch.nn.functional.adaptive_max_pool2d: y, or (y, indices) with
+    return_indices (``adaptive_max_pool2d_with_indices``)."""
+    output, indices = adaptive_max_pool2d_with_indices(input, output_size)
+    return (output, indices) if return_indices else output
 
 # ---------------------------------------------------------------------------------------------------- activations
 
@@ -471,6 +504,24 @@ def dropout(input, p=0.5, training=True, inplace=False):
         scaled_mask = input.new_zeros(()) if p == 1 else _linear.scaled_bernoulli_mask(input, 1 - p)
     return _linear.DropoutFunction.apply(input, scaled_mask, inplace)
 
+# ------------------------------------------------------------------------------- stochastic depth (torchvision.ops)
+
+
+def stochastic_depth(input, p, mode, training=True):
+    """Stochastic depth as torchvision.ops.stochastic_depth, through ``StochasticDepthFunction``: with probability
+    p zero the input of each sample (mode 'row': input (N, ...)) or the whole input (mode 'batch'), and scale what
+    is kept by 1/(1 − p). The noise is drawn as torchvision draws it, so a seed gives torchvision's very result.
+    The identity (input itself, as torchvision returns it) when not training or for p = 0."""
+    if p < 0.0 or p > 1.0:
+        raise ValueError(f"drop probability has to be between 0 and 1, but got {p}")
+    if mode not in ("batch", "row"):
+        raise ValueError(f"mode has to be either 'batch' or 'row', but got {mode}")
+    if not training or p == 0.0:
+        return input
+    with torch.no_grad():
+        scaled_noise = _stochastic_depth.survival_noise(input, p, mode)
+    return _stochastic_depth.StochasticDepthFunction.apply(input, scaled_noise)
+
 # --------------------------------------------------------------------------------------------------------- losses
 
 
@@ -605,10 +656,22 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     ones for a float16/bfloat16 input (mixed precision).
     """
     _norm.check_batch_norm_args(input, training, eps)
+    _check_momentum("batch_norm", momentum)
+    return _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+
+
+def _check_momentum(function, momentum):
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise TypeError(
-            f"batch_norm(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
+            f"{function}(): argument 'momentum' (position 7) must be float, not {type(momentum).__name__}"
         )
+
+
+def _batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                update_running_stats=_norm.update_running_stats):
+    """torch.batch_norm (ATen's, below torch.nn.functional's own checks), which batch_norm and instance_norm run;
+    in training ``update_running_stats`` is given the running statistics and the batch's (instance_norm's averages
+    the batch's over the samples)."""
     if input.numel() == 0:  # nothing to normalize; as torch, the running statistics stay as they are
         output = input.clone()
         output = output if weight is None else output * weight.select(0, 0)
@@ -622,8 +685,84 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     output, batch_mean, batch_var = _norm.BatchNormFunction.apply(input, weight, bias, eps, folded)
     if running_mean is not None:
         values_per_channel = input.numel() // input.shape[1]
-        _norm.update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
+        update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
     return output
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
+                  momentum=0.1, eps=1e-05):
+    """Instance normalization as torch.nn.functional.instance_norm: each (sample, channel) plane of an
+    (N, C, d1, ...) input normalized over its own d1·… values, y = γ_c·(x − μ_nc)/√(σ²_nc + ε) + β_c.
+
+    As torch defines it: batch normalization of the input viewed as one sample of N·C channels
+    (``BatchNormFunction``; with use_input_stats=False ``BatchNormEvalFunction`` and the running statistics), with
+    γ, β and the running statistics repeated N times. The running statistics take part in γ's dtype (else the
+    input's, when the mean's differs). In training each repeat is updated as batch_norm's, and the statistics are set
+    to the repeats' mean over the batch: m_c ← (1 − momentum)·m_c + momentum·mean_n μ_nc (v_c alike, unbiased),
+    computed from the batch's statistics averaged over the samples and rounded once (torch rounds every repeat to
+    the statistics' dtype, then their mean).
+    """
+    if use_input_stats and math.prod(input.shape[2:]) == 1:
+        raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    _check_momentum("instance_norm", momentum)
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    batch, channels = input.size(0), input.size(1)
+    statistics_dtype = input.dtype if weight is None else weight.dtype
+    weight, bias = (None if tensor is None else tensor.repeat(batch) for tensor in (weight, bias))
+    running = [running_mean, running_var]
+    if running_mean is not None and running_mean.dtype != statistics_dtype:  # torch converts both, by the mean's
+        if running_var is None:
+            raise RuntimeError("Expected a proper Tensor but got None (or an undefined Tensor in C++) for argument "
+                               "#0 'self'")
+        running = [tensor.to(statistics_dtype) for tensor in running]
+    running = [None if tensor is None else tensor.repeat(batch) for tensor in running]
+
+    def update_averaged(_repeated_mean, _repeated_var, batch_mean, batch_var, count, momentum):
+        averaged = (statistic.view(batch, channels).mean(0) for statistic in (batch_mean, batch_var))
+        _norm.update_running_stats(running_mean, running_var, *averaged, count, momentum)
+
+    one_sample = input.contiguous().view(1, batch * channels, *input.shape[2:])
+    # (for an empty batch torch sets the statistics to the mean of no repeats, NaN; they are left as they are here)
+    output = _batch_norm(one_sample, *running, weight, bias, use_input_stats, momentum, eps, update_averaged)
+    if use_input_stats and batch > 0 and one_sample.numel() == 0:
+        # nothing normalized, nothing updated: torch still sets the statistics to their repeats' mean (the same
+        # values, through the statistics' dtype; for an integer dtype, the mean's error)
+        with torch.no_grad():
+            for statistic, repeats in zip((running_mean, running_var), running):
+                if statistic is not None:
+                    statistic.copy_(repeats.view(batch, channels).mean(0))
+    return output.view(input.shape)
+
+
+def group_norm(input, num_groups, weight=None, bias=None, eps=1e-05):
+    """Group normalization as torch.nn.functional.group_norm, through ``GroupNormFunction``: the C channels of an
+    (N, C, d1, ...) input split into num_groups groups, each sample's group normalized over its C/G·d1·… values,
+    y = γ_c·(x − μ)/√(σ² + ε) + β_c. γ, β of shape (C,), of the input's dtype or float32 ones for a
+    float16/bfloat16 input (mixed precision)."""
+    _norm.check_group_norm_args(input, num_groups, weight, bias)
+    return _norm.GroupNormFunction.apply(input, num_groups, weight, bias, eps)
+
+
+def normalize(input, p=2.0, dim=1, eps=1e-12, out=None):
+    """Lₚ normalization as torch.nn.functional.normalize, through ``NormalizeFunction``: v / max(‖v‖ₚ, ε) for each
+    slice v along dim (an int, a sequence of ints, or None for all dims). p a number (0, ±∞ too) or 'fro' (2).
+    With out, the result is written there and is not differentiable (torch raises if input requires grad)."""
+    if isinstance(p, str):
+        if p != "fro" or not (dim is None or isinstance(dim, int) or len(dim) <= 2):
+            raise NotImplementedError(f"normalize: p={p!r} is a matrix norm, which has no hand-written twin here; "
+                                      "p is a number or 'fro'")
+        p = 2.0
+    p = 2.0 if p is None else p
+    dims = [dim] if isinstance(dim, int) else dim
+    output = _norm.NormalizeFunction.apply(input, p, dims, eps)
+    if out is None:
+        return output
+    if torch.is_grad_enabled() and input.requires_grad:
+        raise RuntimeError("div(): functions with out=... arguments don't support automatic differentiation, but "
+                           "one of the arguments requires grad.")
+    # torch.div's out= semantics (resizing, dtype casting and its errors); multiplying by 1 changes nothing
+    return torch.mul(output, 1, out=out)
+
 
 # ------------------------------------------------------------------------------------------------------ attention
 

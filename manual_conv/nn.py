@@ -17,11 +17,21 @@ from . import functional  # noqa: F401  (manual_conv.nn.functional, as torch.nn.
 from . import functional as mF
 from . import torch_names
 
-__getattr__ = torch_names.resolver(sys.modules[__name__], nn, torch_names.nn_layer_computes, "torch.nn layers")
+_torch_nn_name = torch_names.resolver(sys.modules[__name__], nn, torch_names.nn_layer_computes, "torch.nn layers")
+
+
+def __getattr__(name):
+    """A twin of a torchvision.ops layer, made at its first use (``TORCHVISION_TWINS``), or torch.nn's name."""
+    if name in TORCHVISION_TWINS:
+        twin = TORCHVISION_TWINS[name]()
+        twin.__module__, twin.__qualname__ = __name__, name  # pickled by name, as the other twins
+        globals()[name] = twin
+        return twin
+    return _torch_nn_name(name)
 
 
 def __dir__():
-    return torch_names.directory(sys.modules[__name__], nn)
+    return sorted(set(torch_names.directory(sys.modules[__name__], nn)) | set(TORCHVISION_TWINS))
 
 
 # ---------------------------------------------------------------------------------------------------- convolution
@@ -91,6 +101,13 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
     def forward(self, input):
         return mF.adaptive_avg_pool2d(input, self.output_size)
+
+
+class AdaptiveMaxPool2d(nn.AdaptiveMaxPool2d):
+    """torch.nn.AdaptiveMaxPool2d computed by manual_conv.functional.adaptive_max_pool2d."""
+
+    def forward(self, input):
+        return mF.adaptive_max_pool2d(input, self.output_size, self.return_indices)
 
 # ---------------------------------------------------------------------------------------------------- activations
 
@@ -256,6 +273,28 @@ class MSELoss(nn.MSELoss):
         return mF.mse_loss(input, target, reduction=self.reduction)
 
 
+# ------------------------------------------------------------------------------- stochastic depth (torchvision.ops)
+
+# Twins of torchvision.ops layers subclass torchvision's classes, so they are made when first asked for: importing
+# torchvision takes seconds that a model of torch.nn layers need not pay (and manual_conv does not depend on it).
+
+
+def _stochastic_depth():
+    from torchvision.ops import StochasticDepth as TorchvisionStochasticDepth
+
+    class StochasticDepth(TorchvisionStochasticDepth):
+        """torchvision.ops.StochasticDepth computed by manual_conv.functional.stochastic_depth (torchvision's
+        constructor, repr and state_dict: a subclass)."""
+
+        def forward(self, input):
+            return mF.stochastic_depth(input, self.p, self.mode, self.training)
+
+    return StochasticDepth
+
+
+# {name: a function making the twin of torchvision.ops.<name>}
+TORCHVISION_TWINS = {"StochasticDepth": _stochastic_depth}
+
 # -------------------------------------------------------------------------------------------------- normalization
 
 
@@ -322,6 +361,65 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d):
 
     cls_to_become = BatchNorm2d
     forward = BatchNorm2d.forward
+
+class GroupNorm(nn.GroupNorm):
+    """torch.nn.GroupNorm (input (N, C, ...)) computed by manual_conv.functional.group_norm."""
+
+    def forward(self, input):
+        return mF.group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def _apply_instance_norm(module, input):
+    """torch.nn's _InstanceNorm._apply_instance_norm, computed by manual_conv.functional.instance_norm: the
+    instance's own statistics in training and whenever no running statistics are tracked, the running ones (updated
+    with momentum, 0 for None) otherwise. torch.nn's forward around it checks the input and takes unbatched input."""
+    return mF.instance_norm(input, module.running_mean, module.running_var, module.weight, module.bias,
+                            module.training or not module.track_running_stats,
+                            module.momentum if module.momentum is not None else 0.0, module.eps)
+
+
+class InstanceNorm1d(nn.InstanceNorm1d):
+    """torch.nn.InstanceNorm1d (input (N, C, L) or (C, L)) computed by manual_conv.functional.instance_norm."""
+
+    _apply_instance_norm = _apply_instance_norm
+
+
+class InstanceNorm2d(nn.InstanceNorm2d):
+    """torch.nn.InstanceNorm2d (input (N, C, H, W) or (C, H, W)) computed by manual_conv.functional.instance_norm."""
+
+    _apply_instance_norm = _apply_instance_norm
+
+
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """torch.nn.InstanceNorm3d (input (N, C, D, H, W) or (C, D, H, W)) computed by
+    manual_conv.functional.instance_norm."""
+
+    _apply_instance_norm = _apply_instance_norm
+
+
+class LazyInstanceNorm1d(nn.LazyInstanceNorm1d):
+    """torch.nn.LazyInstanceNorm1d computed by manual_conv.functional.instance_norm; becomes
+    manual_conv.nn.InstanceNorm1d at the first call."""
+
+    cls_to_become = InstanceNorm1d
+    _apply_instance_norm = _apply_instance_norm
+
+
+class LazyInstanceNorm2d(nn.LazyInstanceNorm2d):
+    """torch.nn.LazyInstanceNorm2d computed by manual_conv.functional.instance_norm; becomes
+    manual_conv.nn.InstanceNorm2d at the first call."""
+
+    cls_to_become = InstanceNorm2d
+    _apply_instance_norm = _apply_instance_norm
+
+
+class LazyInstanceNorm3d(nn.LazyInstanceNorm3d):
+    """torch.nn.LazyInstanceNorm3d computed by manual_conv.functional.instance_norm; becomes
+    manual_conv.nn.InstanceNorm3d at the first call."""
+
+    cls_to_become = InstanceNorm3d
+    _apply_instance_norm = _apply_instance_norm
+
 
 # ------------------------------------------------------------------------------------------------------ attention
 

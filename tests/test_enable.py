@@ -61,6 +61,8 @@ EXAMPLES = {
     F.max_pool2d: lambda: F.max_pool2d(X, 2),
     F.max_pool2d_with_indices: lambda: F.max_pool2d(X, 3, 2, 1, return_indices=True),
     torch.max_pool2d: lambda: torch.max_pool2d(X, [2, 2], padding=1),
+    F.adaptive_max_pool2d: lambda: F.adaptive_max_pool2d(X, (2, 3)),
+    F.adaptive_max_pool2d_with_indices: lambda: F.adaptive_max_pool2d(X, 2, return_indices=True),
     F.avg_pool2d: lambda: F.avg_pool2d(X, 3, 2, 1),
     F.adaptive_avg_pool2d: lambda: F.adaptive_avg_pool2d(X, 1),
     F.softmax: lambda: F.softmax(SEQUENCE, dim=-1),
@@ -80,6 +82,15 @@ EXAMPLES = {
     torch.layer_norm: lambda: torch.layer_norm(SEQUENCE, [5, 4], None, None, 1e-3, False),
     F.batch_norm: lambda: F.batch_norm(X, MEAN.clone(), VAR.clone(), B[:3], B[1:], training=True),
     torch.batch_norm: lambda: torch.batch_norm(X, B[:3], B[1:], MEAN, VAR, False, 0.1, 1e-5, True),
+    F.group_norm: lambda: F.group_norm(X, 3, B[:3], B[1:]),
+    torch.group_norm: lambda: torch.group_norm(X, 1, None, None, 1e-3),
+    torch.instance_norm: lambda: torch.instance_norm(X, B[:3], B[1:], None, None, True, 0.1, 1e-5, False),
+    F.scaled_dot_product_attention: lambda: F.scaled_dot_product_attention(
+        SEQUENCE, SEQUENCE.flip(1), SEQUENCE.flip(0), is_causal=True),
+    # (sequence 2, batch 5, embedding 4), 2 heads: W's first 48 values the in-projection, the next 16 the out-one
+    F.multi_head_attention_forward: lambda: F.multi_head_attention_forward(
+        SEQUENCE, SEQUENCE, SEQUENCE, 4, 2, W.flatten()[:48].view(12, 4), B.repeat(3), None, None, False, 0.0,
+        W.flatten()[48:64].view(4, 4), B),
 }
 
 

@@ -1,9 +1,11 @@
-"""Pooling by hand (manual_conv.ops.pool): max_pool2d, avg_pool2d, adaptive_avg_pool2d and their modules.
+"""Pooling by hand (manual_conv.ops.pool): max_pool2d, avg_pool2d, adaptive_avg_pool2d, adaptive_max_pool2d and
+their modules.
 
 gradcheck/gradgradcheck prove the hand-written backward (and its backward) against finite differences of our own
 forward; the parity tests prove forward, arg-max indices and gradients equal to PyTorch's on random
 configurations, including ties, NaN and all −∞ windows, where the arg-max rule matters. The max pooling tests run
-on both backends (the `backend` fixture): on 'cpp' its forward is the compiled kernel.
+on both backends (the `backend` fixture): on 'cpp' max_pool2d's forward and both max poolings' backward are the
+compiled kernels.
 """
 import math
 
@@ -53,6 +55,16 @@ ADAPTIVE_CASES = {
 }
 
 
+ADAPTIVE_MAX_CASES = {
+    "divides": ((2, 2, 6, 4), 2),
+    "global": ((2, 3, 5, 4), 1),
+    "overlapping-windows": ((1, 2, 7, 5), (3, 4)),
+    "larger-than-input": ((1, 1, 3, 2), (5, 3)),
+    "keep-one-size": ((1, 2, 5, 6), (None, 4)),
+    "unbatched": ((2, 5, 7), 3),
+}
+
+
 def leaf(shape, dtype=torch.float64, generator=None):
     return torch.randn(shape, dtype=dtype, generator=generator).requires_grad_()
 
@@ -84,6 +96,14 @@ def test_adaptive_avg_pool2d_gradcheck_and_gradgradcheck(shape, output_size):
     assert gradgradcheck(lambda x: mF.adaptive_avg_pool2d(x, output_size), (input,))
 
 
+@pytest.mark.parametrize("shape, output_size", ADAPTIVE_MAX_CASES.values(), ids=ADAPTIVE_MAX_CASES.keys())
+def test_adaptive_max_pool2d_gradcheck_and_gradgradcheck(backend, shape, output_size):
+    torch.manual_seed(0)
+    input = leaf(shape)
+    assert gradcheck(lambda x: mF.adaptive_max_pool2d(x, output_size), (input,))
+    assert gradgradcheck(lambda x: mF.adaptive_max_pool2d(x, output_size), (input,))
+
+
 @pytest.mark.parametrize("function, node", [
     (lambda x: mF.max_pool2d(x, 2), "MaxPool2dFunctionBackward"),
     (lambda x: mF.avg_pool2d(x, 2), "AvgPool2dFunctionBackward"),
@@ -92,6 +112,9 @@ def test_adaptive_avg_pool2d_gradcheck_and_gradgradcheck(shape, output_size):
     (mnn.MaxPool2d(2), "MaxPool2dFunctionBackward"),
     (mnn.AvgPool2d(2), "AvgPool2dFunctionBackward"),
     (mnn.AdaptiveAvgPool2d(3), "AdaptiveAvgPool2dFunctionBackward"),
+    (lambda x: mF.adaptive_max_pool2d(x, 4), "AdaptiveMaxPool2dFunctionBackward"),
+    (lambda x: mF.adaptive_max_pool2d_with_indices(x, 1)[0], "AdaptiveMaxPool2dFunctionBackward"),
+    (lambda x: mnn.AdaptiveMaxPool2d(3, return_indices=True)(x)[0], "AdaptiveMaxPool2dFunctionBackward"),
 ])
 def test_the_graph_runs_through_our_functions(function, node):
     output = function(leaf((1, 2, 6, 6)))
@@ -207,6 +230,40 @@ def test_adaptive_avg_pool2d_matches_torch(height, width, out_height, out_width,
     )
 
 
+@given(height=st.integers(1, 9), width=st.integers(1, 9), out_height=st.sampled_from([None, 1, 2, 3, 5, 10]),
+       out_width=st.integers(1, 10), batched=st.booleans(), seed=st.integers(0, 2**16))
+def test_adaptive_max_pool2d_ties_nan_and_infinities_like_torch(backend, height, width, out_height, out_width,
+                                                                batched, seed):
+    """Few distinct values (many ties), NaN and −∞ in windows that overlap and differ in size: the two-step scan
+    (each row's winner, then the rows') picks torch's row-major winner, the first maximum or the last NaN, or the
+    window's first position when all is −∞; values, indices and the scattered gradient equal torch's."""
+    shape = (2, 3, height, width) if batched else (3, height, width)
+    generator = torch.Generator().manual_seed(seed)
+    values = torch.tensor([-1.0, 0.0, 1.0, float("nan"), -float("inf")], dtype=torch.float64)
+    weights = torch.tensor([3.0, 3.0, 3.0, 0.5, 2.0])
+    input = values[torch.multinomial(weights, torch.Size(shape).numel(), True, generator=generator)].view(shape)
+    output_size = (out_height, out_width)
+    assert_same_forward_and_backward(lambda x: mF.adaptive_max_pool2d(x, output_size, return_indices=True),
+                                     lambda x: F.adaptive_max_pool2d(x, output_size, return_indices=True), input)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_adaptive_max_pool2d_in_half_precision_like_torch(backend, dtype):
+    """float16/bfloat16: the same maxima and indices (a max rounds nothing), and the input gradient no less precise
+    than torch's against float64 where overlapping windows share an arg-max."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randn(2, 4, 9, 7, generator=generator).to(dtype)
+    upstream = torch.randn(2, 4, 5, 5, generator=generator).to(dtype)
+    results = []
+    for library, values in ((mF, input), (F, input), (F, input.double())):
+        leaf_ = values.clone().requires_grad_()
+        output, indices = library.adaptive_max_pool2d(leaf_, 5, return_indices=True)
+        results.append((output, indices, *torch.autograd.grad(output, leaf_, upstream.to(output.dtype))))
+    (output, indices, grad), (expected, expected_indices, expected_grad), (_, _, reference) = results
+    assert torch.equal(output, expected) and torch.equal(indices, expected_indices)
+    assert (grad.double() - reference).abs().max() <= (expected_grad.double() - reference).abs().max()
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8])
 def test_integer_max_pool2d_like_torch(backend, dtype):
     """Max pooling of integers pads with the dtype's minimum, so the pad still never wins (the Python scan runs
@@ -243,7 +300,8 @@ def test_zero_batch(backend):
     """Forward and backward of an empty batch: empty outputs and gradients of the input's shape."""
     input = torch.randn(0, 2, 4, 4, requires_grad=True)
     for ours, torchs in ((mF.max_pool2d, F.max_pool2d), (mF.avg_pool2d, F.avg_pool2d),
-                         (mF.adaptive_avg_pool2d, F.adaptive_avg_pool2d)):
+                         (mF.adaptive_avg_pool2d, F.adaptive_avg_pool2d),
+                         (mF.adaptive_max_pool2d, F.adaptive_max_pool2d)):
         output = ours(input, 2)
         assert output.shape == torchs(input, 2).shape
         (grad,) = torch.autograd.grad(output.sum(), input)
@@ -268,6 +326,7 @@ def test_adaptive_avg_pool2d_keeps_an_infinity_in_its_window(backend):
     ("avg", lambda lib, x: lib.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False)),
     ("adaptive", lambda lib, x: lib.adaptive_avg_pool2d(x, (3, 4))),
     ("global", lambda lib, x: lib.adaptive_avg_pool2d(x, 1)),
+    ("adaptive-max", lambda lib, x: lib.adaptive_max_pool2d(x, (3, 4))),
 ])
 def test_infinities_and_nan_propagate_as_in_torch(backend, name, call):
     """±inf and NaN in the input and in the gradient from above: NaN positions and infinities equal torch's."""
@@ -303,6 +362,12 @@ POOLS = {
     "avg": lambda lib, x: lib.avg_pool2d(x, 3, 2, 1),
     "adaptive": lambda lib, x: lib.adaptive_avg_pool2d(x, (2, 3)),
     "global": lambda lib, x: lib.adaptive_avg_pool2d(x, 1),
+    "adaptive-max": lambda lib, x: lib.adaptive_max_pool2d(x, (2, 3)),
+}
+# the pools that also return indices, with return_indices
+WITH_INDICES = {
+    "max": lambda lib, x: lib.max_pool2d(x, 2, 1, 1, return_indices=True),
+    "adaptive-max": lambda lib, x: lib.adaptive_max_pool2d(x, (2, 3), return_indices=True),
 }
 
 
@@ -320,7 +385,7 @@ def test_outputs_and_gradients_are_laid_out_as_torchs(backend, pool, channels):
             view = input[...]  # a view sees the gradient the op returns, before it is accumulated
             view.register_hook(seen.append)
             output = POOLS[pool](library, view)
-            outputs = library.max_pool2d(view, 2, 1, 1, return_indices=True) if pool == "max" else (output,)
+            outputs = WITH_INDICES[pool](library, view) if pool in WITH_INDICES else (output,)
             torch.autograd.grad(output, input, torch.randn_like(output))
             results.append([tensor.stride() for tensor in outputs] + [seen[0].stride()])
         assert results[0] == results[1], layout
@@ -407,6 +472,15 @@ EDGE_CALLS = {
     "global-5d": ("adaptive_avg_pool2d", torch.ones(1, 1, 2, 3, 4, requires_grad=True), (1,)),
     "global-empty-plane": ("adaptive_avg_pool2d", torch.zeros(2, 3, 0, requires_grad=True), (1,)),
     "global-complex": ("adaptive_avg_pool2d", torch.ones(2, 3, 4, dtype=torch.complex64, requires_grad=True), (1,)),
+    # adaptive max pooling dispatches its kernel (floating types only) whatever the sizes; its backward, as the
+    # average's, wants an output element per plane
+    "adaptive-max-int64-empty-batch": ("adaptive_max_pool2d", torch.zeros(0, 2, 5, 4, dtype=torch.int64), (3,)),
+    "adaptive-max-int64-no-output": ("adaptive_max_pool2d", torch.zeros(1, 2, 5, 4, dtype=torch.int64), ((0, 2),)),
+    "adaptive-max-half-empty-batch": ("adaptive_max_pool2d", torch.zeros(0, 2, 5, 4, dtype=torch.half), (3,)),
+    "adaptive-max-backward-no-output": ("adaptive_max_pool2d", torch.zeros(1, 2, 4, 4, requires_grad=True),
+                                        ((0, 2),)),
+    "adaptive-max-unbatched-no-channels": ("adaptive_max_pool2d", torch.zeros(0, 4, 4, requires_grad=True), (2,)),
+    "adaptive-max-bool": ("adaptive_max_pool2d", torch.zeros(1, 2, 4, 4, dtype=torch.bool), (2,)),
 }
 
 
@@ -460,6 +534,16 @@ BAD_CALLS = {
     "adaptive-one-size": ("adaptive_avg_pool2d", (1, 1, 5, 5), {"output_size": (2,)}),
     "adaptive-negative-size": ("adaptive_avg_pool2d", (1, 1, 5, 5), {"output_size": -1}),
     "adaptive-empty-height": ("adaptive_avg_pool2d", (1, 2, 0, 5), {"output_size": 2}),
+    "adaptive-max-2d-input": ("adaptive_max_pool2d", (5, 5), {"output_size": 2}),
+    "adaptive-max-5d-input": ("adaptive_max_pool2d", (1, 1, 1, 5, 5), {"output_size": 2}),
+    "adaptive-max-three-sizes": ("adaptive_max_pool2d", (1, 1, 5, 5), {"output_size": (1, 2, 3)}),
+    "adaptive-max-one-size": ("adaptive_max_pool2d", (1, 1, 5, 5), {"output_size": (2,)}),
+    "adaptive-max-negative-size": ("adaptive_max_pool2d", (1, 1, 5, 5), {"output_size": (-1, 2)}),
+    "adaptive-max-empty-channels": ("adaptive_max_pool2d", (1, 0, 5, 5), {"output_size": 2}),
+    "adaptive-max-empty-width": ("adaptive_max_pool2d", (2, 5, 0), {"output_size": 2}),
+    "adaptive-max-float-size": ("adaptive_max_pool2d", (1, 1, 5, 5), {"output_size": (2.0, 2)}),
+    "adaptive-max-bool-size": ("adaptive_max_pool2d", (1, 1, 5, 5), {"output_size": True}),
+    "adaptive-max-input-dims": ("adaptive_max_pool2d", (5, 5), {"output_size": (2, 2)}),
 }
 
 
@@ -493,6 +577,8 @@ MODULES = [
     ("AvgPool2d", (3,), {"stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False}),
     ("AvgPool2d", (2,), {"divisor_override": 3}),
     ("AdaptiveAvgPool2d", ((None, 3),), {}),
+    ("AdaptiveMaxPool2d", ((None, 3),), {}),
+    ("AdaptiveMaxPool2d", (4,), {"return_indices": True}),
 ]
 
 
@@ -505,3 +591,16 @@ def test_modules_are_torch_modules_with_our_computation(name, args, kwargs):
     ours.load_state_dict(theirs.state_dict())
     input = torch.randn(2, 3, 7, 8, dtype=torch.float64)
     assert_same_forward_and_backward(ours, theirs, input, atol=1e-12, rtol=1e-12)
+
+
+def test_adaptive_max_pool2d_compiles_into_one_graph(backend):
+    """torch.compile(fullgraph=True) traces forward and backward: the windows' bounds are Python ints, not values
+    read back from tensors (a data-dependent loop length breaks the graph)."""
+    input = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(lambda x: mF.adaptive_max_pool2d(x, (2, 3), return_indices=True), backend="aot_eager",
+                             fullgraph=True)
+    (output, indices), (expected, expected_indices) = compiled(input), mF.adaptive_max_pool2d(input, (2, 3), True)
+    assert torch.equal(output, expected) and torch.equal(indices, expected_indices)
+    upstream = torch.randn(output.shape, dtype=torch.float64)
+    assert torch.equal(*(torch.autograd.grad(y, input, upstream)[0] for y in (output, expected)))
+    torch._dynamo.reset()

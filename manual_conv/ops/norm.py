@@ -38,10 +38,10 @@ def _affine(normalized, weight, bias):
     return output if bias is None else output + bias
 
 
-def _sum_over(tensor, dims):
-    """Σ over ``dims``; none to sum (an unbatched LayerNorm input) leaves the tensor as it is, where
-    ``tensor.sum(())`` would sum everything."""
-    return tensor.sum(dims) if dims else tensor
+def _sum_over(tensor, dims, keepdim=False):
+    """Σ over ``dims``; none to sum (an unbatched LayerNorm input, a GroupNorm input without a plane) leaves the
+    tensor as it is, where ``tensor.sum(())`` would sum everything."""
+    return tensor.sum(dims, keepdim=keepdim) if dims else tensor
 
 
 class LayerNormFunction(Function):
@@ -94,6 +94,88 @@ class LayerNormFunction(Function):
 
 def _last_dims(count):
     return tuple(range(-count, 0))
+
+
+# GroupNorm. Its statistics are taken over the dims of a view, (N, C, d1, ...) → (N, G, C/G, d1, ...), splitting the
+# channel dim in two (always possible without a copy, whatever the layout): reductions over dims 2, 3, ... of that
+# view are the groups'. torch's CPU kernel normalizes in the folded arrangement y = x·α + b (α = r·γ, b = β − μ·α)
+# for channels_last input and for contiguous input with γ or β; contiguous input without them gets (x − μ)·r.
+
+
+def _grouped(tensor, num_groups):
+    """(N, C, d1, ...) → the view (N, G, C/G, d1, ...)."""
+    return tensor.unflatten(1, (num_groups, tensor.shape[1] // num_groups))
+
+
+def _group_view(parameter, num_groups, ndim):
+    """(C,) → (1, G, C/G, 1, ...), to broadcast along a grouped view of ``ndim`` dims; None stays None."""
+    return None if parameter is None else parameter.view(1, num_groups, -1, *[1] * (ndim - 3))
+
+
+class GroupNormFunction(Function):
+    """y = γ_c·(x − μ)·r + β_c, with μ and the biased σ² (r = 1/√(σ² + ε)) of each sample's group of C/G channels
+    (n = C/G·d1·… values), γ, β of shape (C,), optional; N ≥ 0, C and the plane non-empty, C divisible by G.
+    Arranged as torch's CPU kernel: y = x·α + b, α = r·γ_c, b = β_c − α·μ (channels_last input, or γ or β given),
+    else y = (x − μ)·r. The output and the input's gradient take the input's suggested memory format, as torch's.
+
+    Backward, with g = dL/dy, sums over each channel's plane first, then over the group's channels, as torch's
+    kernel (docs/derivations.md, "GroupNorm"; the same closed form as LayerNorm's, with R a group):
+        ds_c = Σ_plane g ⊙ x,   db_c = Σ_plane g,   ds = Σ_{c ∈ group} ds_c·γ_c,   db = Σ_{c ∈ group} db_c·γ_c
+        b = (db·μ − ds)·r³/n,   c = −b·μ − db·r/n,   dL/dx = r·γ_c·g + b·x + c
+        dL/dγ_c = Σ_N (ds_c − db_c·μ)·r,   dL/dβ_c = Σ_N db_c
+    """
+
+    @staticmethod
+    def forward(input, num_groups, weight, bias, eps):
+        memory_format = _suggested_format(input)
+        output = torch.empty_like(input, memory_format=memory_format)
+        if input.shape[0] == 0:  # nothing to normalize (torch computes nothing either, in any dtype)
+            return output
+        grouped = _grouped(input, num_groups)
+        mean, variance = mean_and_variance(grouped, tuple(range(2, grouped.dim())))
+        rstd = torch.rsqrt(variance + eps)
+        # written into the grouped view of the output (rounded there once, for float16/bfloat16)
+        if weight is None and bias is None and memory_format == torch.contiguous_format:
+            torch.mul(grouped - mean, rstd, out=_grouped(output, num_groups))
+        else:
+            weight, bias = (_group_view(parameter, num_groups, grouped.dim()) for parameter in (weight, bias))
+            scale = rstd if weight is None else rstd * weight
+            shift = -(scale * mean) if bias is None else bias - scale * mean
+            torch.add(grouped * scale, shift, out=_grouped(output, num_groups))
+        return output
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.num_groups, weight, bias, ctx.eps = inputs
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.save_for_backward(input, weight)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        groups = ctx.num_groups
+        needs_input, _, needs_weight, needs_bias, _ = ctx.needs_input_grad
+        grouped = _grouped(input, groups)
+        plane, count = tuple(range(3, grouped.dim())), math.prod(input.shape[1:]) // groups
+        mean, variance = mean_and_variance(grouped, (2, *plane))
+        rstd = torch.rsqrt(variance + ctx.eps)
+        grad = _grouped(grad_output, groups).to(rstd.dtype)
+        ds = _sum_over(grad * grouped, plane, keepdim=True)
+        db = _sum_over(grad, plane, keepdim=True)
+        grad_input = grad_weight = grad_bias = None
+        if needs_input:
+            gamma = _group_view(weight, groups, grouped.dim())
+            ds_group = (ds if gamma is None else ds * gamma).sum(2, keepdim=True)
+            db_group = (db if gamma is None else db * gamma).sum(2, keepdim=True)
+            b = (db_group * mean - ds_group) * rstd * rstd * rstd * (1 / count)
+            c = -b * mean - db_group * rstd * (1 / count)
+            grad_input = (rstd if gamma is None else rstd * gamma) * grad + b * grouped + c
+            grad_input = laid_out_like(grad_input.flatten(1, 2), input, _suggested_format(input), input.dtype)
+        if needs_weight:
+            grad_weight = ((ds - db * mean) * rstd).sum(0).flatten().to(weight.dtype)
+        if needs_bias:
+            grad_bias = db.sum(0).flatten().to(ctx.bias_dtype)
+        return grad_input, None, grad_weight, grad_bias, None
 
 
 def _parameter_grad(grad, dtype):
@@ -274,25 +356,112 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
             running.copy_(momentum * batch + (1 - momentum) * running.to(batch.dtype))
 
 
+# F.normalize: every slice along ``dims`` divided by its p-norm, or by ε where that is smaller.
+
+
+def vector_norm(input, p, dims):
+    """n = ‖x‖_p over ``dims`` (kept; None: all), real for complex x, in float32 for float16/bfloat16: torch's
+    vector-norm reduction, a building block like sum or amax ((Σ|x|^p)^(1/p); max |x| for p = ∞, min for −∞, the
+    count of nonzeros for p = 0), with its errors (a non-floating input, the ∞-norm of nothing)."""
+    dtype = torch.float32 if opmath_dtype(input.dtype) != input.dtype else None
+    return torch.linalg.vector_norm(input, p, dims, keepdim=True, dtype=dtype)
+
+
+def _conj(tensor):
+    return tensor.conj() if tensor.is_complex() else tensor
+
+
+def _norm_backward(grad_norm, x, p, norm):
+    """dL/dn · ∂n/∂x for n = ‖x‖_p, arranged as torch's norm_backward (its masks included: 0 where n = 0 for
+    p ≥ 2 and 1 < p < 2, where x = 0 for p < 1). ∂n/∂x_i = sgn(x_i)·|x_i|^(p−1)/n^(p−1), which is x_i/n for p = 2 and
+    sgn(x_i) for p = 1; for p = ±∞ the derivative of the max (min) of |x|, shared among the slice's x with |x| = n
+    (or NaN). None for p = 0: the count of nonzeros is piecewise constant."""
+    if p == 0:
+        return None
+    if p == 1:
+        return x.sgn() * grad_norm
+    if p == 2:
+        return grad_norm * torch.where(norm == 0, 0.0, x / norm)
+    if math.isinf(p):
+        magnitude = x.abs()
+        winners = (magnitude == norm) | magnitude.isnan()
+        return x.sgn() * ((grad_norm / winners.sum_to_size(norm.shape)) * winners)
+    if p < 1:
+        scaled = x.sgn() * torch.where(x == 0, 0.0, x.abs().pow(p - 1))
+        return scaled * grad_norm * norm.pow(1 - p)
+    scale = torch.where(norm == 0, 0.0, grad_norm / norm.pow(p - 1))
+    scaled = x.sgn() * x.abs().pow(p - 1) if p < 2 else x * x.abs().pow(p - 2)
+    return scaled * scale
+
+
+class NormalizeFunction(Function):
+    """y = x / d with d = max(n, ε), n = ‖x‖_p over ``dims`` (None: all) broadcast back: each slice scaled to unit
+    p-norm, or divided by ε where its norm is smaller. Complex x too (n is real). float16/bfloat16 are computed in
+    float32 and rounded once (torch rounds n, d and y each to the input's dtype).
+
+    Backward (docs/derivations.md, "F.normalize"), with g = dL/dy and sums over ``dims``, arranged as torch's
+    autograd evaluates the chain rule through the quotient, the clamp and the norm:
+        dL/dd = Σ −g ⊙ conj((x/d)/d)   (its real part),        dL/dn = dL/dd where n ≥ ε, else 0
+        dL/dx = g/d + dL/dn · ∂n/∂x      (``_norm_backward``: x/n for p = 2, sgn(x) for p = 1, none for p = 0)
+    The backward recomputes n from the saved x with differentiable operations: double backward works.
+    """
+
+    @staticmethod
+    def forward(input, p, dims, eps):
+        denominator = vector_norm(input, p, dims).clamp_min(eps)
+        return (input / denominator.expand_as(input)).to(input.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, ctx.p, ctx.dims, ctx.eps = inputs
+        ctx.save_for_backward(input)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        x, grad = input.to(opmath_dtype(input.dtype)), grad_output.to(opmath_dtype(grad_output.dtype))
+        norm = vector_norm(x, ctx.p, ctx.dims)
+        denominator = norm.clamp_min(ctx.eps)
+        grad_input = grad / denominator
+        grad_denominator = -grad * _conj((x / denominator) / denominator)
+        if grad_denominator.is_complex():
+            grad_denominator = grad_denominator.real
+        grad_norm = torch.where(norm >= ctx.eps, grad_denominator.sum_to_size(norm.shape), 0.0)
+        through_norm = _norm_backward(grad_norm, x, ctx.p, norm)
+        if through_norm is not None:
+            grad_input = grad_input + through_norm
+        return grad_input.to(grad_output.dtype), None, None, None
+
+
 # Argument checks with PyTorch's errors and exception classes, in PyTorch's order.
 
 
 def check_parameter_dtypes(input, *parameters):
     """ATen's CPU rule (mixed_data_type.h): the parameters given share the input's dtype, or, when the first of
     them does not, all are float32 and the input float16/bfloat16 (mixed precision)."""
+    if not check_mixed_dtypes(input, *parameters):
+        check_same_dtypes(input, *parameters)
+
+
+def check_mixed_dtypes(input, *parameters):
+    """The mixed-precision half of ``check_parameter_dtypes``, which ATen checks before its kernel: whether the
+    first parameter given has another dtype than the input (then all must be float32, the input float16/bfloat16)."""
     dtypes = [parameter.dtype for parameter in parameters if parameter is not None]
-    if not dtypes:
-        return
-    if dtypes[0] != input.dtype:
-        if any(dtype != torch.float32 for dtype in dtypes):
-            raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
-        if input.dtype not in (torch.float16, torch.bfloat16):
-            raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
-        return
-    for dtype in dtypes:
-        if dtype != input.dtype:
-            raise RuntimeError(
-                f"expected scalar type {scalar_type_name(input.dtype)} but found {scalar_type_name(dtype)}")
+    if not dtypes or dtypes[0] == input.dtype:
+        return False
+    if any(dtype != torch.float32 for dtype in dtypes):
+        raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+    if input.dtype not in (torch.float16, torch.bfloat16):
+        raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    return True
+
+
+def check_same_dtypes(input, *parameters):
+    """The other half, which ATen's kernel checks as it reads the parameters: each has the input's dtype."""
+    for parameter in parameters:
+        if parameter is not None and parameter.dtype != input.dtype:
+            raise RuntimeError(f"expected scalar type {scalar_type_name(input.dtype)} but found "
+                               f"{scalar_type_name(parameter.dtype)}")
 
 
 def check_layer_norm_args(input, normalized_shape, weight, bias):
@@ -381,3 +550,42 @@ def check_batch_norm_inputs(input, running_mean, running_var, weight, bias, trai
     check_parameter_dtypes(input, *parameters)
     if input.dim() < 2:
         raise out_of_range
+
+
+def check_group_norm_args(input, num_groups, weight, bias):
+    """What torch.nn.functional.group_norm and ATen's group_norm reject, in their order: fewer than 2 dims, a
+    single value per group (ValueError; num_groups = 0 divides by zero there first), then no channels, an empty
+    plane, num_groups < 1 or not dividing C, γ or β not of shape (C,), mixed dtypes; for a non-empty batch the
+    kernel's dtype (floating point) and parameters of the input's dtype."""
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    batch, channels, *plane = input.shape
+    if batch * channels // num_groups * math.prod(plane) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{[batch * channels // num_groups, num_groups, *plane]}")
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
+        raise TypeError(f"group_norm(): argument 'num_groups' (position 2) must be int, not "
+                        f"{type(num_groups).__name__}")
+    if channels <= 0:
+        raise RuntimeError(f"Expected number of channels to be greater than 0, got {channels}")
+    if math.prod(plane) <= 0:
+        raise RuntimeError(f"Expected HxW to be greater than 0, got {math.prod(plane)}")
+    if num_groups <= 0:
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
+    if channels % num_groups:
+        raise RuntimeError("Expected number of channels in input to be divisible by num_groups, but got input of "
+                           f"shape {list(input.shape)} and num_groups={num_groups}")
+    for name, parameter in (("weight", weight), ("bias", bias)):
+        if parameter is not None and (parameter.dim() != 1 or parameter.numel() != channels):
+            raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
+                               f"but got {name} of shape {list(parameter.shape)} and input of shape "
+                               f"{list(input.shape)}")
+    mixed = check_mixed_dtypes(input, weight, bias)
+    if batch:
+        require_floating(input.dtype, "GroupNormKernelImpl")
+        if not mixed:
+            check_same_dtypes(input, weight, bias)
+    elif input.is_complex() and torch.is_grad_enabled() and any(
+            tensor is not None and tensor.requires_grad for tensor in (input, weight, bias)):
+        raise RuntimeError("native_group_norm does not support automatic differentiation for outputs with complex "
+                           "dtype.")

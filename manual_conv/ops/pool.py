@@ -1,4 +1,5 @@
-"""Pooling's autograd Functions: max, average, adaptive and global average pooling, forward and backward by hand.
+"""Pooling's autograd Functions: max, average, adaptive average and max, and global average pooling, forward and
+backward by hand.
 
 Notation (docs/derivations.md, "Pooling"): x the input (N, C, H, W) or unbatched (C, H, W), y the output, δ = ∂L/∂y;
 k, s, p, d are kernel size, stride, padding and dilation. The Functions take what PyTorch's pooling kernels take
@@ -380,6 +381,94 @@ class AdaptiveAvgPool2dFunction(Function):
         return grad_input.to(grad_output.dtype), None
 
 
+def _adaptive_bounds(size, output_size, device):
+    """(begins, lasts, steps): b_i and e_i − 1 of every window i along one dim (see ``_adaptive_windows``), as
+    tensors, and the longest window's length (a Python int: no data-dependent size for torch.compile)."""
+    begins = [i * size // output_size for i in range(output_size)]
+    lasts = [-(-(i + 1) * size // output_size) - 1 for i in range(output_size)]
+    steps = max(last - begin for begin, last in zip(begins, lasts)) + 1
+    return (*(torch.tensor(values, dtype=torch.int64, device=device) for values in (begins, lasts)), steps)
+
+
+def _scan_adaptive_windows(x, dim, bounds, best, winner):
+    """The running maximum along ``dim`` over each adaptive window's rows b_i, b_i + 1, ..., into ``best`` and the
+    winning step into ``winner``, by ``_scan_taps``'s rule (strictly greater, or NaN). Step t reads row
+    min(b_i + t, e_i − 1): a window shorter than the longest reads its last row again, which never beats itself
+    (a NaN wins again, at the same row). Returns the row of each window's winner, b_i for none (all −∞)."""
+    begins, lasts, steps = bounds
+    for t in range(steps):
+        tap = x.index_select(dim, torch.minimum(begins + t, lasts))
+        wins = tap > best
+        wins |= tap.isnan()
+        torch.maximum(best, tap, out=best)
+        winner += wins * (t + 1 - winner)
+    shape = [1] * best.dim()
+    shape[dim] = -1
+    return torch.minimum(begins.view(shape) + (winner.long() - 1).clamp_(min=0), lasts.view(shape))
+
+
+class AdaptiveMaxPool2dFunction(Function):
+    """y[n, c, i, j] = max_{h ∈ R_i, w ∈ C_j} x[n, c, h, w], with R_i = [b_i, e_i) and C_j the windows of
+    ``_adaptive_windows`` along H and W (b_i = ⌊i·H/H_out⌋, e_i = ⌈(i + 1)·H/H_out⌉).
+
+    Returns (y, indices): indices[n, c, i, j] = h·W + w, the arg-max in the input plane, found as PyTorch's kernel
+    finds it: scanning each window row by row and taking a value when it is strictly greater than the best so far
+    or is NaN, from −∞ and the window's first position. So ties go to the first maximum in row-major order, a NaN
+    is the maximum (the last NaN wins), and a window of −∞ keeps its first position.
+
+    The scan is taken one dim at a time, as the max over a rectangle is the max over its rows of each row's max:
+    each row's winner over the columns of C_j first (``_scan_adaptive_windows`` along W), then the winner among
+    the rows of R_i of those (along H). The two-step scan picks the same winner as the row-major one: the first
+    row holding the window's maximum, at its first column holding it (or the last NaN in the last row holding one).
+
+    Backward, as max pooling's (y depends on its arg-max only, with slope 1): a scatter-add of δ to the indices,
+        ∂L/∂x[n, c, h, w] = Σ_{(i, j): indices[n, c, i, j] = h·W + w} δ[n, c, i, j]
+    (``max_pool2d_input_grad``, compiled on 'cpp'), whose derivative is the gather of G at the indices: double
+    backward works. As PyTorch, a backward with no output element per plane is an error.
+    """
+
+    @staticmethod
+    def forward(input, output_size):
+        memory_format = pool_memory_format(input)
+        output = torch.empty(_plane_shape(input.shape, output_size), dtype=input.dtype, device=input.device,
+                             memory_format=memory_format)
+        indices = torch.empty_like(output, dtype=torch.int64)
+        if output.numel() == 0:
+            return output, indices
+        x = _as_batch(input)
+        height, width = x.shape[-2:]
+        rows_bounds, columns_bounds = (
+            _adaptive_bounds(size, out, input.device) for size, out in zip((height, width), output_size)
+        )
+        counter = torch.uint8 if max(rows_bounds[2], columns_bounds[2]) < 255 else torch.int64
+        # each row's maximum over the columns of every window C_j: (N, C, H, W_out)
+        row_best = _new_zeros((*x.shape[:-1], output_size[1]), x, memory_format).fill_(-torch.inf)
+        columns = _scan_adaptive_windows(x, -1, columns_bounds, row_best,
+                                         _new_zeros(row_best.shape, x, memory_format, counter))
+        best = _as_batch(output).fill_(-torch.inf)
+        rows = _scan_adaptive_windows(row_best, -2, rows_bounds, best,
+                                      _new_zeros(best.shape, x, memory_format, counter))
+        torch.gather(columns, -2, rows, out=_as_batch(indices))
+        _as_batch(indices).add_(rows * width)
+        return output, indices
+
+    setup_context = staticmethod(MaxPool2dFunction.setup_context)  # the indices saved, none of their gradient
+
+    @staticmethod
+    def backward(ctx, grad_output, _grad_indices):
+        if grad_output is None:
+            return None, None
+        for dim in range(1, grad_output.dim()):
+            if grad_output.shape[dim] == 0:
+                raise RuntimeError(
+                    "adaptive_max_pool2d_backward(): Expected grad_output to have non-zero size for non-batch "
+                    f"dimensions, but grad_output has sizes {list(grad_output.shape)} with dimension {dim} being "
+                    "empty"
+                )
+        (indices,) = ctx.saved_tensors
+        return max_pool2d_input_grad(grad_output, indices, ctx.input_shape, ctx.channels_last), None
+
+
 class GlobalAvgPool2dFunction(Function):
     """y[..., 0, 0] = (1 / (H·W)) · Σ_{h, w} x[..., h, w]: adaptive average pooling to 1×1, the mean over the plane.
 
@@ -517,3 +606,24 @@ def check_adaptive_pool2d_args(input, output_size):
         raise RuntimeError(
             "_adaptive_avg_pool2d does not support automatic differentiation for outputs with complex dtype."
         )
+
+
+def check_adaptive_max_pool2d_args(input, output_size):
+    """Raise PyTorch's error for adaptive_max_pool2d arguments it rejects, in its order: a 3-D or 4-D input with
+    non-empty dims after the first, two output sizes, none negative, a floating dtype (also for an empty batch or
+    output)."""
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"adaptive_max_pool2d(): Expected 3D or 4D tensor, but got: {list(input.shape)}")
+    for dim in range(1, input.dim()):
+        if input.shape[dim] == 0:
+            raise RuntimeError(
+                "adaptive_max_pool2d(): Expected input to have non-zero size for non-batch dimensions, but input "
+                f"has sizes {list(input.shape)} with dimension {dim} being empty"
+            )
+    if len(output_size) != 2:
+        raise RuntimeError("adaptive_max_pool2d(): internal error: output_size.size() must be 2")
+    output_shape = _plane_shape(input.shape, output_size)
+    if min(output_size) < 0:
+        raise RuntimeError(f"Trying to create tensor with negative dimension {min(output_size)}: {list(output_shape)}")
+    if not input.dtype.is_floating_point:
+        raise not_implemented_for("adaptive_max_pool2d", input.dtype)
