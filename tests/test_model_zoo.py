@@ -13,8 +13,8 @@ evaluation mode:
     addmm, pooling, normalisation, softmax, activations, dropout, attention), only manual_conv's Functions and
     building blocks (add, mul, matmul, view, cat, mean, ...), while the native model's graph does hold them.
 
-CI runs every model once, on alternating backends ('cpp' for the first model, 'python' for the second, ...); the
-other backend of each model is marked slow and runs with MANUAL_CONV_SLOW=1:
+CI runs every model but RegNetY-128GF (NOT_IN_CI) once, on alternating backends ('cpp' for the first model,
+'python' for the second, ...); the other backend of each model is marked slow and runs with MANUAL_CONV_SLOW=1:
     MANUAL_CONV_SLOW=1 python -m pytest tests/test_model_zoo.py
 """
 import gc
@@ -62,13 +62,18 @@ NATIVE_LAYER_NODES = (
 
 SLOW = os.environ.get("MANUAL_CONV_SLOW") == "1"
 
+# Models CI does not run on either backend: RegNetY-128GF (637M parameters) needs float64 passes over all its
+# gradients (its float32 ones are chaotic natively too), whose time and memory (two attempts killed at 24 GB before
+# the passes were bounded) are not yet measured on a 2-core CI machine.
+NOT_IN_CI = {"regnet_y_128gf"}
+
 
 def model_cases():
     """(model, backend): each model on one backend in CI, alternating, and on the other one marked slow."""
     for index, name in enumerate(MODELS):
         in_ci = ("cpp", "python")[index % 2]
         for backend in ("cpp", "python"):
-            marks = [] if backend == in_ci else [
+            marks = [] if backend == in_ci and name not in NOT_IN_CI else [
                 pytest.mark.slow, pytest.mark.skipif(not SLOW, reason="slow: run with MANUAL_CONV_SLOW=1")]
             yield pytest.param(name, backend, marks=marks, id=f"{name}-{backend}")
 
