@@ -275,6 +275,7 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
         return torch.empty_like(input, memory_format=torch.contiguous_format)
     return _activation.LogSoftmaxFunction.apply(input, dim)
 
+
 def _number(value, function, name, position):
     """A Scalar argument as torch's argument parser takes it: a real Python number, or a 0-dim tensor that does not
     require grad (its value); anything else is torch's TypeError. (A complex number with an imaginary part is refused
@@ -687,6 +688,7 @@ def _batch_norm(input, running_mean, running_var, weight, bias, training, moment
         values_per_channel = input.numel() // input.shape[1]
         update_running_stats(running_mean, running_var, batch_mean, batch_var, values_per_channel, momentum)
     return output
+
 
 def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, use_input_stats=True,
                   momentum=0.1, eps=1e-05):

@@ -62,6 +62,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
             input, self.weight, self.bias, self.stride, self.padding, output_padding, self.groups, self.dilation
         )
 
+
 class LazyConv2d(nn.LazyConv2d):
     """torch.nn.LazyConv2d computed by manual_conv.functional.conv2d; becomes manual_conv.nn.Conv2d once its
     weight's shape is known (at the first call)."""
@@ -361,6 +362,7 @@ class LazyBatchNorm2d(nn.LazyBatchNorm2d):
 
     cls_to_become = BatchNorm2d
     forward = BatchNorm2d.forward
+
 
 class GroupNorm(nn.GroupNorm):
     """torch.nn.GroupNorm (input (N, C, ...)) computed by manual_conv.functional.group_norm."""

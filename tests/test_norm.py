@@ -546,6 +546,7 @@ BAD_CALLS.update({
     "normalize-out-dtype": ("normalize", (X,), dict(out=torch.empty(0, dtype=torch.long))),
 })
 
+
 @pytest.mark.parametrize("case", BAD_CALLS, ids=list(BAD_CALLS))
 def test_bad_input_raises_as_torch(case):
     function, args, kwargs = BAD_CALLS[case]
@@ -864,7 +865,6 @@ def test_group_norm_module_matches_torch(kwargs):
     assert_same_values_and_gradients(theirs, ours, [torch.randn(3, 6, 2, 2, dtype=torch.float64)], torch.float64)
     for expected, actual in zip(theirs.parameters(), ours.parameters()):
         torch.testing.assert_close(actual.grad, expected.grad)
-
 
 
 @pytest.mark.parametrize("name, shape", [("LazyInstanceNorm1d", (2, 3, 5)), ("LazyInstanceNorm2d", (2, 3, 4, 4)),

@@ -292,7 +292,6 @@ class AvgPool2dFunction(Function):
         return grad_input.to(grad_output.dtype), None, None, None, None, None, None
 
 
-
 def _adaptive_windows(size, output_size, device):
     """Window i along one dim spans rows b_i ≤ h < e_i, b_i = ⌊i·H / H_out⌋, e_i = ⌈(i + 1)·H / H_out⌉; neighbours
     overlap by a row when H_out does not divide H. Returns (taps, sizes): for every t < the largest size, the
