@@ -48,6 +48,7 @@ from . import functional as _functional
 from . import torch_names
 
 _OWN_PACKAGE = __name__.rpartition(".")[0]  # "manual_conv"
+_CONVERT_MODULE = _OWN_PACKAGE + ".convert"
 
 # Schema argument names that mean the same as a twin's argument of another name.
 _SCHEMA_RENAMES = {"train": "training"}
@@ -88,8 +89,9 @@ def _called_by_own_code():
 
 
 def _skipped(module_name):
-    """Frames between the caller and the mode: this module's and torch's."""
-    return module_name in (__name__, "torch") or module_name.startswith("torch.")
+    """Frames between the caller and the mode: this module's, torch's, and convert's (the converted forward's
+    wrapper only enters the mode: a layer a torch container calls from there is model code's, not ours)."""
+    return module_name in (__name__, _CONVERT_MODULE, "torch") or module_name.startswith("torch.")
 
 
 def _traced_caller_module():

@@ -325,6 +325,28 @@ def test_convert_runs_the_forward_under_enable(backend):
         torch.testing.assert_close(mine, theirs)
 
 
+class SubclassedBatchNorm(nn.BatchNorm2d):
+    """A subclass of a supported layer without code of its own: torch's BatchNorm2d.forward calls F.batch_norm."""
+
+
+@pytest.mark.parametrize("wrap", [lambda layer: layer, nn.Sequential,
+                                  lambda layer: nn.Sequential(nn.Sequential(layer))],
+                         ids=["root", "in Sequential", "in nested Sequential"])
+def test_a_subclass_called_by_torch_containers_runs_by_hand(backend, wrap):
+    """Between the converted forward's wrapper and the layer only torch's frames (Sequential, Module.__call__):
+    the call is still model code's, so it is routed."""
+    torch.manual_seed(0)
+    native = wrap(SubclassedBatchNorm(4)).double()
+    input = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converted = manual_conv.convert(native)
+    output = converted(input)
+    expected = native(input)
+    torch.testing.assert_close(output, expected)
+    assert native_layer_nodes(output) == [] and native_layer_nodes(expected) != []
+
+
 def test_functional_false_leaves_the_forward_and_warns_for_subclasses():
     native, input = block_and_input()
     with pytest.warns(UserWarning, match=r"LayerNorm2d ×1 \(norm\)"):
