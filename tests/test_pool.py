@@ -604,3 +604,17 @@ def test_adaptive_max_pool2d_compiles_into_one_graph(backend):
     upstream = torch.randn(output.shape, dtype=torch.float64)
     assert torch.equal(*(torch.autograd.grad(y, input, upstream)[0] for y in (output, expected)))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("output_size", [1, 2])
+def test_adaptive_avg_pool2d_trains_compiled_with_dynamic_shapes(backend, output_size):
+    """torch.compile(dynamic=True) of a training step, over two input sizes: the global pool's backward divides by
+    H·W, a symbolic size (the product is taken in setup_context, which Dynamo traces with the forward)."""
+    compiled = torch.compile(lambda x: mF.adaptive_avg_pool2d(x, output_size), backend="aot_eager", dynamic=True)
+    for size in (4, 6):
+        input = torch.randn(2, 3, size, size, dtype=torch.float64, requires_grad=True)
+        output = compiled(input)
+        torch.testing.assert_close(output, F.adaptive_avg_pool2d(input, output_size))
+        torch.testing.assert_close(torch.autograd.grad(output.sum(), input)[0],
+                                   torch.autograd.grad(F.adaptive_avg_pool2d(input, output_size).sum(), input)[0])
+    torch._dynamo.reset()

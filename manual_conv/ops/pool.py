@@ -488,10 +488,13 @@ class GlobalAvgPool2dFunction(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.input_shape = inputs[0].shape
+        # H·W taken here, where torch.compile traces it with the forward: under dynamic shapes Dynamo could not
+        # divide by a product of symbolic sizes formed in the backward.
+        ctx.count = inputs[0].shape[-2] * inputs[0].shape[-1]
 
     @staticmethod
     def backward(ctx, grad_output):
-        return grad_output.expand(ctx.input_shape) / (ctx.input_shape[-2] * ctx.input_shape[-1])
+        return grad_output.expand(ctx.input_shape) / ctx.count
 
 
 # ------------------------------------------------------------------------------------------- argument checks
