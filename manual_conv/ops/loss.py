@@ -15,13 +15,25 @@ infinities are torch's (docs/derivations.md, "Losses"):
 Reduction: 'none' → ℓ, 'sum' → Σ_i ℓ_i, 'mean' → Σ_i ℓ_i / D. float16/bfloat16 are computed in float32 and rounded
 once at the end, forward and backward. Each backward is made of differentiable tensor operations on saved tensors
 (the probabilities are recomputed from the saved logits), so double backward works.
+
+Forward mode (jvp): every loss is linear in its log-probabilities (or, for MSE, a square), so its tangent is the loss's
+own formula applied to the tangents, with softmax's jvp for the log-probabilities of logits z:
+(log p)˙ = ż − ⟨p, ż⟩ over the classes (docs/derivations.md, "Losses").
+
+vmap: every Function here has ``generate_vmap_rule`` (its forward, backward and jvp are torch operations that vmap
+batches, and the class-index target's tensors are saved with ``save_for_backward``, never kept on ctx, so that a
+batched target's slices reach each rule). Batched targets work: the Python range check of class indices reads
+values (``.item()``), which vmap refuses, so under vmap the gather that picks the targets' log-probabilities checks
+them instead, raising the RuntimeError native nll_loss and cross_entropy raise under vmap ("index 5 is out of bounds
+for dimension ...") rather than the IndexError they raise outside it.
 """
 import math
 from typing import NamedTuple
 
 import torch
 
-from ._utils import Function, laid_out_like, opmath_dtype, require_floating, scalar_type_name
+from ._utils import (Function, is_vmapped, jvp_rule, laid_out_like, opmath_dtype, require_floating,
+                     scalar_type_name)
 
 
 def log_softmax(logits, dim):
@@ -87,22 +99,37 @@ class ClassIndexTarget(NamedTuple):
     @classmethod
     def prepare(cls, target, ignore_index, weight, num_classes, dtype, reduction):
         """From class indices of any checked dtype (int64, or uint8 whose 156 is not −100: compared as integers);
-        raises torch's IndexError for a kept target outside [0, C)."""
+        raises torch's IndexError for a kept target outside [0, C). A vmapped target is not read here (vmap refuses
+        ``.item()``): the forward's gather refuses an index outside [0, C) then, as native's under vmap."""
         target = target.long().contiguous()  # the per-sample losses come out contiguous, as torch's
         ignored = target == ignore_index
         index = target.masked_fill(ignored, 0)
-        if index.numel():
+        if index.numel() and not is_vmapped(index):
             low, high = torch.aminmax(index)
             if low.item() < 0 or high.item() >= num_classes:  # or C = 0, where the 0 of ignored samples is too
                 out_of_bounds = ~ignored & ((target < 0) | (target >= num_classes))
                 if out_of_bounds.any():
                     raise IndexError(f"Target {target[out_of_bounds][0].item()} is out of bounds.")
         weight = None if weight is None else weight.reshape(-1).to(dtype)
-        sample_weight = None if weight is None else weight.take(index)
+        sample_weight = None if weight is None else weight[index]
         divisor = None
         if reduction == "mean":
             divisor = index.numel() - ignored.sum() if weight is None else sample_weight.masked_fill(ignored, 0).sum()
         return cls(index, ignored, weight, sample_weight, divisor)
+
+
+def _save_target(ctx, target, *tensors):
+    """Save ``tensors`` and the target's for backward and jvp (see ``_saved_target``). On ctx itself a vmapped
+    target's tensors would outlive their vmap level; saved, vmap's generated rules give each rule its slices."""
+    ctx.save_for_backward(*tensors, *target)
+    ctx.save_for_forward(*tensors, *target)
+
+
+def _saved_target(ctx):
+    """(the other saved tensors..., the ``ClassIndexTarget``) as ``_save_target`` saved them."""
+    saved = ctx.saved_tensors
+    count = len(saved) - len(ClassIndexTarget._fields)
+    return (*saved[:count], ClassIndexTarget(*saved[count:]))
 
 
 def pick_classes(values, index):
@@ -125,6 +152,11 @@ def _nll_losses(log_probs, target):
     return (picked if target.sample_weight is None else picked * target.sample_weight).masked_fill(target.ignored, 0)
 
 
+def _nll_loss(log_probs, target, reduction):
+    """L = R(ℓ), ℓ_i = −x[i, t_i] · w[t_i] (kept), 0 (ignored): linear in x, so also L̇ from ẋ."""
+    return _reduce(_nll_losses(log_probs, target), reduction, target.divisor)
+
+
 def _nll_grad(grad_output, reduction, target):
     """dL/dx[i, t_i] = −G_i · w[t_i] for kept samples, 0 for ignored ones (torch's nll_loss_backward, products
     included: for 'mean' with D = 0, −g / D is ±∞ and a kept sample's w · (−g / D) is NaN, as in torch)."""
@@ -145,22 +177,43 @@ class NLLLossFunction(Function):
 
     Linear in x. Backward (torch's nll_loss_backward), with G_i = dL/dℓ_i (g, or g / D for 'mean'):
         dL/dx[i, c] = −G_i · w[t_i]  at c = t_i of a kept sample,  0 everywhere else (scattered, not multiplied)
+
+    Forward mode (jvp), linear:  ℓ̇_i = −ẋ[i, t_i] · w[t_i] for kept samples, 0 for ignored ones;  L̇ = R(ℓ̇)
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, reduction):
-        losses = _nll_losses(input.to(opmath_dtype(input.dtype)), target)
-        return _reduce(losses, reduction, target.divisor).to(input.dtype)
+        return _nll_loss(input.to(opmath_dtype(input.dtype)), target, reduction).to(input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, ctx.target, ctx.reduction = inputs
+        input, target, ctx.reduction = inputs
         ctx.num_classes, ctx.dtype = input.shape[1], input.dtype
+        _save_target(ctx, target)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _target, _reduction):
+        (target,) = _saved_target(ctx)
+        return _nll_loss(input_tangent.to(opmath_dtype(ctx.dtype)), target, ctx.reduction).to(ctx.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad = _nll_grad(grad_output.to(opmath_dtype(ctx.dtype)), ctx.reduction, ctx.target)
-        return place_at_classes(grad, ctx.target.index, ctx.num_classes).to(ctx.dtype), None, None
+        (target,) = _saved_target(ctx)
+        grad = _nll_grad(grad_output.to(opmath_dtype(ctx.dtype)), ctx.reduction, target)
+        return place_at_classes(grad, target.index, ctx.num_classes).to(ctx.dtype), None, None
+
+
+def _cross_entropy(log_probs, target, reduction, label_smoothing):
+    """L = (1 − ε) · R(ℓ) + R(s) · ε / C from log-probabilities (N, C, d1, ...) (``CrossEntropyFunction``): linear in
+    them, so also L̇ from their tangent."""
+    loss = _nll_loss(log_probs, target, reduction)
+    if label_smoothing > 0:
+        smooth = -(log_probs if target.weight is None else log_probs * _per_class(target.weight, log_probs.dim()))
+        smooth = _reduce(smooth.sum(1).masked_fill(target.ignored, 0), reduction, target.divisor)
+        loss = (1 - label_smoothing) * loss + smooth * _smoothing_share(label_smoothing, log_probs.shape[1])
+    return loss
 
 
 class CrossEntropyFunction(Function):
@@ -177,27 +230,36 @@ class CrossEntropyFunction(Function):
         γ[i, c] = −G_i · w[t_i] · [c = t_i]  (scattered)  −  S_i · w_c
     and, since d log p_k / dz_c = [k = c] − p_c,   dL/dz[i, c] = γ[i, c] − p[i, c] · Σ_k γ[i, k]
     (= G_i · w[t_i] · (p[i, c] − [c = t_i]) without smoothing: softmax minus the one-hot target).
+
+    Forward mode (jvp): L is linear in log p, and softmax's jvp gives (log p)˙[i, c] = ż[i, c] − Σ_k p[i, k] · ż[i, k],
+    so L̇ is the formula above with log p replaced by (log p)˙:
+        L̇ = (1 − ε) · R(ℓ̇) + R(ṡ) · ε / C,   ℓ̇_i = −(log p)˙[i, t_i] · w[t_i],   ṡ_i = −Σ_c (log p)˙[i, c] · w_c
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(logits, target, reduction, label_smoothing):
         log_probs = log_softmax(logits.contiguous().to(opmath_dtype(logits.dtype)), 1)
-        loss = _reduce(_nll_losses(log_probs, target), reduction, target.divisor)
-        if label_smoothing > 0:
-            smooth = -(log_probs if target.weight is None else log_probs * _per_class(target.weight, logits.dim()))
-            smooth = _reduce(smooth.sum(1).masked_fill(target.ignored, 0), reduction, target.divisor)
-            loss = (1 - label_smoothing) * loss + smooth * _smoothing_share(label_smoothing, logits.shape[1])
-        return loss.to(logits.dtype)
+        return _cross_entropy(log_probs, target, reduction, label_smoothing).to(logits.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, ctx.target, ctx.reduction, ctx.label_smoothing = inputs
-        ctx.save_for_backward(logits)
+        logits, target, ctx.reduction, ctx.label_smoothing = inputs
+        _save_target(ctx, target, logits)
+
+    @jvp_rule
+    def jvp(ctx, logits_tangent, _target, _reduction, _label_smoothing):
+        logits, target = _saved_target(ctx)
+        probs = softmax(logits.contiguous().to(opmath_dtype(logits.dtype)), 1)
+        tangent = logits_tangent.to(probs.dtype)
+        log_probs_tangent = tangent - (probs * tangent).sum(1, keepdim=True)
+        return _cross_entropy(log_probs_tangent, target, ctx.reduction, ctx.label_smoothing).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        (logits,) = ctx.saved_tensors
-        target, reduction, label_smoothing = ctx.target, ctx.reduction, ctx.label_smoothing
+        logits, target = _saved_target(ctx)
+        reduction, label_smoothing = ctx.reduction, ctx.label_smoothing
         probs = softmax(logits.contiguous().to(opmath_dtype(logits.dtype)), 1)
         grad_output = grad_output.to(probs.dtype)
         nll_grad = _nll_grad(grad_output * (1 - label_smoothing) if label_smoothing > 0 else grad_output,
@@ -259,7 +321,12 @@ class CrossEntropyProbabilitiesFunction(Function):
 
     Backward, with G_i = dL/dℓ_i (g, or g / (N · d1 · ...) for 'mean'):
         γ[i, c] = −G_i · q[i, c],   dL/dz[i, c] = γ[i, c] − p[i, c] · Σ_k γ[i, k],   dL/dq[i, c] = −G_i · log p[i, c]
+
+    Forward mode (jvp), with softmax's (log p)˙[i, c] = ż[i, c] − Σ_k p[i, k] · ż[i, k]:
+        ℓ̇_i = −Σ_c ((log p)˙[i, c] · q[i, c] + log p[i, c] · q̇[i, c]),   L̇ = R(ℓ̇)
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(logits, target_weights, reduction, dtype):
@@ -270,6 +337,21 @@ class CrossEntropyProbabilitiesFunction(Function):
     def setup_context(ctx, inputs, output):
         logits, target_weights, ctx.reduction, ctx.dtype = inputs
         ctx.save_for_backward(logits, target_weights)
+        ctx.save_for_forward(logits, target_weights)
+
+    @jvp_rule
+    def jvp(ctx, logits_tangent, target_weights_tangent, _reduction, _dtype):
+        logits, target_weights = ctx.saved_tensors
+        log_probs = _log_probs_as_torch(logits, ctx.dtype)
+        terms = []
+        if logits_tangent is not None:
+            tangent = logits_tangent.to(log_probs.dtype)
+            log_probs_tangent = tangent - (log_probs.exp() * tangent).sum(1, keepdim=True)
+            terms.append(log_probs_tangent * target_weights)
+        if target_weights_tangent is not None:
+            terms.append(log_probs * target_weights_tangent.to(log_probs.dtype))
+        losses_tangent = -sum(terms[1:], terms[0]).sum(1)
+        return _reduce(losses_tangent, ctx.reduction, _samples(logits)).to(ctx.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -297,7 +379,11 @@ class MSELossFunction(Function):
 
     Backward (torch's mse_loss_backward), with g = dL/dL and ν = 2/n for 'mean', else 2:
         dL/dx = (ν · e) · g,   dL/dy = −dL/dx        (contiguous, as torch's)
+
+    Forward mode (jvp):  ℓ̇ = 2e ⊙ (ẋ − ẏ),  L̇ = R(ℓ̇)
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, reduction, dtype):
@@ -306,8 +392,17 @@ class MSELossFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, ctx.reduction, _ = inputs
+        input, target, ctx.reduction, ctx.dtype = inputs
         ctx.save_for_backward(input, target)
+        ctx.save_for_forward(input, target)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, target_tangent, _reduction, _dtype):
+        input, target = ctx.saved_tensors
+        error = input - target
+        error_tangent = input_tangent if target_tangent is None else (
+            -target_tangent if input_tangent is None else input_tangent - target_tangent)
+        return _reduce(2 * error * error_tangent, ctx.reduction, error.numel()).to(ctx.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -328,7 +423,12 @@ class WeightedMSELossFunction(Function):
     Backward as torch's autograd of that formula, products in its order, with G = dL/dℓ (g, or g / D̄ for 'mean'),
     e = x − y and PyTorch's conjugate convention for complex tensors (z̄ the conjugate):
         dL/dx = (G · w̄) · (2e)‾,   dL/dy = −dL/dx,   dL/dw = G · (e²)‾,   dL/dD = −g · ((Σℓ / D) / D)‾
+
+    Forward mode (jvp), holomorphic in every operand (no conjugates):
+        ℓ̇ = 2e ⊙ (ẋ − ẏ) ⊙ w + e² ⊙ ẇ,   'mean': L̇ = Σℓ̇ / D − (Σℓ / D) · Ḋ / D,   else L̇ = R(ℓ̇)
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, target, weight, reduction, divisor, dtype):
@@ -340,8 +440,30 @@ class WeightedMSELossFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, target, weight, ctx.reduction, divisor, _ = inputs
+        input, target, weight, ctx.reduction, divisor, ctx.dtype = inputs
         ctx.save_for_backward(input, target, weight, divisor)
+        ctx.save_for_forward(input, target, weight, divisor)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, target_tangent, weight_tangent, _reduction, divisor_tangent, _dtype):
+        input, target, weight, divisor = ctx.saved_tensors
+        error = input - target
+        terms = []
+        for tangent, sign in ((input_tangent, 1), (target_tangent, -1)):
+            if tangent is not None:
+                terms.append(sign * 2 * error * tangent * weight)
+        if weight_tangent is not None:
+            terms.append(error**2 * weight_tangent)
+        weighted_tangent = sum(terms[1:], terms[0]) if terms else torch.zeros_like(error * weight)
+        if ctx.reduction == "none":
+            return weighted_tangent.to(ctx.dtype)
+        total_tangent = weighted_tangent.sum()
+        if ctx.reduction == "sum":
+            return total_tangent.to(ctx.dtype)
+        output_tangent = total_tangent / divisor
+        if divisor_tangent is not None:
+            output_tangent = output_tangent - ((error**2 * weight).sum() / divisor) * divisor_tangent / divisor
+        return output_tangent.to(ctx.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):

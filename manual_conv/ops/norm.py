@@ -16,13 +16,27 @@ so an inf or NaN in x, γ, β or g spreads to the same places as in torch. Each 
 saved input with differentiable tensor operations, so the backward is itself differentiable: double backward
 (gradgradcheck) works, as in PyTorch. float16/bfloat16 inputs are computed in float32 and rounded once, with
 parameters of their dtype or float32 ones (torch's mixed precision).
+
+Forward mode (jvp), with ẋ, γ̇, β̇ the tangents (docs/derivations.md, "Normalization"): differentiating x̂ = (x − μ)·r,
+
+    μ̇ = mean_R(ẋ),  (σ²)˙ = 2·mean_R((x − μ) ⊙ ẋ),  ṙ = −r³·mean_R((x − μ) ⊙ ẋ) = −r²·mean_R(x̂ ⊙ ẋ),
+    ẋ̂ = r·(ẋ − mean_R(ẋ) − x̂ ⊙ mean_R(x̂ ⊙ ẋ)),     ẏ = γ ⊙ ẋ̂ + γ̇ ⊙ x̂ + β̇,
+
+the backward's closed form transposed (the same three terms: the Jacobian of x ↦ x̂ is symmetric). Each jvp is made
+of differentiable tensor operations on tensors saved for it (``ctx.save_for_forward``), so jacfwd, hessian and
+batched forward gradients work through it.
+
+vmap: every Function here has ``generate_vmap_rule``: forward, backward and jvp are torch operations that vmap
+batches, with no Python control flow on values, so a vmapped call computes each slice's own statistics (BatchNorm:
+each vmapped instance its own batch statistics, as a loop would). Under vmap the output's layout is not chosen
+(``laid_out_like``): a slice of a batch has none of its own.
 """
 import math
 
 import torch
 
-from ._utils import (Function, laid_out_like, not_implemented_for, opmath_dtype, require_floating, scalar_type_name,
-                     suggests_channels_last)
+from ._utils import (Function, is_vmapped, jvp_rule, laid_out_like, not_implemented_for, opmath_dtype,
+                     require_floating, scalar_type_name, suggests_channels_last)
 
 
 def mean_and_variance(input, dims):
@@ -36,6 +50,28 @@ def _affine(normalized, weight, bias):
     """y = x̂ ⊙ γ + β, γ and β optional and already broadcastable."""
     output = normalized if weight is None else normalized * weight
     return output if bias is None else output + bias
+
+
+def _normalized_tangent(tangent, normalized, rstd, dims):
+    """ẋ̂ = r·(ẋ − mean_R(ẋ) − x̂ ⊙ mean_R(x̂ ⊙ ẋ)), the tangent of x̂ = (x − μ)·r, R = ``dims`` (None: no ẋ)."""
+    if tangent is None:
+        return None
+    tangent = tangent.to(rstd.dtype)
+    centered = tangent - tangent.mean(dims, keepdim=True)
+    return rstd * (centered - normalized * (normalized * tangent).mean(dims, keepdim=True))
+
+
+def _affine_tangent(normalized, normalized_tangent, weight, weight_tangent, bias_tangent):
+    """ẏ = γ ⊙ ẋ̂ + γ̇ ⊙ x̂ + β̇ for y = γ ⊙ x̂ + β (a missing γ is 1; terms without a tangent left out), all
+    broadcastable, in x̂'s dtype."""
+    terms = []
+    if normalized_tangent is not None:
+        terms.append(normalized_tangent if weight is None else normalized_tangent * weight)
+    if weight_tangent is not None:
+        terms.append(normalized * weight_tangent.to(normalized.dtype))
+    if bias_tangent is not None:
+        terms.append(bias_tangent.to(normalized.dtype).expand_as(normalized))
+    return sum(terms[1:], terms[0]) if terms else torch.zeros_like(normalized)
 
 
 def _sum_over(tensor, dims, keepdim=False):
@@ -52,7 +88,11 @@ class LayerNormFunction(Function):
         ds = Σ ĝ ⊙ x,   db = Σ ĝ,   b = (db·μ − ds)·r³/n,   c = −b·μ − db·r/n
         dL/dx = r·ĝ + b·x + c                           (= r·(ĝ − mean(ĝ) − x̂ ⊙ mean(ĝ ⊙ x̂)), expanded)
         dL/dγ = Σ_{leading dims} g ⊙ (r·x − r·μ),   dL/dβ = Σ_{leading dims} g
+
+    Forward mode (jvp), means over R:  ẋ̂ = r·(ẋ − mean(ẋ) − x̂ ⊙ mean(x̂ ⊙ ẋ)),   ẏ = γ ⊙ ẋ̂ + γ̇ ⊙ x̂ + β̇
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, normalized_ndim, weight, bias, eps):
@@ -65,6 +105,18 @@ class LayerNormFunction(Function):
         input, ctx.normalized_ndim, weight, bias, ctx.eps = inputs
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _, weight_tangent, bias_tangent, _eps):
+        input, weight = ctx.saved_tensors
+        dims = _last_dims(ctx.normalized_ndim)
+        mean, variance = mean_and_variance(input, dims)
+        rstd = torch.rsqrt(variance + ctx.eps)
+        normalized = (input - mean) * rstd
+        output_tangent = _affine_tangent(normalized, _normalized_tangent(input_tangent, normalized, rstd, dims),
+                                         weight, weight_tangent, bias_tangent)
+        return output_tangent.to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -104,7 +156,8 @@ def _last_dims(count):
 
 def _grouped(tensor, num_groups):
     """(N, C, d1, ...) → the view (N, G, C/G, d1, ...)."""
-    return tensor.unflatten(1, (num_groups, tensor.shape[1] // num_groups))
+    batch, channels, *plane = tensor.shape
+    return tensor.view(batch, num_groups, channels // num_groups, *plane)
 
 
 def _group_view(parameter, num_groups, ndim):
@@ -123,32 +176,53 @@ class GroupNormFunction(Function):
         ds_c = Σ_plane g ⊙ x,   db_c = Σ_plane g,   ds = Σ_{c ∈ group} ds_c·γ_c,   db = Σ_{c ∈ group} db_c·γ_c
         b = (db·μ − ds)·r³/n,   c = −b·μ − db·r/n,   dL/dx = r·γ_c·g + b·x + c
         dL/dγ_c = Σ_N (ds_c − db_c·μ)·r,   dL/dβ_c = Σ_N db_c
+
+    Forward mode (jvp), LayerNorm's over each group R:  ẋ̂ = r·(ẋ − mean(ẋ) − x̂ ⊙ mean(x̂ ⊙ ẋ)),
+    ẏ = γ_c·ẋ̂ + γ̇_c·x̂ + β̇_c
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, num_groups, weight, bias, eps):
         memory_format = _suggested_format(input)
-        output = torch.empty_like(input, memory_format=memory_format)
         if input.shape[0] == 0:  # nothing to normalize (torch computes nothing either, in any dtype)
-            return output
+            return torch.empty_like(input, memory_format=memory_format)
         grouped = _grouped(input, num_groups)
         mean, variance = mean_and_variance(grouped, tuple(range(2, grouped.dim())))
         rstd = torch.rsqrt(variance + eps)
-        # written into the grouped view of the output (rounded there once, for float16/bfloat16)
         if weight is None and bias is None and memory_format == torch.contiguous_format:
-            torch.mul(grouped - mean, rstd, out=_grouped(output, num_groups))
+            output = (grouped - mean) * rstd
         else:
             weight, bias = (_group_view(parameter, num_groups, grouped.dim()) for parameter in (weight, bias))
             scale = rstd if weight is None else rstd * weight
             shift = -(scale * mean) if bias is None else bias - scale * mean
-            torch.add(grouped * scale, shift, out=_grouped(output, num_groups))
-        return output
+            output = grouped * scale + shift
+        # rounded once, for float16/bfloat16
+        return laid_out_like(output.reshape(input.shape), input, memory_format, input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.num_groups, weight, bias, ctx.eps = inputs
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _, weight_tangent, bias_tangent, _eps):
+        input, weight = ctx.saved_tensors
+        groups = ctx.num_groups
+        grouped = _grouped(input, groups)
+        dims = tuple(range(2, grouped.dim()))
+        mean, variance = mean_and_variance(grouped, dims)
+        rstd = torch.rsqrt(variance + ctx.eps)
+        normalized = (grouped - mean) * rstd
+        normalized_tangent = None if input_tangent is None else _normalized_tangent(
+            _grouped(input_tangent, groups), normalized, rstd, dims)
+        weight, weight_tangent, bias_tangent = (_group_view(parameter, groups, grouped.dim()) for parameter in
+                                                (weight, weight_tangent, bias_tangent))
+        output_tangent = _affine_tangent(normalized, normalized_tangent, weight, weight_tangent, bias_tangent)
+        return output_tangent.reshape(input.shape).to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -170,11 +244,11 @@ class GroupNormFunction(Function):
             b = (db_group * mean - ds_group) * rstd * rstd * rstd * (1 / count)
             c = -b * mean - db_group * rstd * (1 / count)
             grad_input = (rstd if gamma is None else rstd * gamma) * grad + b * grouped + c
-            grad_input = laid_out_like(grad_input.flatten(1, 2), input, _suggested_format(input), input.dtype)
+            grad_input = laid_out_like(grad_input.reshape(input.shape), input, _suggested_format(input), input.dtype)
         if needs_weight:
-            grad_weight = ((ds - db * mean) * rstd).sum(0).flatten().to(weight.dtype)
+            grad_weight = ((ds - db * mean) * rstd).sum(0).reshape(-1).to(weight.dtype)
         if needs_bias:
-            grad_bias = db.sum(0).flatten().to(ctx.bias_dtype)
+            grad_bias = db.sum(0).reshape(-1).to(ctx.bias_dtype)
         return grad_input, None, grad_weight, grad_bias, None
 
 
@@ -201,8 +275,11 @@ def _channel_view(parameter, ndim):
 
 
 def _is_dense(tensor):
-    """Contiguous or channels_last (ATen's ``is_contiguous`` in Normalization.cpp)."""
+    """Contiguous or channels_last (ATen's ``is_contiguous`` in Normalization.cpp). A vmapped slice is asked the
+    first only: vmap cannot query another memory format, and a slice's layout chooses nothing there anyway."""
     channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim())
+    if is_vmapped(tensor):
+        return tensor.is_contiguous()
     return tensor.is_contiguous() or (channels_last is not None and tensor.is_contiguous(memory_format=channels_last))
 
 
@@ -257,7 +334,14 @@ class BatchNormFunction(Function):
         k_c = (Σ_R (x − μ_c)·g)·r_c²/n
         dL/dx = ((g − Σ_R g / n) − (x − μ_c)·k_c)·r_c·γ_c   (= γ_c r_c (g − mean_R(g) − x̂ ⊙ mean_R(g ⊙ x̂)))
         dL/dγ_c = (Σ_R (x − μ_c)·g)·r_c,   dL/dβ_c = Σ_R g
+
+    Forward mode (jvp), means over R:  ẋ̂ = r_c·(ẋ − mean(ẋ) − x̂ ⊙ mean(x̂ ⊙ ẋ)),   ẏ = γ_c·ẋ̂ + γ̇_c·x̂ + β̇_c.
+    The batch statistics are outputs marked non-differentiable (they only feed the running statistics, which have
+    no tangent in torch either), and autograd refuses a tangent for those: None, though theirs would be
+    μ̇_c = mean(ẋ) and (σ²_c)˙ = 2·mean((x − μ_c) ⊙ ẋ).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, weight, bias, eps, folded):
@@ -266,14 +350,27 @@ class BatchNormFunction(Function):
         output = _normalize_per_channel(input, mean, torch.rsqrt(variance + eps), _channel_view(weight, ndim),
                                         _channel_view(bias, ndim), folded)
         output = laid_out_like(output, input, _output_format(input, folded), input.dtype)
-        return output, mean.flatten(), variance.flatten()
+        return output, mean.reshape(-1), variance.reshape(-1)
 
     @staticmethod
     def setup_context(ctx, inputs, outputs):
         input, weight, bias, ctx.eps, _ = inputs
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
         ctx.mark_non_differentiable(*outputs[1:])
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, _eps, _folded):
+        input, weight = ctx.saved_tensors
+        ndim, dims = input.dim(), _channel_dims(input)
+        mean, variance = mean_and_variance(input, dims)
+        rstd = torch.rsqrt(variance + ctx.eps)
+        normalized = (input - mean) * rstd
+        output_tangent = _affine_tangent(normalized, _normalized_tangent(input_tangent, normalized, rstd, dims),
+                                         _channel_view(weight, ndim), _channel_view(weight_tangent, ndim),
+                                         _channel_view(bias_tangent, ndim))
+        return output_tangent.to(input.dtype), None, None
 
     @staticmethod
     def backward(ctx, grad_output, _grad_mean, _grad_variance):
@@ -292,9 +389,9 @@ class BatchNormFunction(Function):
             grad_input = grad_input if weight is None else grad_input * _channel_view(weight, input.dim())
             grad_input = laid_out_like(grad_input, input, _grad_input_format(input, grad_output), input.dtype)
         if needs_weight:
-            grad_weight = (dot * invstd).flatten().to(weight.dtype)
+            grad_weight = (dot * invstd).reshape(-1).to(weight.dtype)
         if needs_bias:
-            grad_bias = grad_sum.flatten().to(ctx.bias_dtype)
+            grad_bias = grad_sum.reshape(-1).to(ctx.bias_dtype)
         return grad_input, grad_weight, grad_bias, None, None
 
 
@@ -304,7 +401,12 @@ class BatchNormEvalFunction(Function):
 
     Backward, with g = dL/dy, R = (N, d1, ...):
         dL/dx = g·r_c·γ_c,   dL/dγ_c = (Σ_R (x − m_c)·g)·r_c,   dL/dβ_c = Σ_R g
+
+    Forward mode (jvp):  ẏ = ẋ·r_c·γ_c + γ̇_c·(x − m_c)·r_c + β̇_c  (m, v constants: a tangent of the running
+    statistics is ignored, as torch's batch_norm_jvp ignores it)
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, running_mean, running_var, weight, bias, eps, folded):
@@ -319,6 +421,18 @@ class BatchNormEvalFunction(Function):
         input, running_mean, running_var, weight, bias, ctx.eps, _ = inputs
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.save_for_backward(input, running_mean, running_var, weight)
+        ctx.save_for_forward(input, running_mean, running_var, weight)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _mean_tangent, _var_tangent, weight_tangent, bias_tangent, _eps, _folded):
+        input, running_mean, running_var, weight = ctx.saved_tensors
+        ndim = input.dim()
+        mean, invstd = _running_statistics(running_mean, running_var, ctx.eps, ndim)
+        normalized = (input - mean) * invstd
+        input_tangent = None if input_tangent is None else input_tangent.to(invstd.dtype) * invstd
+        output_tangent = _affine_tangent(normalized, input_tangent, _channel_view(weight, ndim),
+                                         _channel_view(weight_tangent, ndim), _channel_view(bias_tangent, ndim))
+        return output_tangent.to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -332,7 +446,7 @@ class BatchNormEvalFunction(Function):
             grad_input = grad_input if weight is None else grad_input * _channel_view(weight, ndim)
             grad_input = laid_out_like(grad_input, input, _grad_input_format(input, grad_output), input.dtype)
         if needs_weight:
-            grad_weight = (((input - mean) * grad_output).sum(dims) * invstd.flatten()).to(weight.dtype)
+            grad_weight = (((input - mean) * grad_output).sum(dims) * invstd.reshape(-1)).to(weight.dtype)
         if needs_bias:
             grad_bias = grad_output.sum(dims, dtype=invstd.dtype).to(ctx.bias_dtype)
         return grad_input, None, None, grad_weight, grad_bias, None, None
@@ -404,7 +518,12 @@ class NormalizeFunction(Function):
         dL/dd = Σ −g ⊙ conj((x/d)/d)   (its real part),        dL/dn = dL/dd where n ≥ ε, else 0
         dL/dx = g/d + dL/dn · ∂n/∂x      (``_norm_backward``: x/n for p = 2, sgn(x) for p = 1, none for p = 0)
     The backward recomputes n from the saved x with differentiable operations: double backward works.
+
+    Forward mode (jvp), sums over ``dims``, with ∂n/∂x from ``_norm_backward`` (dL/dn = 1) and ṅ real:
+        ṅ = Re Σ conj(∂n/∂x) ⊙ ẋ,   ḋ = ṅ where n ≥ ε, else 0,   ẏ = ẋ/d − x·ḋ/d²
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, p, dims, eps):
@@ -415,6 +534,22 @@ class NormalizeFunction(Function):
     def setup_context(ctx, inputs, output):
         input, ctx.p, ctx.dims, ctx.eps = inputs
         ctx.save_for_backward(input)
+        ctx.save_for_forward(input)
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _p, _dims, _eps):
+        (input,) = ctx.saved_tensors
+        x, tangent = input.to(opmath_dtype(input.dtype)), input_tangent.to(opmath_dtype(input_tangent.dtype))
+        norm = vector_norm(x, ctx.p, ctx.dims)
+        denominator = norm.clamp_min(ctx.eps)
+        output_tangent = tangent / denominator
+        norm_derivative = _norm_backward(torch.ones_like(norm), x, ctx.p, norm)
+        if norm_derivative is not None:
+            norm_tangent = (_conj(norm_derivative) * tangent).sum_to_size(norm.shape)
+            norm_tangent = norm_tangent.real if norm_tangent.is_complex() else norm_tangent
+            denominator_tangent = torch.where(norm >= ctx.eps, norm_tangent, 0.0)
+            output_tangent = output_tangent - x * (denominator_tangent / (denominator * denominator))
+        return output_tangent.to(input.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -518,7 +653,8 @@ def check_batch_norm_args(input, training, eps):
 def check_batch_norm_inputs(input, running_mean, running_var, weight, bias, training):
     """What ATen's batch_norm rejects in an input with elements, with its messages, in its order: sizes, running
     statistics that require grad or come alone, the batch mean of an integer input laid out neither contiguous nor
-    channels_last, dtypes."""
+    channels_last, dtypes; then, under torch.func.vmap, what its batching rule rejects: a vmapped input in training
+    with running statistics that are not vmapped."""
     num_features = input.shape[1] if input.dim() > 1 else 0  # ATen reads a 1-D input's channel count as 0
     for name, tensor in (("running_mean", running_mean), ("running_var", running_var)):
         if tensor is None and not training:
@@ -550,6 +686,14 @@ def check_batch_norm_inputs(input, running_mean, running_var, weight, bias, trai
     check_parameter_dtypes(input, *parameters)
     if input.dim() < 2:
         raise out_of_range
+    if training and is_vmapped(input) and any(statistic is not None and not is_vmapped(statistic)
+                                               for statistic in (running_mean, running_var)):
+        # torch.func's batching rule of batch_norm: one running statistic cannot take a batch of updates in place
+        raise RuntimeError(
+            "Batch norm got a batched tensor as input while the running_mean or running_var, which will be updated "
+            "in place, were not batched.\nIf you are using a module and do not need eval mode, please set "
+            "`track_running_stats` to be False.If you are using a prebuilt module and do not need eval mode, please "
+            "see the functorch website for resources on how to patch your module to work with vmap")
 
 
 def check_group_norm_args(input, num_groups, weight, bias):
