@@ -160,6 +160,15 @@ def _grouped(tensor, num_groups):
     return tensor.view(batch, num_groups, channels // num_groups, *plane)
 
 
+def _per_channel_of_group(statistic, shape):
+    """A statistic of each sample's groups (N, G, 1, ...) repeated for each channel of its group: (N, C, 1, ...),
+    to broadcast along the input itself (an output computed on the grouped view would be a view of it)."""
+    batch, channels, *plane = shape
+    groups = statistic.shape[1]
+    ones = [1] * len(plane)
+    return statistic.expand(batch, groups, channels // groups, *ones).reshape(batch, channels, *ones)
+
+
 def _group_view(parameter, num_groups, ndim):
     """(C,) → (1, G, C/G, 1, ...), to broadcast along a grouped view of ``ndim`` dims; None stays None."""
     return None if parameter is None else parameter.view(1, num_groups, -1, *[1] * (ndim - 3))
@@ -190,16 +199,16 @@ class GroupNormFunction(Function):
             return torch.empty_like(input, memory_format=memory_format)
         grouped = _grouped(input, num_groups)
         mean, variance = mean_and_variance(grouped, tuple(range(2, grouped.dim())))
-        rstd = torch.rsqrt(variance + eps)
+        mean, rstd = (_per_channel_of_group(statistic, input.shape) for statistic in (mean, torch.rsqrt(variance + eps)))
         if weight is None and bias is None and memory_format == torch.contiguous_format:
-            output = (grouped - mean) * rstd
+            output = (input - mean) * rstd
         else:
-            weight, bias = (_group_view(parameter, num_groups, grouped.dim()) for parameter in (weight, bias))
+            weight, bias = (_channel_view(parameter, input.dim()) for parameter in (weight, bias))
             scale = rstd if weight is None else rstd * weight
             shift = -(scale * mean) if bias is None else bias - scale * mean
-            output = grouped * scale + shift
+            output = input * scale + shift
         # rounded once, for float16/bfloat16
-        return laid_out_like(output.reshape(input.shape), input, memory_format, input.dtype)
+        return laid_out_like(output, input, memory_format, input.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
