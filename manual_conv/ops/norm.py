@@ -199,7 +199,8 @@ class GroupNormFunction(Function):
             return torch.empty_like(input, memory_format=memory_format)
         grouped = _grouped(input, num_groups)
         mean, variance = mean_and_variance(grouped, tuple(range(2, grouped.dim())))
-        mean, rstd = (_per_channel_of_group(statistic, input.shape) for statistic in (mean, torch.rsqrt(variance + eps)))
+        rstd = torch.rsqrt(variance + eps)
+        mean, rstd = (_per_channel_of_group(statistic, input.shape) for statistic in (mean, rstd))
         if weight is None and bias is None and memory_format == torch.contiguous_format:
             output = (input - mean) * rstd
         else:
