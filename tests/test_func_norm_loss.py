@@ -192,6 +192,27 @@ def test_batch_norm_running_statistics_under_vmap(backend):
     assert messages[:2] == messages[2:] and "were not batched" in messages[0]
 
 
+@pytest.mark.parametrize("function", ["batch_norm", "instance_norm"])
+def test_running_statistics_update_under_derivative_transforms(backend, function):
+    """jvp, grad, hessian and vmap(grad) of a training step update the running statistics as native's (torch.func
+    refuses in-place writes into captured tensors: the update is made below those transforms)."""
+    x, tangent = torch.randn(4, 3, 2, 2, dtype=torch.float64), torch.randn(4, 3, 2, 2, dtype=torch.float64)
+    results = []
+    for lib in (mF, F):
+        def step(x, m, v):
+            return getattr(lib, function)(x, m, v, **({"training": True} if function == "batch_norm" else {}))
+
+        mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        outputs = [torch.func.jvp(lambda x: step(x, mean, var), (x,), (tangent,)),
+                   torch.func.grad(lambda x, m, v: step(x, m, v).pow(2).sum())(x, mean, var),
+                   torch.func.hessian(lambda x: step(x, mean, var).pow(3).sum())(x[:2, :, :2, :1])]
+        batched_mean, batched_var = torch.zeros(4, 3, dtype=torch.float64), torch.ones(4, 3, dtype=torch.float64)
+        outputs.append(torch.func.vmap(torch.func.grad(lambda x, m, v: step(x, m, v).pow(3).sum()))(
+            x[:, None], batched_mean, batched_var))
+        results.append((outputs, mean, var, batched_mean, batched_var))
+    torch.testing.assert_close(results[0], results[1])
+
+
 @pytest.mark.parametrize("function", ["cross_entropy", "nll_loss"])
 def test_batched_targets_out_of_range_raise_as_native(backend, function):
     """Under vmap the class-index range check cannot read values (.item()); the gather refuses the index instead,

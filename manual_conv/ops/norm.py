@@ -31,9 +31,12 @@ batches, with no Python control flow on values, so a vmapped call computes each 
 each vmapped instance its own batch statistics, as a loop would). Under vmap the output's layout is not chosen
 (``laid_out_like``): a slice of a batch has none of its own.
 """
+import contextlib
 import math
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch import pyfunctorch
 
 from ._utils import (Function, is_vmapped, jvp_rule, laid_out_like, not_implemented_for, opmath_dtype,
                      require_floating, scalar_type_name, suggests_channels_last)
@@ -473,11 +476,40 @@ def update_running_stats(running_mean, running_var, batch_mean, batch_var, count
     """m ← momentum · μ_batch + (1 − momentum) · m,  v ← momentum · σ²_batch · n / (n − 1) + (1 − momentum) · v.
 
     The running variance takes the unbiased estimate (n values per channel), normalisation the biased one. Computed
-    in the batch statistics' dtype (float32 at least) and rounded once into the statistics' own dtype.
+    in the batch statistics' dtype (float32 at least) and rounded once into the statistics' own dtype. Under
+    torch.func's grad, jvp or hessian the statistics arrive wrapped by those transforms, which refuse any in-place
+    write into a tensor captured from outside them; no derivative flows through the update (the batch statistics
+    are non-differentiable outputs), so it is made below those transforms on the tensors they wrap, as native
+    batch_norm's kernel makes it (vmap's batches are kept: each instance updates its own statistics).
     """
-    with torch.no_grad():
+    with torch.no_grad(), _below_derivative_transforms():
+        statistics = (running_mean, running_var, batch_mean, batch_var)
+        running_mean, running_var, batch_mean, batch_var = map(_without_derivative_wrappers, statistics)
         for running, batch in ((running_mean, batch_mean), (running_var, batch_var * (count / (count - 1)))):
             running.copy_(momentum * batch + (1 - momentum) * running.to(batch.dtype))
+
+
+def _without_derivative_wrappers(tensor):
+    """``tensor`` without the wrappers of torch.func's grad and jvp transforms around it (down to a vmap batch)."""
+    if torch.compiler.is_compiling():  # Dynamo cannot trace functorch's queries (and has no such wrappers)
+        return tensor
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor) and not functorch.is_batchedtensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
+
+
+@contextlib.contextmanager
+def _below_derivative_transforms():
+    """Leaves the innermost torch.func grad and jvp transforms for the block (down to a vmap, or to none): they refuse
+    any in-place write into a tensor captured from outside them, which the running statistics are."""
+    with contextlib.ExitStack() as stack:
+        while not torch.compiler.is_compiling():
+            interpreter = torch._C._functorch.peek_interpreter_stack()
+            if interpreter is None or interpreter.key() not in (TransformType.Grad, TransformType.Jvp):
+                break
+            stack.enter_context(pyfunctorch.temporarily_pop_interpreter_stack())
+        yield
 
 
 # F.normalize: every slice along ``dims`` divided by its p-norm, or by ε where that is smaller.
