@@ -94,13 +94,13 @@ def _differentiable_only(function, inputs):
     positions = [index for index, (tensor, name) in enumerate(zip(inputs, names))
                  if tensor.is_floating_point() and name not in ("m", "v")]
 
-    def of_floating(*floating):
+    def of_differentiable(*differentiable):
         arguments = list(inputs)
-        for position, tensor in zip(positions, floating):
+        for position, tensor in zip(positions, differentiable):
             arguments[position] = tensor
         return function(*arguments)
 
-    return of_floating, [inputs[position] for position in positions]
+    return of_differentiable, [inputs[position] for position in positions]
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -285,10 +285,10 @@ def test_transforms_run_through_our_rules(backend, monkeypatch):
                 getattr(cls, name), counts, (cls.__name__, name),
                 lambda *args: any(isinstance(arg, torch.Tensor) and is_vmapped(arg) for arg in args))))
     for _, function, inputs in CASES:
-        floating, differentiable = _differentiable_only(function, inputs)
-        torch.func.jvp(floating, tuple(differentiable), tuple(torch.ones_like(tensor) for tensor in differentiable))
+        partial, differentiable = _differentiable_only(function, inputs)
+        torch.func.jvp(partial, tuple(differentiable), tuple(torch.ones_like(tensor) for tensor in differentiable))
         batched = tuple(torch.stack([tensor, tensor]) for tensor in differentiable)
-        torch.func.vmap(torch.func.grad(lambda *args: floating(*args).sum()))(*batched)
+        torch.func.vmap(torch.func.grad(lambda *args: partial(*args).sum()))(*batched)
     for cls in FUNCTIONS:
         for rule in ("jvp", "forward", "backward"):
             assert counts[cls.__name__, rule], f"{cls.__name__}.{rule} never ran"
