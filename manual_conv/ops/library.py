@@ -281,7 +281,7 @@ def _max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size, c
     folded, unfold = fold_into_batch(grad_output, in_dims[0], info.batch_size, samples)
     folded_indices, _ = fold_into_batch(indices, in_dims[1], info.batch_size, samples)
     folded_size = (folded.shape[0], *input_size[-3:])
-    return unfold(_ops.max_pool2d_backward(folded, folded_indices.contiguous(), folded_size, channels_last)), 0
+    return unfold(_ops.max_pool2d_backward(folded, folded_indices, folded_size, channels_last)), 0
 
 
 def _relu_backward_backward(ctx, grad):
