@@ -869,7 +869,8 @@ def multi_head_attention_forward(
         k, v = torch.cat([k, bias_k.repeat(1, bsz, 1)]), torch.cat([v, bias_v.repeat(1, bsz, 1)])
         attn_mask = None if attn_mask is None else F.pad(attn_mask, (0, 1))
         key_padding_mask = None if key_padding_mask is None else F.pad(key_padding_mask, (0, 1))
-    q = q.view(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
+    # reshape, not view as torch's: the same view here, and under vmap a batched q's layout may not allow one
+    q = q.reshape(tgt_len, bsz * num_heads, head_dim).transpose(0, 1)
     k = _heads_first(k, static_k, "static_k", bsz * num_heads, head_dim)
     v = _heads_first(v, static_v, "static_v", bsz * num_heads, head_dim)
     if add_zero_attn:
@@ -886,19 +887,19 @@ def multi_head_attention_forward(
     dropout_p = dropout_p if training else 0.0
     if need_weights:
         attn_output, weights = _heads_attending_with_weights(q, k, v, attn_mask, dropout_p, is_causal)
-        weights = weights.view(bsz, num_heads, tgt_len, src_len)
+        weights = weights.reshape(bsz, num_heads, tgt_len, src_len)
         weights = (weights.mean(dim=1) if average_attn_weights else weights).to(query.dtype)
         attn_output = attn_output.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
     else:
         if attn_mask is not None:
             attn_mask = (attn_mask.unsqueeze(0) if attn_mask.size(0) == 1 and attn_mask.dim() == 3 else
                          attn_mask.view(bsz, num_heads, -1, src_len))
-        q, k, v = (t.view(bsz, num_heads, t.size(1), head_dim) for t in (q, k, v))
+        q, k, v = (t.reshape(bsz, num_heads, t.size(1), head_dim) for t in (q, k, v))
         attn_output = scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal)
         attn_output = attn_output.permute(2, 0, 1, 3).reshape(bsz * tgt_len, embed_dim)
         weights = None
     attn_output = linear(attn_output, out_proj_weight, out_proj_bias)
-    attn_output = attn_output.view(tgt_len, bsz, attn_output.size(1))
+    attn_output = attn_output.reshape(tgt_len, bsz, attn_output.size(1))
     if not is_batched:
         attn_output = attn_output.squeeze(1)
         weights = None if weights is None else weights.squeeze(0)
@@ -959,7 +960,7 @@ def _check_projection_shapes(query, key, value, weights, *biases):
 def _heads_first(projected, static, name, batch_heads, head_dim):
     """(S, N, E) → (N·heads, S, head_dim), or the given static key/value after torch's checks."""
     if static is None:
-        return projected.view(projected.shape[0], batch_heads, head_dim).transpose(0, 1)
+        return projected.reshape(projected.shape[0], batch_heads, head_dim).transpose(0, 1)
     if static.size(0) != batch_heads:
         raise AssertionError(f"expecting {name}.size(0) of {batch_heads}, but got {static.size(0)}")
     if static.size(2) != head_dim:

@@ -28,7 +28,7 @@ import numbers
 
 import torch
 
-from ._utils import Function, laid_out_like, not_implemented_for, opmath_dtype, scalar_type_name
+from ._utils import Function, jvp_rule, laid_out_like, not_implemented_for, opmath_dtype, scalar_type_name
 from .linear import scaled_bernoulli_mask
 
 # The dtypes torch's fused CPU attention kernel takes (sdp_utils_cpp.cpp, use_flash_attention_cpp).
@@ -55,6 +55,15 @@ class ScaledDotProductAttentionFunction(Function):
         ∂L/∂Q = α_q · (∂L/∂S)(α_k K),   ∂L/∂K = α_k · (∂L/∂S)ᵀ(α_q Q),   ∂L/∂B = ∂L/∂S summed to B's shape.
     A masked row has P = 0, so its ∂L/∂S is 0 (NaN where G is not finite, as torch's). Every step is a
     differentiable op on saved inputs and the output P: double backward works.
+
+    Forward mode (jvp), the same three steps forward, with tangents Q̇, K̇, V̇, Ḃ (any may be absent; M has none):
+        Ṡ = α_q α_k (Q̇ Kᵀ + Q K̇ᵀ) + Ḃ
+        Ṗ = P ⊙ (Ṡ − rowsum(P ⊙ Ṡ))                           (softmax's jvp, row by row)
+        Ȯ = (Ṗ ⊙ M) V + (P ⊙ M) V̇
+    GEMMs and elementwise ops on the saved inputs and P, so the jvp is differentiable and batches under vmap.
+    vmap: the vmapped dims moved first, as one more leading dim that Q, K, V, B and M broadcast along (a size-1 dim
+    inserted where a sample has fewer leading dims than the others); an unbatched argument is left as it is, so
+    with V alone batched P is computed once.
     """
 
     @staticmethod
@@ -63,8 +72,8 @@ class ScaledDotProductAttentionFunction(Function):
         query_scale, key_scale = scales
         scores = torch.matmul(_scaled(query, compute, query_scale),
                               _scaled(key, compute, key_scale).transpose(-2, -1))
-        if bias is not None:
-            scores.add_(bias)
+        if bias is not None:  # in place, but out of place where B has dims Q Kᵀ has not (vmap over B alone)
+            scores = scores + bias if bias.dim() > scores.dim() else scores.add_(bias)
         weights = _softmax_rows_(scores, zero_masked_rows)
         kept = weights if dropout_mask is None else weights * dropout_mask
         output = torch.matmul(kept, value.to(compute))
@@ -78,6 +87,7 @@ class ScaledDotProductAttentionFunction(Function):
         ctx.set_materialize_grads(False)
         ctx.bias_shape, ctx.bias_dtype = (None, None) if bias is None else (bias.shape, bias.dtype)
         ctx.save_for_backward(query, key, value, dropout_mask, outputs[1])
+        ctx.save_for_forward(query, key, value, dropout_mask, outputs[1])
 
     @staticmethod
     def backward(ctx, grad_output, grad_weights):
@@ -110,6 +120,57 @@ class ScaledDotProductAttentionFunction(Function):
         if needs_bias:
             grad_bias = grad_scores.sum_to_size(ctx.bias_shape).to(ctx.bias_dtype)
         return grad_query, grad_key, grad_value, grad_bias, None, None, None, None
+
+    @jvp_rule
+    def jvp(ctx, query_tangent, key_tangent, value_tangent, bias_tangent, *_):
+        query, key, value, dropout_mask, weights = ctx.saved_tensors
+        compute = weights.dtype
+        query_scale, key_scale = ctx.scales
+        score_terms = []
+        if query_tangent is not None:
+            score_terms.append(torch.matmul(_scaled(query_tangent, compute, query_scale),
+                                            _scaled(key, compute, key_scale).transpose(-2, -1)))
+        if key_tangent is not None:
+            score_terms.append(torch.matmul(_scaled(query, compute, query_scale),
+                                            _scaled(key_tangent, compute, key_scale).transpose(-2, -1)))
+        if bias_tangent is not None:
+            score_terms.append(bias_tangent.to(compute))
+        # Ṗ = 0 without Ṡ: zeros, not None, which torch 2.14's forward AD takes for a differentiable output only with
+        # an internal assert ("Expected both tensor and its forward grad to be floating point or complex")
+        weights_tangent = torch.zeros((), dtype=compute, device=weights.device).expand(weights.shape)
+        output_terms = []
+        if score_terms:
+            score_tangent = sum(score_terms[1:], score_terms[0])
+            weights_tangent = weights * (score_tangent - (weights * score_tangent).sum(-1, keepdim=True))
+            kept_tangent = weights_tangent if dropout_mask is None else weights_tangent * dropout_mask
+            output_terms.append(torch.matmul(kept_tangent, value.to(compute)))
+        if value_tangent is not None:
+            kept = weights if dropout_mask is None else weights * dropout_mask
+            output_terms.append(torch.matmul(kept, value_tangent.to(compute)))
+        output_tangent = sum(output_terms[1:], output_terms[0]).to(query.dtype)
+        return output_tangent, weights_tangent
+
+    @staticmethod
+    def vmap(info, in_dims, query, key, value, bias, dropout_mask, scales, zero_masked_rows, like_query):
+        tensors = (query, key, value, bias, dropout_mask)
+        leading = max(tensor.dim() - (dim is not None) for tensor, dim in zip(tensors, in_dims) if tensor is not None)
+        folded = [tensor if dim is None else _batch_first(tensor.movedim(dim, 0), leading)
+                  for tensor, dim in zip(tensors, in_dims)]
+        # like_query: False, a vmapped output's layout is vmap's (the query may be unbatched, of another shape)
+        output, weights = ScaledDotProductAttentionFunction.apply(*folded, scales, zero_masked_rows, False)
+        # P (before dropout) depends on Q, K and B only: batched when one of them is, with as many dims as they have
+        scores_args = [(tensor, dim) for tensor, dim in zip((query, key, bias), (in_dims[0], in_dims[1], in_dims[3]))
+                       if tensor is not None]
+        if all(dim is None for _, dim in scores_args):
+            return (output, weights), (0, None)
+        weights_dims = max(tensor.dim() - (dim is not None) for tensor, dim in scores_args)
+        return (output, weights.flatten(0, leading - weights_dims)), (0, 0)
+
+
+def _batch_first(tensor, sample_dims):
+    """A tensor with vmap's batch dim first, given size-1 dims after it up to ``sample_dims`` + 1 dims: its leading
+    dims then broadcast against the other arguments' as the samples' do."""
+    return tensor.view(tensor.shape[0], *(1,) * (sample_dims + 1 - tensor.dim()), *tensor.shape[1:])
 
 
 def _scaled(tensor, dtype, scale):

@@ -17,6 +17,10 @@ PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is the 
 (``max_pool2d_input_grad`` in ops/pool.py, which runs the op max_pool2d_backward on CPU), registered here for
 direct calls of the op (MaxPool2dFunction calls the op only in its forward). max_pool2d_backward's
 gx = scatter-add of δ to the indices is linear in δ, so dδ = the gather of G at the indices.
+
+Layers reach the two max-pool ops through Functions with a jvp and a vmap rule (ops/pool.py), so forward mode and
+vmap never meet the ops there; for direct calls the ops get vmap rules here (``torch.library.register_vmap``), the
+same folding as the Functions': the vmapped dim folded into the batch dim (N), which pooling treats plane by plane.
 """
 import torch
 
@@ -24,7 +28,7 @@ import manual_conv._C  # noqa: F401  (loads the library that defines the ops reg
 
 from ._utils import suggests_channels_last
 from .conv_reference import first_rows_and_columns
-from .pool import max_pool2d_input_grad, pool_memory_format, pooling_output_size
+from .pool import fold_into_batch, gather_at_indices, max_pool2d_input_grad, pool_memory_format, pooling_output_size
 
 _ops = torch.ops.manual_conv
 
@@ -253,12 +257,31 @@ def _save_second_input(ctx, inputs, output):
 def _max_pool2d_backward_backward(ctx, grad):
     """gx[n, c, p] = Σ_{w: indices[n, c, w] = p} δ[n, c, w]:  dδ[n, c, w] = G[n, c, indices[n, c, w]] (a gather)."""
     (indices,) = ctx.saved_tensors
-    return grad.flatten(-2).gather(-1, indices.flatten(-2)).view(indices.shape), None, None, None
+    return gather_at_indices(grad, indices), None, None, None
 
 
 torch.library.register_autograd(
     "manual_conv::max_pool2d_backward", _max_pool2d_backward_backward, setup_context=_save_second_input
 )
+
+
+@torch.library.register_vmap("manual_conv::max_pool2d")
+def _max_pool2d_vmap(info, in_dims, input, *pool_args):
+    """vmap over the input: a batch of (N, C, H, W) samples pooled as B·N images (unbatched samples as B images)."""
+    folded, unfold = fold_into_batch(input, in_dims[0], info.batch_size)
+    output, indices = _ops.max_pool2d(folded, *pool_args)
+    return (unfold(output), unfold(indices)), (0, 0)
+
+
+@torch.library.register_vmap("manual_conv::max_pool2d_backward")
+def _max_pool2d_backward_vmap(info, in_dims, grad_output, indices, input_size, channels_last):
+    """vmap over δ and/or the indices: both folded into N (an unbatched one expanded to the batch), the input size's
+    batch dim scaled to match."""
+    samples = len(input_size)
+    folded, unfold = fold_into_batch(grad_output, in_dims[0], info.batch_size, samples)
+    folded_indices, _ = fold_into_batch(indices, in_dims[1], info.batch_size, samples)
+    folded_size = (folded.shape[0], *input_size[-3:])
+    return unfold(_ops.max_pool2d_backward(folded, folded_indices, folded_size, channels_last)), 0
 
 
 def _relu_backward_backward(ctx, grad):

@@ -13,12 +13,19 @@ data (a padding tap is skipped, never multiplied), so ±∞ and NaN propagate ex
 
 Every backward is linear in δ and written with differentiable tensor ops (slice-adds, scatter-add, index_add), so
 double backward works: the second derivative routes the incoming gradient the way the forward routed x.
+
+Forward mode (jvp), with ẋ the input's tangent: the average poolings are linear, so ẏ is the same pooling of ẋ (the
+Function applied to ẋ); max pooling is linear where the arg-max is fixed, so ẏ is ẋ gathered at the saved arg-max.
+vmap: each Function's ``vmap`` folds the vmapped dim into the batch dim (``fold_into_batch``), which pooling
+treats plane by plane, and calls the same Function: the batched call runs by hand and stays differentiable. The
+backwards allocate their gradients like δ (``_new_zeros``), so they run under vmap too (per-sample gradients).
 """
 import torch
 import torch.nn.functional as F
 
 from ..backend import compiled_cpu_layers, compiled_layers
-from ._utils import Function, _pair, not_implemented_for, opmath_dtype, scalar_type_name, suggests_channels_last
+from ._utils import (Function, _pair, jvp_rule, not_implemented_for, opmath_dtype, scalar_type_name,
+                     suggests_channels_last)
 from .conv_reference import im2col
 
 
@@ -41,9 +48,39 @@ def pool_memory_format(input):
     return torch.channels_last if suggests_channels_last(input) else torch.contiguous_format
 
 
+def _new_empty(shape, like, memory_format, dtype=None):
+    """A tensor of ``shape`` on ``like``'s device, laid out as ``torch.empty(shape, memory_format=...)`` lays it out.
+    Made by ``like.new_empty_strided``, so under vmap it is batched when ``like`` is: a backward (or a forward
+    called on a tangent by a jvp) that writes batched values into it in place then runs under vmap."""
+    strides = torch.empty(shape, device="meta", memory_format=memory_format).stride()
+    return like.new_empty_strided(shape, strides, dtype=dtype or like.dtype)
+
+
 def _new_zeros(shape, like, memory_format, dtype=None):
-    """Zeros of ``shape`` on ``like``'s device, laid out as ``torch.empty(shape, memory_format=...)`` lays them out."""
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format).zero_()
+    """Zeros made as ``_new_empty``."""
+    return _new_empty(shape, like, memory_format, dtype).zero_()
+
+
+def fold_into_batch(tensor, batch_dim, batch_size, sample_dim=None):
+    """vmap's ``batch_dim`` of ``tensor`` moved first and folded into the pooling's batch dim, and the function that
+    unfolds a result: a batch of 4-D samples (B, N, C, H, W) → (B·N, C, H, W), of 3-D samples (B, C, H, W) as it is
+    (a batch of unbatched samples). An unbatched tensor (batch_dim None) is expanded to B copies (a view).
+    ``sample_dim``: the samples' number of dims (3 or 4), when it is not ``tensor``'s own."""
+    tensor = tensor.unsqueeze(0).expand(batch_size, *tensor.shape) if batch_dim is None else tensor.movedim(
+        batch_dim, 0)
+    if (sample_dim or tensor.dim() - 1) == 3:
+        return tensor, lambda result: result
+    samples = tensor.shape[1]
+    return tensor.flatten(0, 1), lambda result: result.unflatten(0, (batch_size, samples))
+
+
+def gather_at_indices(tensor, indices):
+    """out[..., w] = tensor[..., indices[..., w]] in every plane: the values at the arg-maxes (flat indices h·W + w
+    into the plane), of ``indices``' shape. Max pooling's jvp (ẏ = ẋ at the arg-max) and the derivative of its
+    backward's scatter-add."""
+    planes = indices.shape[:-2]
+    flat_tensor = tensor.reshape(*planes, tensor.shape[-2] * tensor.shape[-1])
+    return flat_tensor.gather(-1, indices.reshape(*planes, indices.shape[-2] * indices.shape[-1])).view(indices.shape)
 
 
 def _plane_shape(input_shape, output_size):
@@ -110,6 +147,12 @@ def _scan_taps(cols, best, winner):
         winner += wins * (t + 1 - winner)
 
 
+def _arg_max_jvp(ctx, input_tangent, *_):
+    """The max poolings' jvp: ẏ = ẋ at the arg-maxes saved for forward (the indices have no tangent)."""
+    (indices,) = ctx.saved_tensors
+    return gather_at_indices(input_tangent, indices), None
+
+
 class MaxPool2dFunction(Function):
     """y[n, c, y, x] = max_{i, j} x_pad[n, c, y·s + i·d, x·s + j·d], with x_pad padded by −∞ (the dtype's lowest
     value for integers).
@@ -121,9 +164,14 @@ class MaxPool2dFunction(Function):
 
     Backward: y depends on one input only, with slope 1, so the gradient is routed to the arg-max:
         ∂L/∂x[n, c, h, w] = Σ_{(y, x): indices[n, c, y, x] = h·W + w} δ[n, c, y, x]
-    (overlapping windows that share an arg-max add up). That is a scatter-add, linear in δ; its own derivative
-    is the gather δ[n, c, y, x] ← G[n, c, indices[n, c, y, x]], so double backward works (ties and NaN fixed by the
-    saved indices; the derivative with respect to x is 0 almost everywhere).
+    (overlapping windows that share an arg-max add up). That is a scatter-add, linear in δ
+    (``MaxPool2dBackwardFunction``); its own derivative is the gather δ[n, c, y, x] ← G[n, c, indices[n, c, y, x]],
+    so double backward works (ties and NaN fixed by the saved indices; the derivative with respect to x is 0 almost
+    everywhere).
+
+    Forward mode (jvp): where the arg-max is fixed (no ties), y is x read at the indices, so
+        ẏ[n, c, y, x] = ẋ[n, c, indices[n, c, y, x]]
+    the gather of ẋ at the saved arg-maxes (the indices have no tangent). vmap: the vmapped dim folded into N.
 
     Forward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.max_pool2d`` (floating point), else the tap scan.
     """
@@ -168,6 +216,7 @@ class MaxPool2dFunction(Function):
         # undefined (gradcheck calls it so).
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
         ctx.input_shape = input.shape
         ctx.channels_last = suggests_channels_last(input)
 
@@ -178,22 +227,74 @@ class MaxPool2dFunction(Function):
                                                                            ctx.channels_last)
         return grad_input, None, None, None, None, None
 
+    jvp = jvp_rule(_arg_max_jvp)
+
+    @staticmethod
+    def vmap(info, in_dims, input, *pool_args):
+        folded, unfold = fold_into_batch(input, in_dims[0], info.batch_size)
+        output, indices = MaxPool2dFunction.apply(folded, *pool_args)
+        return (unfold(output), unfold(indices)), (0, 0)
+
+
+class MaxPool2dBackwardFunction(Function):
+    """Max pooling's backward as a Function of δ: gx[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w], a
+    scatter-add into the input planes, laid out channels_last (the input's layout) or contiguous.
+
+    On 'cpp' a CPU tensor takes the compiled ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the
+    same order as torch's kernel, one plane at a time while it is in cache (float16/bfloat16 sums of overlapping
+    windows round after every add there, as in torch's kernel; here they are summed in float32 and rounded once).
+    A Function rather than the op itself, so that its derivatives are this one's on both backends:
+    Backward: gx is linear in δ, and the adjoint of a scatter-add is the gather: dδ[n, c, w] = G[n, c, indices[n, c, w]].
+    Forward mode (jvp): linear in δ, so ġx is the same scatter-add of δ̇ (forward-over-reverse through max pooling).
+    vmap: the vmapped dim folded into N (an unbatched δ or indices expanded to the batch).
+    """
+
+    @staticmethod
+    def forward(grad_output, indices, input_shape, channels_last):
+        if compiled_cpu_layers(grad_output):
+            return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape, channels_last)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        grad_input = _new_zeros(input_shape, grad_output, memory_format, opmath_dtype(grad_output.dtype))
+        # (H, W) viewed as one dim (a view of either layout), so the scatter writes into grad_input; view and
+        # reshape rather than flatten, which the legacy vmap of gradcheck's batched checks cannot batch
+        planes, windows = indices.shape[:-2], indices.shape[-2] * indices.shape[-1]
+        grad_input.view(*planes, input_shape[-2] * input_shape[-1]).scatter_add_(
+            -1, indices.reshape(*planes, windows), grad_output.reshape(*planes, windows).to(grad_input.dtype))
+        return grad_input.to(grad_output.dtype)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, indices, *ctx.scatter_args = inputs
+        ctx.save_for_backward(indices)
+        ctx.save_for_forward(indices)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (indices,) = ctx.saved_tensors
+        return gather_at_indices(grad, indices), None, None, None
+
+    @jvp_rule
+    def jvp(ctx, grad_output_tangent, *_):
+        (indices,) = ctx.saved_tensors
+        return MaxPool2dBackwardFunction.apply(grad_output_tangent, indices, *ctx.scatter_args)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, indices, input_shape, channels_last):
+        samples = len(input_shape)
+        folded, unfold = fold_into_batch(grad_output, in_dims[0], info.batch_size, samples)
+        folded_indices, _ = fold_into_batch(indices, in_dims[1], info.batch_size, samples)
+        folded_shape = (folded.shape[0], *input_shape[-3:])
+        return unfold(MaxPool2dBackwardFunction.apply(folded, folded_indices, folded_shape, channels_last)), 0
+
 
 def max_pool2d_input_grad(grad_output, indices, input_shape, channels_last):
-    """∂L/∂x[n, c, p] = Σ_{windows w: indices[n, c, w] = p} δ[n, c, w]: a scatter-add into the input planes, for
-    MaxPool2dFunction and the compiled max_pool2d's registered autograd (ops/library.py); channels_last (the
-    input's layout) or contiguous. On 'cpp' a CPU tensor takes the compiled
-    ``torch.ops.manual_conv.max_pool2d_backward``, the same sums in the same order as torch's kernel, one plane at a
-    time while it is in cache (float16/bfloat16 sums of overlapping windows round after every add there, as in
-    torch's kernel; here they are summed in float32 and rounded once). Differentiable too: ops/library.py registers
-    the compiled op's derivative, a gather."""
-    if compiled_cpu_layers(grad_output):
-        return torch.ops.manual_conv.max_pool2d_backward(grad_output, indices, input_shape, channels_last)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    grad_input = _new_zeros(input_shape, grad_output, memory_format, opmath_dtype(grad_output.dtype))
-    # flattening (H, W) is a view of either layout, so the scatter writes into grad_input
-    grad_input.flatten(-2).scatter_add_(-1, indices.flatten(-2), grad_output.flatten(-2).to(grad_input.dtype))
-    return grad_input.to(grad_output.dtype)
+    """∂L/∂x = the scatter-add of δ to the arg-maxes (``MaxPool2dBackwardFunction``), for the max poolings and the
+    compiled max_pool2d's registered autograd (ops/library.py). While torch.compile traces, its kernel itself (the
+    compiled op on 'cpp', whose registered autograd is the same gather): Dynamo traces a backward, but not a
+    Function applied inside it."""
+    if torch.compiler.is_compiling():
+        return MaxPool2dBackwardFunction.forward(grad_output, indices, input_shape, channels_last)
+    return MaxPool2dBackwardFunction.apply(grad_output, indices, input_shape, channels_last)
 
 
 def _window_counts(size, output_size, kernel, stride, padding, count_include_pad, device):
@@ -234,11 +335,22 @@ def _taps_inside(size, output_size, kernel, stride, padding):
 
 
 def _window_taps(input_size, output_size, kernel_size, stride, padding):
-    """For every tap (i, j) that reads inside the input for some window: (windows, inputs), indices of the windows
-    it reads inside and of the input elements it reads there (``_taps_inside`` along each dim, leading dims whole)."""
+    """For every tap (i, j) that reads inside the input for some window: (windows, inputs), the (rows, columns)
+    slices of the windows it reads inside and of the input elements it reads there (``_taps_inside`` along each
+    dim), for ``_plane_view``."""
     rows, columns = (_taps_inside(*args) for args in zip(input_size, output_size, kernel_size, stride, padding))
-    return [((..., window_rows, window_columns), (..., input_rows, input_columns))
+    return [((window_rows, window_columns), (input_rows, input_columns))
             for window_rows, input_rows in rows for window_columns, input_columns in columns]
+
+
+def _plane_view(tensor, rows, columns):
+    """tensor[..., rows, columns] for slices ``rows`` and ``columns``, a view. A slice of a whole dim is left out:
+    an index that selects all of a tensor makes torch's indexing call aten::alias, which the legacy vmap of
+    gradcheck's batched checks cannot batch."""
+    for dim, index in ((-2, rows), (-1, columns)):
+        if index.indices(tensor.shape[dim]) != (0, tensor.shape[dim], 1):
+            tensor = tensor[..., index, :] if dim == -2 else tensor[..., index]
+    return tensor
 
 
 class AvgPool2dFunction(Function):
@@ -254,6 +366,9 @@ class AvgPool2dFunction(Function):
         ∂L/∂x[n, c, h, w] = Σ_{windows (y, x) containing (h, w)} δ[n, c, y, x] / D[y, x]
     the adjoint of the forward: for each tap, the windows' slice of δ/D added into the input's strided slice.
     Linear in δ and built from differentiable slice-adds: double backward works.
+
+    Forward mode (jvp): y is linear in x, so ẏ = avg_pool2d(ẋ), this Function applied to the tangent.
+    vmap: the vmapped dim folded into N.
     """
 
     @staticmethod
@@ -265,7 +380,7 @@ class AvgPool2dFunction(Function):
         sums = _new_zeros(_plane_shape(input.shape, output_size), input, pool_memory_format(input),
                           opmath_dtype(input.dtype))
         for windows, inputs in _window_taps((h, w), output_size, kernel_size, stride, padding):
-            sums[windows] += input[inputs]
+            _plane_view(sums, *windows).add_(_plane_view(input, *inputs))  # add_, not +=: no setitem to batch
         divisor = _avg_pool_divisor((h, w), output_size, kernel_size, stride, padding, count_include_pad,
                                     divisor_override, input.device)
         if input.dtype.is_floating_point:
@@ -288,8 +403,17 @@ class AvgPool2dFunction(Function):
         share = grad_output.to(opmath_dtype(grad_output.dtype)) / divisor
         grad_input = _new_zeros(ctx.input_shape, share, ctx.memory_format)
         for windows, inputs in _window_taps(input_size, output_size, kernel_size, stride, padding):
-            grad_input[inputs] += share[windows]
+            _plane_view(grad_input, *inputs).add_(_plane_view(share, *windows))
         return grad_input.to(grad_output.dtype), None, None, None, None, None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return AvgPool2dFunction.apply(input_tangent, *ctx.pool_args)
+
+    @staticmethod
+    def vmap(info, in_dims, input, *pool_args):
+        folded, unfold = fold_into_batch(input, in_dims[0], info.batch_size)
+        return unfold(AvgPool2dFunction.apply(folded, *pool_args)), 0
 
 
 def _adaptive_windows(size, output_size, device):
@@ -341,6 +465,9 @@ class AdaptiveAvgPool2dFunction(Function):
     the adjoint window sums, ``_window_shares``, one dim at a time. Made of index_select and index_add: double
     backward works. As PyTorch, a backward with no output element per plane (no channels in a batch, or an
     output size 0) is an error.
+
+    Forward mode (jvp): linear, so ẏ = adaptive_avg_pool2d(ẋ), this Function applied to the tangent.
+    vmap: the vmapped dim folded into N.
     """
 
     @staticmethod
@@ -359,7 +486,7 @@ class AdaptiveAvgPool2dFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.input_shape = inputs[0].shape
+        ctx.input_shape, ctx.output_size = inputs[0].shape, inputs[1]
         ctx.memory_format = pool_memory_format(inputs[0])
 
     @staticmethod
@@ -378,6 +505,15 @@ class AdaptiveAvgPool2dFunction(Function):
         columns = _window_shares(share, -1, taps_w, width, ctx.memory_format)
         grad_input = _window_shares(columns, -2, taps_h, height, ctx.memory_format)
         return grad_input.to(grad_output.dtype), None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return AdaptiveAvgPool2dFunction.apply(input_tangent, ctx.output_size)
+
+    @staticmethod
+    def vmap(info, in_dims, input, output_size):
+        folded, unfold = fold_into_batch(input, in_dims[0], info.batch_size)
+        return unfold(AdaptiveAvgPool2dFunction.apply(folded, output_size)), 0
 
 
 def _adaptive_bounds(size, output_size, device):
@@ -424,6 +560,9 @@ class AdaptiveMaxPool2dFunction(Function):
         ∂L/∂x[n, c, h, w] = Σ_{(i, j): indices[n, c, i, j] = h·W + w} δ[n, c, i, j]
     (``max_pool2d_input_grad``, compiled on 'cpp'), whose derivative is the gather of G at the indices: double
     backward works. As PyTorch, a backward with no output element per plane is an error.
+
+    Forward mode (jvp), as max pooling's: ẏ[n, c, i, j] = ẋ[n, c, indices[n, c, i, j]], ẋ gathered at the arg-maxes.
+    vmap: the vmapped dim folded into N.
     """
 
     @staticmethod
@@ -467,6 +606,14 @@ class AdaptiveMaxPool2dFunction(Function):
         (indices,) = ctx.saved_tensors
         return max_pool2d_input_grad(grad_output, indices, ctx.input_shape, ctx.channels_last), None
 
+    jvp = jvp_rule(_arg_max_jvp)
+
+    @staticmethod
+    def vmap(info, in_dims, input, output_size):
+        folded, unfold = fold_into_batch(input, in_dims[0], info.batch_size)
+        output, indices = AdaptiveMaxPool2dFunction.apply(folded, output_size)
+        return (unfold(output), unfold(indices)), (0, 0)
+
 
 class GlobalAvgPool2dFunction(Function):
     """y[..., 0, 0] = (1 / (H·W)) · Σ_{h, w} x[..., h, w]: adaptive average pooling to 1×1, the mean over the plane.
@@ -476,14 +623,15 @@ class GlobalAvgPool2dFunction(Function):
     output. The sum runs in float32 for float16/bfloat16, as the mean's, and is rounded once.
     Backward: ∂L/∂x[..., h, w] = δ[..., 0, 0] / (H·W), δ broadcast over the plane and divided, as the mean's (the
     gradient is then contiguous, as PyTorch's). Linear in δ: double backward works.
+    Forward mode (jvp): linear, so ẏ = the mean of ẋ over the plane, this Function applied to the tangent.
+    vmap: the vmapped dim moved first, one more leading dim.
     """
 
     @staticmethod
     def forward(input):
         count = input.shape[-2] * input.shape[-1]
         mean = input.sum((-2, -1), keepdim=True, dtype=opmath_dtype(input.dtype)).div_(count).to(input.dtype)
-        return torch.empty(mean.shape, dtype=input.dtype, device=input.device,
-                           memory_format=pool_memory_format(input)).copy_(mean)
+        return _new_empty(mean.shape, input, pool_memory_format(input)).copy_(mean)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -495,6 +643,14 @@ class GlobalAvgPool2dFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         return grad_output.expand(ctx.input_shape) / ctx.count
+
+    @jvp_rule
+    def jvp(ctx, input_tangent):
+        return GlobalAvgPool2dFunction.apply(input_tangent)
+
+    @staticmethod
+    def vmap(info, in_dims, input):
+        return GlobalAvgPool2dFunction.apply(input.movedim(in_dims[0], 0)), 0
 
 
 # ------------------------------------------------------------------------------------------- argument checks
