@@ -93,7 +93,11 @@ def laid_out_like(tensor, like, memory_format, dtype):
     memory_format=memory_format)``: the layout torch's kernels allocate their outputs and gradients in, exactly (the
     strides of size-1 dims included: they decide whether a 1-channel tensor counts as channels_last). ``tensor``
     itself when it already is so; else a copy, the only one (rounding to float16/bfloat16 needs a new tensor anyway).
+    Under vmap (a batched ``tensor``) only the dtype: a sample's layout is not torch's to match there, and a copy into
+    a new tensor would drop the batch.
     """
+    if torch._C._functorch.is_batchedtensor(tensor):
+        return tensor.to(dtype)
     strides = torch.empty_like(like, memory_format=memory_format, device="meta").stride()
     if tensor.dtype == dtype and tensor.stride() == strides:
         return tensor
