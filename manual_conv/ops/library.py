@@ -17,6 +17,9 @@ PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is the 
 (``max_pool2d_input_grad`` in ops/pool.py, which runs the op max_pool2d_backward on CPU), registered here for
 direct calls of the op (MaxPool2dFunction calls the op only in its forward). max_pool2d_backward's
 gx = scatter-add of δ to the indices is linear in δ, so dδ = the gather of G at the indices.
+
+vmap rules (``register_vmap``, at the end): relu_backward is element-wise, so a batch is one more dim; dropout_mask
+follows torch's randomness modes for random ops under vmap.
 """
 import torch
 
