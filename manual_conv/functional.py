@@ -316,8 +316,10 @@ def _input_copy(input, inplace):
     double backward and forward-over-reverse reach x through it."""
     if not inplace:
         return None
-    if input.requires_grad and torch.is_grad_enabled() or forward_ad.unpack_dual(input).tangent is not None:
+    if input.requires_grad and torch.is_grad_enabled():
         return input.clone()
+    if not torch.compiler.is_compiling() and forward_ad.unpack_dual(input).tangent is not None:
+        return input.clone()  # (a compiled graph runs no forward mode)
     return None
 
 

@@ -93,12 +93,44 @@ def laid_out_like(tensor, like, memory_format, dtype):
     memory_format=memory_format)``: the layout torch's kernels allocate their outputs and gradients in, exactly (the
     strides of size-1 dims included: they decide whether a 1-channel tensor counts as channels_last). ``tensor``
     itself when it already is so; else a copy, the only one (rounding to float16/bfloat16 needs a new tensor anyway).
-    Under vmap (a batched ``tensor``) only the dtype: a sample's layout is not torch's to match there, and a copy into
-    a new tensor would drop the batch.
     """
-    if torch._C._functorch.is_batchedtensor(tensor):
+    if is_vmapped(tensor) or is_vmapped(like):  # a slice of a batch has no layout of its own to give it
         return tensor.to(dtype)
     strides = torch.empty_like(like, memory_format=memory_format, device="meta").stride()
     if tensor.dtype == dtype and tensor.stride() == strides:
         return tensor
     return torch.empty_strided(like.shape, strides, dtype=dtype, device=tensor.device).copy_(tensor)
+
+
+def is_vmapped(tensor):
+    """Whether ``tensor`` is batched by an enclosing ``torch.func.vmap`` (at any level, under other transforms'
+    wrappers too): its values are then a batch of slices, so no Python control flow may read them (``.item()``,
+    ``if t.any()``), and writing it into a tensor made inside would drop the batch."""
+    if torch.compiler.is_compiling():  # Dynamo cannot trace functorch's queries; it traces vmap as a whole
+        return False
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        if functorch.is_batchedtensor(tensor):
+            return True
+        tensor = functorch.get_unwrapped(tensor)
+    return False
+
+
+class jvp_rule:
+    """Decorates a Function's ``jvp`` (in place of ``@staticmethod``) so that torch.compile can still trace the
+    Function.
+
+    Dynamo refuses any autograd.Function whose class defines jvp ("Unsupported custom jvp",
+    torch/_dynamo/variables/misc.py: a graph break, and an error under fullgraph=True), though a compiled graph never
+    runs forward mode. Read while Dynamo traces (a ``TracingContext`` is active) this attribute is torch's own
+    placeholder ``torch.autograd.Function.jvp``, so Dynamo traces the call as it did before jvp existed; read anywhere
+    else (autograd's forward mode, torch.func) it is the rule, as a staticmethod would be.
+    """
+
+    def __init__(self, rule):
+        self.rule = rule
+
+    def __get__(self, instance, owner=None):
+        if torch._guards.TracingContext.try_get() is not None:
+            return torch.autograd.Function.jvp
+        return self.rule

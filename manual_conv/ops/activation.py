@@ -34,9 +34,7 @@ import math
 import torch
 
 from ..backend import compiled_layers
-from ._utils import Function, laid_out_like, opmath_dtype
-
-_is_batched = torch._C._functorch.is_batchedtensor
+from ._utils import Function, is_vmapped, jvp_rule, laid_out_like, opmath_dtype
 
 
 def _in_opmath(tensor, **kwargs):
@@ -116,12 +114,11 @@ def _output_in_opmath(ctx, function, *args):
 class ReLUFunction(Function):
     """y = max(x, 0) (NaN stays NaN). With ``inplace`` x itself is overwritten and returned, as torch.relu_ does.
 
-    Forward mode (jvp): ẏ = 0 where y ≤ 0, else ẋ (the backward's selection; in place, written into ẋ).
-
     Backward: ∂y/∂x = 1 where x > 0, 0 where x < 0, and PyTorch's choice 0 at x = 0:
         ∂L/∂x = 0 where y ≤ 0, else δ   (a NaN passes δ through, as in PyTorch's threshold_backward).
     A selection rather than δ ⊙ mask, so an infinite δ at a dropped position gives 0, not NaN. The gradient is laid
     out as y, as threshold_backward's is.
+    Forward mode (jvp): ẏ = 0 where y ≤ 0, else ẋ (the backward's selection; in place, written into ẋ).
 
     Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point, through
     ``ReLUBackwardFunction``, so that forward-over-reverse runs too) when δ and y are laid out alike, as in a
@@ -149,7 +146,7 @@ class ReLUFunction(Function):
             grad_input = torch.where(output <= 0, 0.0, grad_output)
         return _laid_out_as_elementwise(grad_input, output, grad_output), None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, _):
         (output,) = ctx.saved_tensors
         return _tangent(ctx, input_tangent, torch.where(output <= 0, 0.0, input_tangent))
@@ -183,7 +180,7 @@ class ReLUBackwardFunction(Function):
         (output,) = ctx.saved_tensors
         return ReLUBackwardFunction.apply(grad, output), None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, grad_output_tangent, _):
         (output,) = ctx.saved_tensors
         return ReLUBackwardFunction.apply(grad_output_tangent, output)
@@ -196,7 +193,9 @@ def _laid_out_as_elementwise(result, *operands):
     of size-1 dims (which decide whether a 1-channel tensor counts as channels_last) and for mixed layouts.
     The common case, no size-1 dim and operands laid out as the result, costs two checks. Under vmap (a batched
     result) the per-sample layout is not torch's to match, and a copy into a new tensor would drop the batch: kept."""
-    if _is_batched(result) or 1 not in result.shape and all(operand.stride() == result.stride() for operand in operands):
+    if is_vmapped(result):
+        return result
+    if 1 not in result.shape and all(operand.stride() == result.stride() for operand in operands):
         return result  # TensorIterator keeps dense operands' common strides
     strides = _elementwise_strides(result.shape, operands)
     if result.stride() == strides:
@@ -293,7 +292,7 @@ class SigmoidFunction(Function):
         y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
         return (_in_opmath(grad_output) * _conj((1 - y) * y)).to(grad_output.dtype)
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent):
         y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
         return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * ((1 - y) * y))
@@ -333,7 +332,7 @@ class TanhFunction(Function):
         y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
         return (_in_opmath(grad_output) * _conj(1 - y * y)).to(grad_output.dtype)
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent):
         y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
         return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * (1 - y * y))
@@ -373,7 +372,7 @@ class GELUFunction(Function):
     def backward(ctx, grad_output):
         return (_in_opmath(grad_output) * GELUFunction._slope(ctx)).to(grad_output.dtype), None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, _):
         return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * GELUFunction._slope(ctx))
 
@@ -431,7 +430,7 @@ class SoftmaxFunction(Function):
         grad_input = y * (grad - (grad * y).sum(ctx.dim, keepdim=True))
         return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, _):
         y = _in_opmath(_output_in_opmath(ctx, SoftmaxFunction, ctx.dim))
         tangent = _in_opmath(input_tangent)
@@ -468,7 +467,7 @@ class LogSoftmaxFunction(Function):
         grad_input = grad - torch.exp(y) * grad.sum(ctx.dim, keepdim=True)
         return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, _):
         y = _in_opmath(_output_in_opmath(ctx, LogSoftmaxFunction, ctx.dim))
         tangent = _in_opmath(input_tangent)
@@ -549,7 +548,7 @@ class HardtanhFunction(Function):
         grad_input = HardtanhFunction._times_slope(ctx, grad_output)
         return _laid_out_as_elementwise(grad_input, grad_output, input), None, None, None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, HardtanhFunction._times_slope(ctx, input_tangent))
 
@@ -591,7 +590,7 @@ class LeakyReLUFunction(Function):
         grad_input = LeakyReLUFunction._times_slope(ctx, _in_opmath(grad_output))
         return _gradient(grad_input, grad_output, saved, saved_first=True), None, None  # as torch's kernel
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, LeakyReLUFunction._times_slope(ctx, _in_opmath(input_tangent)))
 
@@ -643,7 +642,7 @@ class ELUFunction(Function):
         grad_input = ELUFunction._times_slope(ctx, _in_opmath(grad_output))
         return _gradient(grad_input, grad_output, saved), None, None, None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, ELUFunction._times_slope(ctx, _in_opmath(input_tangent)))
 
@@ -697,7 +696,7 @@ class HardsigmoidFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(HardsigmoidFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, HardsigmoidFunction._times_slope(ctx, input_tangent))
 
@@ -738,7 +737,7 @@ class HardswishFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(HardswishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, HardswishFunction._times_slope(ctx, input_tangent))
 
@@ -783,7 +782,7 @@ class SiLUFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(SiLUFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, SiLUFunction._times_slope(ctx, input_tangent))
 
@@ -827,7 +826,7 @@ class MishFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(MishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, MishFunction._times_slope(ctx, input_tangent))
 
@@ -877,7 +876,7 @@ class SoftplusFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(SoftplusFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, SoftplusFunction._times_slope(ctx, input_tangent))
 

@@ -279,8 +279,9 @@ torch.library.register_autograd(
 # vmap rules (torch.func.vmap) of the compiled layers' ops, which a backward or a mask draw can receive batched.
 def _relu_backward_vmap(info, in_dims, grad_output, output):
     """relu_backward is element-wise: the two tensors aligned batch-first (an unbatched one expanded), one call."""
-    grad_output, output = (tensor.movedim(dim, 0) if dim is not None else tensor.expand(info.batch_size, *tensor.shape)
-                           for tensor, dim in zip((grad_output, output), in_dims))
+    grad_output, output = (
+        tensor.movedim(dim, 0) if dim is not None else tensor.expand(info.batch_size, *tensor.shape)
+        for tensor, dim in zip((grad_output, output), in_dims))
     return _ops.relu_backward(grad_output, output), 0
 
 

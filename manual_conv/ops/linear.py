@@ -10,10 +10,8 @@ import math
 import torch
 
 from ..backend import compiled_cpu_layers
-from ._utils import Function
-from .activation import written_in_place, elementwise_vmap
-
-_is_batched = torch._C._functorch.is_batchedtensor
+from ._utils import Function, is_vmapped, jvp_rule
+from .activation import elementwise_vmap, written_in_place
 
 
 class LinearFunction(Function):
@@ -38,7 +36,7 @@ class LinearFunction(Function):
     def forward(input, weight, bias):
         out_features, in_features = weight.shape
         rows = math.prod(input.shape[:-1])
-        if any(_is_batched(tensor) for tensor in (input, weight, bias) if tensor is not None):
+        if any(is_vmapped(tensor) for tensor in (input, weight, bias) if tensor is not None):
             output = input.reshape(rows, in_features).mm(weight.t()).view(*input.shape[:-1], out_features)
             return output if bias is None else output + bias
         output = input.new_empty(*input.shape[:-1], out_features)
@@ -75,7 +73,7 @@ class LinearFunction(Function):
             grad_bias = grad_output.sum_to_size(ctx.bias_shape)
         return grad_input, grad_weight, grad_bias
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, weight_tangent, bias_tangent):
         input, weight = ctx.saved_tensors
         terms = []
@@ -129,7 +127,7 @@ class DropoutFunction(Function):
         (scaled_mask,) = ctx.saved_tensors
         return grad_output * scaled_mask, None, None
 
-    @staticmethod
+    @jvp_rule
     def jvp(ctx, input_tangent, *_):
         (scaled_mask,) = ctx.saved_tensors
         return written_in_place(input_tangent.mul_(scaled_mask)) if ctx.inplace else input_tangent * scaled_mask
