@@ -120,9 +120,9 @@ class ReLUFunction(Function):
     out as y, as threshold_backward's is.
     Forward mode (jvp): ẏ = 0 where y ≤ 0, else ẋ (the backward's selection; in place, written into ẋ).
 
-    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point, through
-    ``ReLUBackwardFunction``, so that forward-over-reverse runs too) when δ and y are laid out alike, as in a
-    network; else torch.where, whose TensorIterator lays the gradient out as torch's threshold_backward does (the
+    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point; through
+    ``ReLUBackwardFunction`` when the backward is differentiated, so that forward-over-reverse runs too) when δ and
+    y are laid out alike, as in a network; else torch.where, whose TensorIterator lays the gradient out as torch's threshold_backward does (the
     kernel keeps only a layout its operands share).
     """
 
@@ -141,7 +141,12 @@ class ReLUFunction(Function):
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
         if compiled_layers(output) and grad_output.stride() == output.stride():
-            grad_input = ReLUBackwardFunction.apply(grad_output, output)
+            # the op itself where the backward is not differentiated (no graph recorded: an ordinary training
+            # step, where an apply costs twice the op on small tensors), else through its Function
+            if torch.is_grad_enabled():
+                grad_input = ReLUBackwardFunction.apply(grad_output, output)
+            else:
+                grad_input = torch.ops.manual_conv.relu_backward(grad_output, output)
         else:
             grad_input = torch.where(output <= 0, 0.0, grad_output)
         return _laid_out_as_elementwise(grad_input, output, grad_output), None
