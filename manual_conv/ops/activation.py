@@ -79,7 +79,7 @@ def written_in_place(tangent):
 
 def elementwise_vmap(function, in_dims, args, inplace):
     """The vmap rule of an element-wise Function whose first argument is x and whose other tensor arguments have x's
-    shape (or broadcast to it): the Function applied once to the stacked batch, which it treats as one more dim.
+    shape or none (0-dim): the Function applied once to the stacked batch, which it treats as one more dim.
     Every tensor argument is aligned to x's batch dim (moved there, or an unbatched one unsqueezed there), so that an
     in-place call writes into the stacked x itself and returns it (torch.func then returns the vmapped input, as
     vmap of torch's in-place ops does). With x unbatched and another argument batched, the batch goes first; an
