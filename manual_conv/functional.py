@@ -12,6 +12,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 from torch.nn import _reduction as _Reduction
 
 from .ops import activation as _activation
@@ -310,10 +311,16 @@ def _activation_input(kernel, input, inplace, complex_allowed=False):
 
 
 def _input_copy(input, inplace):
-    """For an in-place call whose backward needs x: x copied before it is overwritten, when a gradient will be
-    needed (torch's autograd saves such a copy too), else None. A differentiable copy, so that the double backward
-    reaches x through it."""
-    return input.clone() if inplace and input.requires_grad and torch.is_grad_enabled() else None
+    """For an in-place call whose backward or jvp needs x: x copied before it is overwritten, when a gradient or a
+    tangent will be needed (torch's autograd saves such a copy too), else None. A differentiable copy, so that the
+    double backward and forward-over-reverse reach x through it."""
+    if not inplace:
+        return None
+    if input.requires_grad and torch.is_grad_enabled():
+        return input.clone()
+    if not torch.compiler.is_compiling() and forward_ad.unpack_dual(input).tangent is not None:
+        return input.clone()  # (a compiled graph runs no forward mode)
+    return None
 
 
 def _int64(value):

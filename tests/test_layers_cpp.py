@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import manual_conv
 import manual_conv.functional as mF
@@ -260,7 +261,23 @@ def test_relu_double_backward_on_cpp_runs_the_compiled_op(single_thread):
         assert torch.autograd.gradcheck(mF.relu, (input,))
         assert torch.autograd.gradgradcheck(mF.relu, (input,))
         (grad,) = torch.autograd.grad(mF.relu(input).square().sum(), input, create_graph=True)
-    assert type(grad.grad_fn).__name__ == "GeneratedBackwardFor_manual_conv_relu_backward_defaultBackward"
+        # the compiled op, through ReLUBackwardFunction (which gives it a jvp for forward-over-reverse)
+        assert type(grad.grad_fn).__name__ == "ReLUBackwardFunctionBackward"
+        with _OpNames() as ops_run:
+            torch.autograd.grad(grad.sum(), input)
+    assert "manual_conv.relu_backward.default" in ops_run.names
+
+
+class _OpNames(TorchDispatchMode):
+    """Records the names of the ATen and custom ops that run inside the ``with``."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)

@@ -12,6 +12,16 @@ once at the end, forward and backward; the backwards written through y then reco
 (conjugate Wirtinger): ∂L/∂x = δ ⊙ conj(f'(x)). Each formula is written so that inf and NaN land where PyTorch's
 kernel puts them (0 · ∞ = NaN where torch's kernel multiplies, a selection where it selects).
 
+Forward mode (jvp): each element-wise Function's tangent is ẏ = f'(x) ⊙ ẋ with the very f' of its backward (for
+complex sigmoid and tanh, holomorphic: f'(x) ⊙ ẋ, not conjugated), softmax's ẏ = y ⊙ (ẋ − ⟨y, ẋ⟩) and
+log-softmax's ẏ = ẋ − ⟨softmax(x), ẋ⟩ along ``dim``. An in-place call's jvp writes the tangent in place too (forward
+AD's rule for inputs marked dirty). The backward and the jvp read the same saved tensors (``_save``).
+
+vmap: the out-of-place Functions let torch.func generate their rule (``generate_vmap_rule``: every step is a torch
+op vmap batches; the layout helpers keep a batched result as it is). The ones that can run in place have their own
+rule, ``elementwise_vmap``: an element-wise Function applies to the batch as to one more dim, so it runs once on the
+stacked tensors, in place on the stacked input itself (torch.func's generated rule cannot return an input).
+
 Every backward is made of differentiable tensor ops on saved tensors; where it uses the saved output y, y is an
 output of the same Function, so differentiating the backward goes through this Function again, and where it needs
 σ, tanh or softplus of x it calls their Functions: double backward works for all of them. At a kink (where the
@@ -24,7 +34,7 @@ import math
 import torch
 
 from ..backend import compiled_layers
-from ._utils import Function, laid_out_like, opmath_dtype
+from ._utils import Function, is_vmapped, jvp_rule, laid_out_like, opmath_dtype
 
 
 def _in_opmath(tensor, **kwargs):
@@ -37,10 +47,60 @@ def _conj(tensor):
     return tensor.conj() if tensor.is_complex() else tensor
 
 
+def _save(ctx, *tensors):
+    """Save ``tensors`` for the backward and for the jvp alike: both read them as ctx.saved_tensors (and torch.func's
+    generated vmap rule records one set of batch dims for the two)."""
+    ctx.save_for_backward(*tensors)
+    ctx.save_for_forward(*tensors)
+
+
 def _save_output_and_reduced_input(ctx, input, output):
     """Save y, which the backward uses, as torch's does (so that modifying y in place before the backward raises, as
     in torch); and x too when it is float16/bfloat16, for ``_output_in_opmath``."""
-    ctx.save_for_backward(output, *([input] if opmath_dtype(input.dtype) != input.dtype else []))
+    _save(ctx, output, *([input] if opmath_dtype(input.dtype) != input.dtype else []))
+
+
+def _tangent(ctx, input_tangent, output_tangent):
+    """ẏ (computed in opmath) rounded to ẋ's dtype; for an in-place call written into ẋ and ẋ returned, as forward
+    AD requires of an input marked dirty (its tangent is modified in place with it)."""
+    output_tangent = output_tangent.to(input_tangent.dtype)
+    if not getattr(ctx, "inplace", False):
+        return output_tangent
+    return written_in_place(input_tangent.copy_(output_tangent))
+
+
+def written_in_place(tangent):
+    """``tangent``, written in place, with its version counted: forward AD checks by the version counter that an
+    in-place Function's jvp wrote its input's tangent, and the legacy vmap of gradcheck's check_batched_forward_grad
+    does not count a write through its batched tensors (torch's own in-place ops are not checked)."""
+    torch.autograd.graph.increment_version(tangent)
+    return tangent
+
+
+def elementwise_vmap(function, in_dims, args, inplace):
+    """The vmap rule of an element-wise Function whose first argument is x and whose other tensor arguments have x's
+    shape or none (0-dim): the Function applied once to the stacked batch, which it treats as one more dim.
+    Every tensor argument is aligned to x's batch dim (moved there, or an unbatched one unsqueezed there), so that an
+    in-place call writes into the stacked x itself and returns it (torch.func then returns the vmapped input, as
+    vmap of torch's in-place ops does). With x unbatched and another argument batched, the batch goes first; an
+    in-place call then cannot write a batch into x and raises vmap's error for it."""
+    input_dim = in_dims[0]
+    if input_dim is None:
+        if inplace:
+            raise RuntimeError(
+                "vmap: inplace arithmetic(self, *extra_args) is not possible because there exists a Tensor `other` "
+                "in extra_args that has more elements than `self`. This happened due to `other` being vmapped over "
+                "but `self` not being vmapped over in a vmap. Please try to use out-of-place operators instead of "
+                "inplace arithmetic. If said operator is being called inside the PyTorch framework, please file a "
+                "bug report instead.")
+        input_dim, args = 0, (args[0].unsqueeze(0), *args[1:])
+        in_dims = (0, *in_dims[1:])
+    aligned = [args[0]]
+    for arg, dim in zip(args[1:], in_dims[1:]):
+        if isinstance(arg, torch.Tensor) and arg.dim() > 0:
+            arg = arg.movedim(dim, input_dim) if dim is not None else arg.unsqueeze(input_dim)
+        aligned.append(arg)
+    return function.apply(*aligned), input_dim
 
 
 def _output_in_opmath(ctx, function, *args):
@@ -58,10 +118,12 @@ class ReLUFunction(Function):
         ∂L/∂x = 0 where y ≤ 0, else δ   (a NaN passes δ through, as in PyTorch's threshold_backward).
     A selection rather than δ ⊙ mask, so an infinite δ at a dropped position gives 0, not NaN. The gradient is laid
     out as y, as threshold_backward's is.
+    Forward mode (jvp): ẏ = 0 where y ≤ 0, else ẋ (the backward's selection; in place, written into ẋ).
 
-    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point) when δ and y are
-    laid out alike, as in a network; else torch.where, whose TensorIterator lays the gradient out as torch's
-    threshold_backward does (the kernel keeps only a layout its operands share).
+    Backward kernel: on 'cpp' the compiled ``torch.ops.manual_conv.relu_backward`` (floating point; through
+    ``ReLUBackwardFunction`` when the backward is differentiated, so that forward-over-reverse runs too) when δ and
+    y are laid out alike, as in a network; else torch.where, whose TensorIterator lays the gradient out as torch's threshold_backward does (the
+    kernel keeps only a layout its operands share).
     """
 
     @staticmethod
@@ -70,19 +132,63 @@ class ReLUFunction(Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, inplace = inputs
-        if inplace:
+        input, ctx.inplace = inputs
+        if ctx.inplace:
             ctx.mark_dirty(input)
-        ctx.save_for_backward(output)
+        _save(ctx, output)
 
     @staticmethod
     def backward(ctx, grad_output):
         (output,) = ctx.saved_tensors
         if compiled_layers(output) and grad_output.stride() == output.stride():
-            grad_input = torch.ops.manual_conv.relu_backward(grad_output, output)
+            # the op itself where the backward is not differentiated (no graph recorded: an ordinary training
+            # step, where an apply costs twice the op on small tensors), else through its Function
+            if torch.is_grad_enabled():
+                grad_input = ReLUBackwardFunction.apply(grad_output, output)
+            else:
+                grad_input = torch.ops.manual_conv.relu_backward(grad_output, output)
         else:
             grad_input = torch.where(output <= 0, 0.0, grad_output)
         return _laid_out_as_elementwise(grad_input, output, grad_output), None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _):
+        (output,) = ctx.saved_tensors
+        return _tangent(ctx, input_tangent, torch.where(output <= 0, 0.0, input_tangent))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(ReLUFunction, in_dims, args, args[1])
+
+
+class ReLUBackwardFunction(Function):
+    """gx = relu_backward(δ, y): 0 where y ≤ 0, else δ, by the compiled kernel (ReLU's backward on 'cpp').
+
+    Linear in δ and a step function of y (derivative 0 almost everywhere, as torch's threshold_backward):
+        backward: ∂L/∂δ = relu_backward(G, y), none to y;   forward mode (jvp): ġx = relu_backward(δ̇, y).
+    The op's own autograd (ops/library.py) has no forward mode; this Function gives ReLU's double backward one.
+    vmap: generated, through the op's vmap rule (ops/library.py).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_output, output):
+        return torch.ops.manual_conv.relu_backward(grad_output, output)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save(ctx, inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        (output,) = ctx.saved_tensors
+        return ReLUBackwardFunction.apply(grad, output), None
+
+    @jvp_rule
+    def jvp(ctx, grad_output_tangent, _):
+        (output,) = ctx.saved_tensors
+        return ReLUBackwardFunction.apply(grad_output_tangent, output)
 
 
 def _laid_out_as_elementwise(result, *operands):
@@ -90,7 +196,10 @@ def _laid_out_as_elementwise(result, *operands):
     gives its output: a copy where ours differ. Ours come from a chain of ops, some with a Python scalar or a
     condition first, which TensorIterator lays out by other cases of its rule; the difference shows in the strides
     of size-1 dims (which decide whether a 1-channel tensor counts as channels_last) and for mixed layouts.
-    The common case, no size-1 dim and operands laid out as the result, costs two checks."""
+    The common case, no size-1 dim and operands laid out as the result, costs two checks. Under vmap (a batched
+    result) the per-sample layout is not torch's to match, and a copy into a new tensor would drop the batch: kept."""
+    if is_vmapped(result):
+        return result
     if 1 not in result.shape and all(operand.stride() == result.stride() for operand in operands):
         return result  # TensorIterator keeps dense operands' common strides
     strides = _elementwise_strides(result.shape, operands)
@@ -170,7 +279,10 @@ class SigmoidFunction(Function):
     """y = σ(x) = 1 / (1 + e^{−x}) (for x → −∞, e^{−x} → ∞ and y → 0 without overflow trouble); complex x too.
 
     Backward: σ'(x) = e^{−x} / (1 + e^{−x})² = σ(x)(1 − σ(x)), so ∂L/∂x = δ ⊙ conj((1 − y) ⊙ y).
+    Forward mode (jvp): ẏ = (1 − y) ⊙ y ⊙ ẋ.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input):
@@ -185,6 +297,11 @@ class SigmoidFunction(Function):
         y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
         return (_in_opmath(grad_output) * _conj((1 - y) * y)).to(grad_output.dtype)
 
+    @jvp_rule
+    def jvp(ctx, input_tangent):
+        y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
+        return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * ((1 - y) * y))
+
 
 class TanhFunction(Function):
     """y = tanh(x) = s · (1 − e^{−2sx}) / (1 + e^{−2sx}) = s · (−t) / (2 + t), t = expm1(−2sx), s = ±1 the sign of
@@ -194,7 +311,10 @@ class TanhFunction(Function):
     near 0 that 1 − e^{−2|x|} would lose. Complex x with an infinite real part gives s (C99's ctanh, as
     PyTorch's std::tanh), and NaN + i0 stays itself.
     Backward: tanh'(x) = 1 − tanh²(x), so ∂L/∂x = δ ⊙ conj(1 − y²).
+    Forward mode (jvp): ẏ = (1 − y²) ⊙ ẋ.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input):
@@ -217,6 +337,11 @@ class TanhFunction(Function):
         y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
         return (_in_opmath(grad_output) * _conj(1 - y * y)).to(grad_output.dtype)
 
+    @jvp_rule
+    def jvp(ctx, input_tangent):
+        y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
+        return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * (1 - y * y))
+
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _GELU_CUBIC = 0.044715
@@ -232,7 +357,10 @@ class GELUFunction(Function):
         Backward: y' = σ(2u) + x · 2σ(2u)(1 − σ(2u)) · √(2/π)(1 + 3·0.044715x²).
     ∂L/∂x = δ ⊙ y'. The backward is a function of the saved x (through SigmoidFunction for 'tanh'). inf and NaN
     land as in torch's kernel: x·Φ(x) is NaN at x = −∞ (−∞ · 0), y' is NaN at ±∞ (∞ · 0).
+    Forward mode (jvp): ẏ = y' ⊙ ẋ.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, approximate):
@@ -243,19 +371,26 @@ class GELUFunction(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.approximate = inputs
-        ctx.save_for_backward(input)
+        _save(ctx, input)
 
     @staticmethod
     def backward(ctx, grad_output):
+        return (_in_opmath(grad_output) * GELUFunction._slope(ctx)).to(grad_output.dtype), None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, _):
+        return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * GELUFunction._slope(ctx))
+
+    @staticmethod
+    def _slope(ctx):
+        """y' of the saved x, in opmath."""
         (input,) = ctx.saved_tensors
         x = _in_opmath(input)
         if ctx.approximate == "tanh":
             cdf = SigmoidFunction.apply(2 * _gelu_tanh_argument(x))
             du_dx = _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * x * x)
-            slope = cdf + x * (2 * cdf * (1 - cdf)) * du_dx
-        else:
-            slope = _normal_cdf(x) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
-        return (_in_opmath(grad_output) * slope).to(grad_output.dtype), None
+            return cdf + x * (2 * cdf * (1 - cdf)) * du_dx
+        return _normal_cdf(x) + x * torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
 def _normal_cdf(x):
@@ -276,7 +411,11 @@ class SoftmaxFunction(Function):
     Backward: ∂y_i/∂x_j = y_i([i = j] − y_j), so the Jacobian-vector product is
         ∂L/∂x_j = Σ_i δ_i y_i ([i = j] − y_j) = y_j (δ_j − Σ_i δ_i y_i),   i.e.  ∂L/∂x = y ⊙ (δ − Σ(δ ⊙ y)),
     one reduction along ``dim`` instead of an n × n matrix. Output and gradient are contiguous, as torch's.
+    Forward mode (jvp): ẏ_i = Σ_j y_i([i = j] − y_j) ẋ_j, i.e. ẏ = y ⊙ (ẋ − ⟨y, ẋ⟩), ⟨y, ẋ⟩ = Σ(y ⊙ ẋ) along
+    ``dim`` (the same Jacobian, symmetric, applied to ẋ).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, dim):
@@ -296,6 +435,12 @@ class SoftmaxFunction(Function):
         grad_input = y * (grad - (grad * y).sum(ctx.dim, keepdim=True))
         return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
+    @jvp_rule
+    def jvp(ctx, input_tangent, _):
+        y = _in_opmath(_output_in_opmath(ctx, SoftmaxFunction, ctx.dim))
+        tangent = _in_opmath(input_tangent)
+        return (y * (tangent - (y * tangent).sum(ctx.dim, keepdim=True))).to(input_tangent.dtype)
+
 
 class LogSoftmaxFunction(Function):
     """y_i = log softmax(x)_i = (x_i − m) − log Σ_k e^{x_k − m} along ``dim``, m = max_k x_k (stable as softmax).
@@ -303,7 +448,10 @@ class LogSoftmaxFunction(Function):
     Backward: ∂y_i/∂x_j = [i = j] − softmax(x)_j, and softmax(x) = e^y, so
         ∂L/∂x = δ − e^y ⊙ Σ_i δ_i.
     Output and gradient are contiguous, as torch's.
+    Forward mode (jvp): ẏ_i = Σ_j ([i = j] − softmax(x)_j) ẋ_j, i.e. ẏ = ẋ − ⟨e^y, ẋ⟩ along ``dim``.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, dim):
@@ -324,6 +472,12 @@ class LogSoftmaxFunction(Function):
         grad_input = grad - torch.exp(y) * grad.sum(ctx.dim, keepdim=True)
         return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
+    @jvp_rule
+    def jvp(ctx, input_tangent, _):
+        y = _in_opmath(_output_in_opmath(ctx, LogSoftmaxFunction, ctx.dim))
+        tangent = _in_opmath(input_tangent)
+        return (tangent - (torch.exp(y) * tangent).sum(ctx.dim, keepdim=True)).to(input_tangent.dtype)
+
 
 def _max_along(input, dim):
     """max_k x_k along dim (kept as a size-1 dim); 0 for an empty slice, where there is nothing to shift."""
@@ -338,13 +492,16 @@ def _max_along(input, dim):
 # also takes ``input_copy``, x copied before it is overwritten (None when no gradient will be needed): torch's
 # autograd saves such a copy too, so modifying the output in place before the backward is allowed, as in torch.
 # leaky_relu_ and elu_ instead save y, as torch's do (their slope is a function of y), and modifying it raises.
+# Each one's jvp is its backward's formula with ẋ for δ (``_times_slope``), written into ẋ for an in-place call.
 
 
 def _saved_input(ctx, input, inplace, input_copy):
-    """Mark an in-place call's input dirty and save x for the backward: the input, or its copy when overwritten."""
+    """Mark an in-place call's input dirty and save x for the backward and the jvp: the input, or its copy when
+    overwritten."""
+    ctx.inplace = inplace
     if inplace:
         ctx.mark_dirty(input)
-    ctx.save_for_backward(input_copy if inplace else input)
+    _save(ctx, input_copy if inplace else input)
 
 
 def _saved_output_if_inplace(ctx, input, output):
@@ -352,7 +509,7 @@ def _saved_output_if_inplace(ctx, input, output):
     written through y, and modifying y before the backward raises); out of place, save x."""
     if ctx.inplace:
         ctx.mark_dirty(input)
-    ctx.save_for_backward(output if ctx.inplace else input)
+    _save(ctx, output if ctx.inplace else input)
 
 
 def _result(input, output, inplace):
@@ -376,6 +533,7 @@ class HardtanhFunction(Function):
     A selection, so an infinite δ where x is clamped gives 0. The comparisons are made in opmath (float32 for
     float16/bfloat16), as torch's kernel compares with the bounds as floats. Any real dtype forward (integers
     clamp as integers); the backward only runs for floating point.
+    Forward mode (jvp): ẏ = 0 where x ≤ min_val or x ≥ max_val, else ẋ.
     """
 
     @staticmethod
@@ -392,9 +550,23 @@ class HardtanhFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        x = _in_opmath(input)
-        grad_input = torch.where((x <= ctx.min_val) | (x >= ctx.max_val), 0.0, grad_output)
+        grad_input = HardtanhFunction._times_slope(ctx, grad_output)
         return _laid_out_as_elementwise(grad_input, grad_output, input), None, None, None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, HardtanhFunction._times_slope(ctx, input_tangent))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(HardtanhFunction, in_dims, args, args[3])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
+        (input,) = ctx.saved_tensors
+        x = _in_opmath(input)
+        return torch.where((x <= ctx.min_val) | (x >= ctx.max_val), 0.0, vector)
 
 
 class LeakyReLUFunction(Function):
@@ -404,6 +576,7 @@ class LeakyReLUFunction(Function):
         ∂L/∂x = δ where x > 0, else δ·s.
     In place, torch decides by y instead (y > 0 exactly where x > 0, for s ≥ 0) and saves y; for s < 0 that is
     wrong, and torch's backward refuses it with a RuntimeError, as this one does.
+    Forward mode (jvp): ẏ = ẋ where x > 0 (in place: y > 0), else ẋ·s; refused in place for s < 0, as torch's.
     """
 
     @staticmethod
@@ -418,6 +591,22 @@ class LeakyReLUFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        (saved,) = ctx.saved_tensors
+        grad_input = LeakyReLUFunction._times_slope(ctx, _in_opmath(grad_output))
+        return _gradient(grad_input, grad_output, saved, saved_first=True), None, None  # as torch's kernel
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, LeakyReLUFunction._times_slope(ctx, _in_opmath(input_tangent)))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(LeakyReLUFunction, in_dims, args, args[2])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp (torch's refusal of an
+        in-place call with a negative slope in both, as its forward-mode formula calls the same backward)."""
         if ctx.inplace and ctx.negative_slope < 0:
             raise RuntimeError(
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is not supported. "
@@ -425,9 +614,7 @@ class LeakyReLUFunction(Function):
                 "version instead. File an issue at https://github.com/pytorch/pytorch if you do require supporting "
                 "in-place leakRelu backward calculation with negative slope")
         (saved,) = ctx.saved_tensors
-        x_or_y, grad = _in_opmath(saved), _in_opmath(grad_output)
-        grad_input = torch.where(x_or_y > 0, grad, grad * ctx.negative_slope)
-        return _gradient(grad_input, grad_output, saved, saved_first=True), None, None  # as torch's kernel
+        return torch.where(_in_opmath(saved) > 0, vector, vector * ctx.negative_slope)
 
 
 class ELUFunction(Function):
@@ -440,6 +627,7 @@ class ELUFunction(Function):
     e^{x·is} is formed of min(x, 0), equal where it is used, so that the unused branch never overflows: its
     infinity would turn into 0·∞ = NaN in the double backward. In place, torch saves y and writes the slope through
     it, α·scale·is·e^{x·is} = is·(y + α·scale) for y ≤ 0, refusing α < 0 in the backward; this one does the same.
+    Forward mode (jvp): ẏ = y' ⊙ ẋ with the backward's y' (in place, through y; refused for α < 0 as torch's).
     """
 
     @staticmethod
@@ -455,21 +643,36 @@ class ELUFunction(Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        (saved,) = ctx.saved_tensors
+        grad_input = ELUFunction._times_slope(ctx, _in_opmath(grad_output))
+        return _gradient(grad_input, grad_output, saved), None, None, None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, ELUFunction._times_slope(ctx, _in_opmath(input_tangent)))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(ELUFunction, in_dims, args, args[4])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp (refused in place for α < 0 in
+        both, as torch's)."""
         if ctx.inplace and ctx.alpha < 0:
             raise RuntimeError(
                 "In-place elu backward calculation is triggered with a negative slope which is not supported. "
                 "This is caused by calling in-place forward function with a negative slope, please call out-of-place "
                 "version instead.")
         (saved,) = ctx.saved_tensors
-        x_or_y, grad = _in_opmath(saved), _in_opmath(grad_output)
+        x_or_y = _in_opmath(saved)
         negative_coefficient = ctx.alpha * ctx.scale
         if ctx.inplace:
-            negative_part = grad * ctx.input_scale * (x_or_y + negative_coefficient)
+            negative_part = vector * ctx.input_scale * (x_or_y + negative_coefficient)
         else:
             exp = torch.exp(x_or_y.clamp(max=0) * ctx.input_scale)
-            negative_part = grad * (ctx.input_scale * negative_coefficient) * exp
-        grad_input = torch.where(x_or_y <= 0, negative_part, grad * ctx.scale)
-        return _gradient(grad_input, grad_output, saved), None, None, None, None
+            negative_part = vector * (ctx.input_scale * negative_coefficient) * exp
+        return torch.where(x_or_y <= 0, negative_part, vector * ctx.scale)
 
 
 class HardsigmoidFunction(Function):
@@ -480,6 +683,7 @@ class HardsigmoidFunction(Function):
         ∂L/∂x = δ/6 where −3 < x < 3, else 0.
     (torch's float64 kernel multiplies by float32's 1/6, 0.16666667163…: its float64 gradient has float32's
     precision. Here 1/6 is exact in every dtype.)
+    Forward mode (jvp): ẏ = ẋ/6 where −3 < x < 3, else 0.
     """
 
     @staticmethod
@@ -495,9 +699,22 @@ class HardsigmoidFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
+        return _gradient(HardsigmoidFunction._times_slope(ctx, grad_output), grad_output, input), None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, HardsigmoidFunction._times_slope(ctx, input_tangent))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(HardsigmoidFunction, in_dims, args, args[1])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
+        (input,) = ctx.saved_tensors
         x = _in_opmath(input)
-        grad_input = torch.where((x > -3) & (x < 3), _in_opmath(grad_output) / 6, 0.0)
-        return _gradient(grad_input, grad_output, input), None, None
+        return torch.where((x > -3) & (x < 3), _in_opmath(vector) / 6, 0.0)
 
 
 class HardswishFunction(Function):
@@ -507,6 +724,7 @@ class HardswishFunction(Function):
     Backward: ∂y/∂x = 0 for x < −3, (2x + 3)/6 = x/3 + 1/2 for −3 < x < 3, 1 for x > 3; at the kinks PyTorch
     takes the outer pieces, 0 at x = −3 and 1 at x = 3 (where the middle piece's slope is −1/2 and 3/2):
         ∂L/∂x = 0 where x ≤ −3, δ·(x/3 + 1/2) where −3 < x < 3, δ where x ≥ 3   (a NaN x passes δ).
+    Forward mode (jvp): ẏ = the same piecewise slope times ẋ.
     """
 
     @staticmethod
@@ -522,9 +740,22 @@ class HardswishFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        x, grad = _in_opmath(input), _in_opmath(grad_output)
-        grad_input = torch.where(x <= -3, 0.0, torch.where(x < 3, grad * (x / 3 + 0.5), grad))
-        return _gradient(grad_input, grad_output, input), None, None
+        return _gradient(HardswishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, HardswishFunction._times_slope(ctx, input_tangent))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(HardswishFunction, in_dims, args, args[1])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
+        (input,) = ctx.saved_tensors
+        x, vector = _in_opmath(input), _in_opmath(vector)
+        return torch.where(x <= -3, 0.0, torch.where(x < 3, vector * (x / 3 + 0.5), vector))
 
 
 # ------------------------------------------------------------------------------------------- smooth activations
@@ -538,6 +769,7 @@ class SiLUFunction(Function):
     Backward, by the product rule with σ' = σ(1 − σ):
         y' = σ(x) + x·σ(x)(1 − σ(x)) = σ(x)·(1 + x(1 − σ(x))),   ∂L/∂x = (δ·σ(x))·(1 + x(1 − σ(x)))
     (torch's order of products), σ by ``SigmoidFunction`` so that the double backward runs through it.
+    Forward mode (jvp): ẏ = (ẋ·σ(x))·(1 + x(1 − σ(x))).
     """
 
     @staticmethod
@@ -553,10 +785,23 @@ class SiLUFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
+        return _gradient(SiLUFunction._times_slope(ctx, grad_output), grad_output, input), None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, SiLUFunction._times_slope(ctx, input_tangent))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(SiLUFunction, in_dims, args, args[1])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
+        (input,) = ctx.saved_tensors
         x = _in_opmath(input)
         sigmoid = SigmoidFunction.apply(x)
-        grad_input = _in_opmath(grad_output) * sigmoid * (1 + x * (1 - sigmoid))
-        return _gradient(grad_input, grad_output, input), None, None
+        return _in_opmath(vector) * sigmoid * (1 + x * (1 - sigmoid))
 
 
 class MishFunction(Function):
@@ -568,6 +813,7 @@ class MishFunction(Function):
     t and σ come from ``SoftplusFunction`` (β = 1, threshold 20), ``TanhFunction`` and ``SigmoidFunction``, so that
     the double backward runs through them; log(1 + eˣ) written out would give ∞/∞ = NaN there once eˣ overflows,
     and above 20 the softplus' linear branch changes tanh by less than an ulp.
+    Forward mode (jvp): ẏ = y' ⊙ ẋ.
     """
 
     @staticmethod
@@ -583,10 +829,24 @@ class MishFunction(Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
+        return _gradient(MishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, MishFunction._times_slope(ctx, input_tangent))
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return elementwise_vmap(MishFunction, in_dims, args, args[1])
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
+        (input,) = ctx.saved_tensors
         x = _in_opmath(input)
         tanh_softplus = TanhFunction.apply(SoftplusFunction.apply(x, 1.0, 20.0))
         slope = tanh_softplus + x * SigmoidFunction.apply(x) * (1 - tanh_softplus * tanh_softplus)
-        return _gradient(_in_opmath(grad_output) * slope, grad_output, input), None, None
+        return _in_opmath(vector) * slope
 
 
 class SoftplusFunction(Function):
@@ -600,7 +860,10 @@ class SoftplusFunction(Function):
     z/(z + 1), z = e^{βx}, which is ∞/∞ = NaN once z overflows below the threshold (βx > 88 in float32 with a
     threshold above that); σ(βx) = 1/(1 + e^{−βx}) gives its limit δ there. (torch's double backward also takes 0
     at βx = threshold exactly, its mask being βx < threshold; the σ branch's β·σ(1 − σ) here.)
+    Forward mode (jvp): ẏ = ẋ where βx > threshold, else ẋ·σ(βx).
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(input, beta, threshold):
@@ -611,11 +874,20 @@ class SoftplusFunction(Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         input, ctx.beta, ctx.threshold = inputs
-        ctx.save_for_backward(input)
+        _save(ctx, input)
 
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        scaled, grad = _in_opmath(input) * ctx.beta, _in_opmath(grad_output)
-        grad_input = torch.where(scaled > ctx.threshold, grad, grad * SigmoidFunction.apply(scaled))
-        return _gradient(grad_input, grad_output, input), None, None
+        return _gradient(SoftplusFunction._times_slope(ctx, grad_output), grad_output, input), None, None
+
+    @jvp_rule
+    def jvp(ctx, input_tangent, *_):
+        return _tangent(ctx, input_tangent, SoftplusFunction._times_slope(ctx, input_tangent))
+
+    @staticmethod
+    def _times_slope(ctx, vector):
+        """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
+        (input,) = ctx.saved_tensors
+        scaled, vector = _in_opmath(input) * ctx.beta, _in_opmath(vector)
+        return torch.where(scaled > ctx.threshold, vector, vector * SigmoidFunction.apply(scaled))

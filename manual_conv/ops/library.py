@@ -21,6 +21,7 @@ gx = scatter-add of δ to the indices is linear in δ, so dδ = the gather of G 
 Layers reach the two max-pool ops through Functions with a jvp and a vmap rule (ops/pool.py), so forward mode and
 vmap never meet the ops there; for direct calls the ops get vmap rules here (``torch.library.register_vmap``), the
 same folding as the Functions': the vmapped dim folded into the batch dim (N), which pooling treats plane by plane.
+The other vmap rules, at the end: relu_backward is element-wise, so a batch is one more dim; dropout_mask follows torch's randomness modes for random ops under vmap.
 """
 import torch
 
@@ -294,3 +295,31 @@ def _relu_backward_backward(ctx, grad):
 torch.library.register_autograd(
     "manual_conv::relu_backward", _relu_backward_backward, setup_context=_save_second_input
 )
+
+
+# vmap rules (torch.func.vmap) of the compiled layers' ops, which a backward or a mask draw can receive batched.
+def _relu_backward_vmap(info, in_dims, grad_output, output):
+    """relu_backward is element-wise: the two tensors aligned batch-first (an unbatched one expanded), one call."""
+    grad_output, output = (
+        tensor.movedim(dim, 0) if dim is not None else tensor.expand(info.batch_size, *tensor.shape)
+        for tensor, dim in zip((grad_output, output), in_dims))
+    return _ops.relu_backward(grad_output, output), 0
+
+
+def _dropout_mask_vmap(info, in_dims, input, keep_probability):
+    """As torch's random ops under vmap, and as the Python path's ``empty_like(x).bernoulli_(q)`` there: randomness
+    'error' raises vmap's error, 'same' draws one mask of a sample's shape for every sample (unbatched), 'different'
+    draws the stacked input's mask at once, in its memory order as bernoulli_ does (the same numbers as the
+    Python path's)."""
+    if info.randomness == "error":
+        raise RuntimeError("vmap: called random operation while in randomness error mode. Please either use the "
+                           "'same' or 'different' randomness flags on vmap or perform the randomness operation out "
+                           "of vmap")
+    (dim,) = in_dims[:1]
+    if info.randomness == "same":
+        return _ops.dropout_mask(input.select(dim, 0), keep_probability), None
+    return _ops.dropout_mask(input, keep_probability), dim
+
+
+torch.library.register_vmap("manual_conv::relu_backward", _relu_backward_vmap)
+torch.library.register_vmap("manual_conv::dropout_mask", _dropout_mask_vmap)
