@@ -29,10 +29,17 @@ def _same_memory_format(output, input, weight):
     """torch's convolutions lay out their output and the gradients of their input and weight channels_last when
     the input or the weight suggests channels_last (``Tensor.suggest_memory_format``, which settles 1-channel
     tensors by their strides); so do we, allocating in that format (a 1-channel result gets channels_last
-    strides too)."""
+    strides too).
+
+    Inside a torch.func transform (a backward under vmap or grad) or gradcheck's legacy vmap, the tensors are
+    wrappers: a buffer allocated here would be a plain tensor, which cannot take a batched or grad-tracked value
+    in place, so the layout is made by ``contiguous`` (whose per-sample strides a transform does not show anyway).
+    """
     channels_last = suggests_channels_last(input) or suggests_channels_last(weight)
-    return laid_out_like(output, output, torch.channels_last if channels_last else torch.contiguous_format,
-                         output.dtype)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if conv_vmap.is_transformed(output):
+        return output.contiguous(memory_format=memory_format)
+    return laid_out_like(output, output, memory_format, output.dtype)
 
 
 def _in_opmath(kernel, *args):
@@ -251,6 +258,24 @@ class Conv2dBiasGradFunction(Function):
     @staticmethod
     def backward(ctx, grad_grad_bias):
         return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+def conv2d_function():
+    """Conv2dFunction, or while torch.compile traces, its twin without the jvp (the same forward, setup_context,
+    backward and vmap rule, and the same name, so the same graph nodes). Dynamo refuses to trace a Function that
+    defines a jvp (torch 2.14: "Unsupported custom jvp", a graph break), and forward-mode AD does not run through
+    torch.compile anyway: eager calls keep the jvp."""
+    return _Conv2dWithoutJvp if torch.compiler.is_compiling() else Conv2dFunction
+
+
+def conv_transpose2d_function():
+    """ConvTranspose2dFunction, or while torch.compile traces, its twin without the jvp (as conv2d_function)."""
+    return _ConvTranspose2dWithoutJvp if torch.compiler.is_compiling() else ConvTranspose2dFunction
+
+
+_Conv2dWithoutJvp = type("Conv2dFunction", (Conv2dFunction,), {"jvp": torch.autograd.Function.jvp})
+_ConvTranspose2dWithoutJvp = type("ConvTranspose2dFunction", (ConvTranspose2dFunction,),
+                                  {"jvp": torch.autograd.Function.jvp})
 
 
 def _bilinear_tangent(bilinear, first, second, first_tangent, second_tangent, bias_tangent, output_shape):

@@ -110,8 +110,16 @@ def vmap_conv2d_bias_grad(bias_grad, info, in_dims, grad_output):
 
 
 def is_legacy_batched(*args):
-    """Whether any argument is a tensor batched by torch's legacy vmap (``torch._vmap_internals``)."""
-    return any(isinstance(arg, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(arg) for arg in args)
+    """Whether any argument is a tensor batched by torch's legacy vmap (``torch._vmap_internals``). (Never while
+    torch.compile traces, which cannot call the test and has no such tensors.)"""
+    return not torch.compiler.is_compiling() and any(
+        isinstance(arg, torch.Tensor) and torch._C._functorch.is_legacy_batchedtensor(arg) for arg in args)
+
+
+def is_transformed(tensor):
+    """Whether ``tensor`` is a torch.func wrapper (batched, grad-tracked) or batched by the legacy vmap."""
+    return is_legacy_batched(tensor) or (
+        not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(tensor))
 
 
 def run_legacy_batched(rule, call, *args):
