@@ -8,8 +8,11 @@ Three bilinear maps make up a convolution layer and its gradients (docs/derivati
 
 Each one's derivative is made of the other two, so every backward below calls Functions of this module: the
 backward is itself differentiable and double backward (gradgradcheck, gradient penalties, Hessian-vector
-products) works to any order. The numerical work is done by the active backend's kernels
-(``manual_conv.backend.conv_kernels()``: the Python reference or the compiled ``torch.ops.manual_conv``).
+products) works to any order. Being bilinear, each one's jvp is the sum of two calls of itself (one tangent in
+each slot), and its vmap folds the vmapped dim into N or into the groups (ops/conv_vmap.py): torch.func's jvp,
+jacfwd, jacrev, hessian and per-sample gradients run through these Functions. The numerical work is done by the
+active backend's kernels (``manual_conv.backend.conv_kernels()``: the Python reference or the compiled
+``torch.ops.manual_conv``).
 Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, with PyTorch's messages.
 """
 import functools

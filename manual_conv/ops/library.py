@@ -11,7 +11,8 @@ three ops are bilinear maps and each backward is the adjoint of one of their arg
     gx = conv2d_input_grad(δ, w)          dδ = conv2d(G, w)                 dw = conv2d_weight_grad(G, δ)
     gw = conv2d_weight_grad(x, δ)         dx = conv2d_input_grad(δ, G)      dδ = conv2d(x, G)
     gb = conv2d_bias_grad(δ)              dδ = G broadcast over (N, H, W)
-where G is the gradient arriving at the op's output. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
+where G is the gradient arriving at the op's output. The conv ops' vmap rules (register_vmap) are ops/conv_vmap.py's
+folds, as the Functions'. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
 else δ) is linear in δ, so dδ = relu_backward(G, y); its derivative with respect to y is 0 almost everywhere (as
 PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is the scatter-add of G to the arg-maxes
 (``max_pool2d_input_grad`` in ops/pool.py, which runs the op max_pool2d_backward on CPU), registered here for
