@@ -277,7 +277,7 @@ def test_transposed_output_padding_past_the_stride_multiplies_no_zeros(backend):
 
 
 # The nodes of the gradients' own graphs (double backward): our Functions on both backends (on 'cpp' their kernels
-# are the compiled ops; the ops' own registered autograd serves torch.compile's traces, ops/conv.py differentiable_maps).
+# are the compiled ops, whose own registered autograd serves torch.compile's traces: ops/conv.py differentiable_maps).
 GRADIENT_NODES = {"Conv2dFunction": "Conv2dFunctionBackward",
                   "ConvTranspose2dFunction": "ConvTranspose2dFunctionBackward",
                   "weight_grad": "Conv2dWeightGradFunctionBackward"}

@@ -88,7 +88,8 @@ def weight_grad(input, grad_output):
 
 
 def test_weight_grad_map(backend):
-    input, grad_output = tensors((2, 2, 5, 4), (2, 2, 3, 3))  # conv2d's δ: (5 + 2 − 1 − 1)//2 + 1 = 3, 4 + 2 − 2 − 1 + 1 = 3
+    # δ as conv2d's: (5 + 2 − 1 − 1)//2 + 1 = 3 rows, 4 + 2 − 2 − 1 + 1 = 3 columns
+    input, grad_output = tensors((2, 2, 5, 4), (2, 2, 3, 3))
     check_derivatives(weight_grad, input, grad_output)
     check_vmap(weight_grad, input, grad_output)
 
@@ -174,8 +175,8 @@ def test_transforms_run_through_our_rules(backend, monkeypatch):
     """jvp runs Conv2dFunction.jvp; vmap runs the vmap rules; a per-sample gradient runs the weight gradient's."""
     x, w, b = tensors((2, 2, 4, 4), (3, 2, 3, 3), (3,))
     jvp = Counting(monkeypatch, Conv2dFunction, "jvp")
-    vmaps = {function: Counting(monkeypatch, function, "vmap")
-             for function in (Conv2dFunction, ConvTranspose2dFunction, Conv2dWeightGradFunction, Conv2dBiasGradFunction)}
+    functions = (Conv2dFunction, ConvTranspose2dFunction, Conv2dWeightGradFunction, Conv2dBiasGradFunction)
+    vmaps = {function: Counting(monkeypatch, function, "vmap") for function in functions}
     torch.func.jvp(lambda x: mF.conv2d(x, w, b), (x,), (x,))
     assert jvp.calls == 1
     torch.func.vmap(lambda w: mF.conv2d(x, w, b))(w.unsqueeze(0))
@@ -185,8 +186,7 @@ def test_transforms_run_through_our_rules(backend, monkeypatch):
         return mF.conv2d(x.unsqueeze(0), w, b).square().sum()
 
     torch.func.vmap(torch.func.grad(loss, argnums=(0, 1, 2)), in_dims=(None, None, 0))(w, b, x)
-    assert all(vmaps[function].calls for function in (ConvTranspose2dFunction, Conv2dWeightGradFunction,
-                                                      Conv2dBiasGradFunction))
+    assert all(vmaps[function].calls for function in functions[1:])
 
 
 def test_a_wrong_jvp_fails_gradcheck(backend, monkeypatch):

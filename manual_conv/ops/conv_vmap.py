@@ -5,18 +5,19 @@ One rule per map, shared by the autograd Functions' ``vmap`` staticmethods (ops/
 ``torch.library.register_vmap`` rules (ops/library.py, which pass the op). Each takes ``(info, in_dims, *args)`` as
 both APIs do and returns ``(output, out_dim)``. With x (N, C, H, W), w (O, C/g, k, k), δ (N, O, H', W'):
 
-    y  = conv2d(x, w, b)             only x batched:  x → (B·N, C, H, W)                                y (B, N, ...)
-                                     w batched:       w → (B·O, C/g, k, k), x → (N, B·C, H, W) (the same x
-                                                      repeated when it is not batched), groups B·g       y (N, B, O, ...)
-    gx = input_grad(δ, w)            (conv_transpose2d) the same with δ in the role of x, output (B·N, C, ..) or (N, B·C, ..)
-    gw = weight_grad(x, δ)           always groups:   x → (N, B·C, H, W), δ → (N, B·O, H', W'), groups B·g,
-                                                      gw (B·O, C/g, k, k): the per-sample gradients' map
-    gb = bias_grad(δ)                δ → (N, B·O, H', W'), gb (B·O)
+    y  = conv2d(x, w, b)     only x batched: x → (B·N, C, H, W), y (B, N, O, ...)
+                             w batched: w → (B·O, C/g, k, k), x → (N, B·C, H, W) (the same x repeated when it
+                             is not batched), groups B·g, y (N, B, O, ...)
+    gx = input_grad(δ, w)    (conv_transpose2d) the same with δ in the role of x: (B·N, C, ...) or (N, B·C, ...)
+    gw = weight_grad(x, δ)   always groups: x → (N, B·C, H, W), δ → (N, B·O, H', W'), groups B·g, giving
+                             gw (B·O, C/g, k, k): the per-sample gradients' map
+    gb = bias_grad(δ)        δ → (N, B·O, H', W'), gb (B·O)
 
 A batched bias is folded with a batched weight (B·O entries, b-major as the filters); with an unbatched weight it
 is added after the unbatched-bias call (y + b[B, 1, O, 1, 1]: for float16/bfloat16 one rounding more than the
 loop's). Group b·g + j of a folded call reads channels b·C + j·C/g … and filters b·O + j·O/g …: exactly slice b's
-group j, so the fold is exact (the same sums in the same order).
+group j, so every output element is the sum the loop's call computes (up to rounding: a GEMM's blocking, or a
+grouped fold running im2col where the loop's call would run Winograd).
 """
 from types import SimpleNamespace
 
