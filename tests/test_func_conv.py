@@ -155,6 +155,27 @@ def test_per_sample_gradients_equal_loop(backend):
     torch.testing.assert_close(actual, expected)
 
 
+def test_channels_last_and_complex(backend):
+    """The jvp's tangent is laid out as torch's (channels_last here); complex tensors: the jvp has no conjugates
+    (the maps are complex-bilinear), the per-sample gradients of a real loss the backward's conjugates."""
+    x, w, x_tangent, w_tangent = tensors((2, 3, 5, 5), (2, 3, 3, 3), (2, 3, 5, 5), (2, 3, 3, 3))
+    x, x_tangent = (tensor.to(memory_format=torch.channels_last) for tensor in (x, x_tangent))
+    ours = torch.func.jvp(lambda x, w: mF.conv2d(x, w, stride=2), (x, w), (x_tangent, w_tangent))
+    native = torch.func.jvp(lambda x, w: F.conv2d(x, w, stride=2), (x, w), (x_tangent, w_tangent))
+    torch.testing.assert_close(ours, native)
+    assert ours[1].stride() == native[1].stride()
+
+    x, w = (torch.complex(tensor, tensor.flip(0)) for tensor in (x.contiguous(), w))
+    ours = torch.func.jvp(lambda x, w: mF.conv2d(x, w), (x, w), (x.conj(), w * 1j))
+    native = torch.func.jvp(lambda x, w: F.conv2d(x, w), (x, w), (x.conj(), w * 1j))
+    torch.testing.assert_close(ours, native)
+
+    def per_sample(conv):
+        return torch.func.vmap(torch.func.grad(lambda w, x: conv(x[None], w).abs().sum()), (None, 0))(w, x)
+
+    torch.testing.assert_close(per_sample(mF.conv2d), per_sample(F.conv2d))
+
+
 # ------------------------------------------------------------------------------------ through our own rules
 
 class Counting:
