@@ -276,15 +276,11 @@ def test_transposed_output_padding_past_the_stride_multiplies_no_zeros(backend):
 # ---------------------------------------------------------------------------------------- computed by our code
 
 
-# The nodes of the gradients' own graphs (double backward): on 'python' our Functions; on 'cpp' the compiled ops,
-# whose autograd is registered in manual_conv/ops/library.py (so that torch.compile traces the backward).
-GRADIENT_NODES = {
-    "python": {"Conv2dFunction": "Conv2dFunctionBackward", "ConvTranspose2dFunction": "ConvTranspose2dFunctionBackward",
-               "weight_grad": "Conv2dWeightGradFunctionBackward"},
-    "cpp": {"Conv2dFunction": "GeneratedBackwardFor_manual_conv_conv2d_defaultBackward",
-            "ConvTranspose2dFunction": "GeneratedBackwardFor_manual_conv_conv2d_input_grad_defaultBackward",
-            "weight_grad": "GeneratedBackwardFor_manual_conv_conv2d_weight_grad_defaultBackward"},
-}
+# The nodes of the gradients' own graphs (double backward): our Functions on both backends (on 'cpp' their kernels
+# are the compiled ops, whose own registered autograd serves torch.compile's traces: ops/conv.py differentiable_maps).
+GRADIENT_NODES = {"Conv2dFunction": "Conv2dFunctionBackward",
+                  "ConvTranspose2dFunction": "ConvTranspose2dFunctionBackward",
+                  "weight_grad": "Conv2dWeightGradFunctionBackward"}
 
 
 @pytest.mark.parametrize("name, node, input_node", [
@@ -297,8 +293,8 @@ def test_graph_nodes_are_ours(backend, name, node, input_node):
     output = getattr(mF, name)(input, weight, bias, **LAYOUT_KWARGS[name])
     assert type(output.grad_fn).__name__ == node + "Backward"
     grad_input, grad_weight = torch.autograd.grad(output, (input, weight), torch.randn_like(output), create_graph=True)
-    assert type(grad_input.grad_fn).__name__ == GRADIENT_NODES[backend][input_node]
-    assert type(grad_weight.grad_fn).__name__ == GRADIENT_NODES[backend]["weight_grad"]
+    assert type(grad_input.grad_fn).__name__ == GRADIENT_NODES[input_node]
+    assert type(grad_weight.grad_fn).__name__ == GRADIENT_NODES["weight_grad"]
 
 
 class RecordDispatchedOps(TorchDispatchMode):

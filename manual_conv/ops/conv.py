@@ -8,8 +8,11 @@ Three bilinear maps make up a convolution layer and its gradients (docs/derivati
 
 Each one's derivative is made of the other two, so every backward below calls Functions of this module: the
 backward is itself differentiable and double backward (gradgradcheck, gradient penalties, Hessian-vector
-products) works to any order. The numerical work is done by the active backend's kernels
-(``manual_conv.backend.conv_kernels()``: the Python reference or the compiled ``torch.ops.manual_conv``).
+products) works to any order. Being bilinear, each one's jvp is the sum of two calls of itself (one tangent in
+each slot), and its vmap folds the vmapped dim into N or into the groups (ops/conv_vmap.py): torch.func's jvp,
+jacfwd, jacrev, hessian and per-sample gradients run through these Functions. The numerical work is done by the
+active backend's kernels (``manual_conv.backend.conv_kernels()``: the Python reference or the compiled
+``torch.ops.manual_conv``).
 Argument checks that PyTorch does for conv2d/conv_transpose2d live here too, with PyTorch's messages.
 """
 import functools
@@ -20,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from ..backend import conv_kernels, get_backend
+from . import conv_vmap
 from ._utils import Function, laid_out_like, not_implemented_for, opmath_dtype, suggests_channels_last
 from .conv_reference import first_rows_and_columns
 
@@ -28,10 +32,17 @@ def _same_memory_format(output, input, weight):
     """torch's convolutions lay out their output and the gradients of their input and weight channels_last when
     the input or the weight suggests channels_last (``Tensor.suggest_memory_format``, which settles 1-channel
     tensors by their strides); so do we, allocating in that format (a 1-channel result gets channels_last
-    strides too)."""
+    strides too).
+
+    Inside a torch.func transform (a backward under vmap or grad) or gradcheck's legacy vmap, the tensors are
+    wrappers: a buffer allocated here would be a plain tensor, which cannot take a batched or grad-tracked value
+    in place, so the layout is made by ``contiguous`` (whose per-sample strides a transform does not show anyway).
+    """
     channels_last = suggests_channels_last(input) or suggests_channels_last(weight)
-    return laid_out_like(output, output, torch.channels_last if channels_last else torch.contiguous_format,
-                         output.dtype)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if conv_vmap.is_transformed(output):
+        return output.contiguous(memory_format=memory_format)
+    return laid_out_like(output, output, memory_format, output.dtype)
 
 
 def _in_opmath(kernel, *args):
@@ -55,10 +66,16 @@ class Conv2dFunction(Function):
                 padded δ with the 180°-rotated kernel;
         dL/dw = Conv2dWeightGradFunction(x̄, δ): correlation of the input with δ;
         dL/db = Σ_{n, y, x} δ.
+    Forward mode (jvp), with ẋ, ẇ, ḃ the tangents: y is bilinear in (x, w) and affine in b, so
+        ẏ = conv(ẋ, w) + conv(x, ẇ) + ḃ          (no conjugates: the map itself is complex-bilinear).
+    vmap: the batched dim folded into N (x batched) or into the groups (w batched): ops/conv_vmap.py.
     """
 
     @staticmethod
     def forward(input, weight, bias, stride, padding, dilation, groups):
+        if conv_vmap.is_legacy_batched(input, weight, bias):
+            return conv_vmap.run_legacy_batched(conv_vmap.vmap_conv2d, Conv2dFunction.forward, input, weight, bias,
+                                                stride, padding, dilation, groups)
         output = _in_opmath(conv_kernels().conv2d, input, weight, bias, stride, padding, dilation, groups)
         return _same_memory_format(output, input, weight)
 
@@ -66,7 +83,19 @@ class Conv2dFunction(Function):
     def setup_context(ctx, inputs, output):
         input, weight, _, *conv_args = inputs
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
         ctx.conv_args = conv_args
+        ctx.output_shape = output.shape
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        input, weight = ctx.saved_tensors
+        return _bilinear_tangent(lambda x, w, b: Conv2dFunction.apply(x, w, b, *ctx.conv_args),
+                                 input, weight, input_tangent, weight_tangent, bias_tangent, ctx.output_shape)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return conv_vmap.vmap_conv2d(Conv2dFunction.apply, info, in_dims, *args)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -96,18 +125,36 @@ class ConvTranspose2dFunction(Function):
         dL/dx = Conv2dFunction(g, w̄)                  (the adjoint of the adjoint is the conv);
         dL/dw = Conv2dWeightGradFunction(g, x̄)        (g in the role of the conv's input, x in the role of δ);
         dL/db = Σ_{n, h, w'} g.
+    Forward mode (jvp): bilinear in (x, w), affine in b, so ẏ = convᵀ(ẋ; w) + convᵀ(x; ẇ) + ḃ.
+    vmap: as Conv2dFunction's, with output_size folded alike (ops/conv_vmap.py).
     """
 
     @staticmethod
     def forward(input, weight, bias, output_size, stride, padding, dilation, groups):
+        if conv_vmap.is_legacy_batched(input, weight, bias):
+            return conv_vmap.run_legacy_batched(conv_vmap.vmap_conv_transpose2d, ConvTranspose2dFunction.forward,
+                                                input, weight, bias, output_size, stride, padding, dilation, groups)
         output = _in_opmath(_transposed_conv, input, weight, bias, output_size, stride, padding, dilation, groups)
         return _same_memory_format(output, input, weight)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, weight, _, _, *conv_args = inputs
+        input, weight, _, output_size, *conv_args = inputs
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+        ctx.output_size = output_size
         ctx.conv_args = conv_args
+
+    @staticmethod
+    def jvp(ctx, input_tangent, weight_tangent, bias_tangent, *_):
+        input, weight = ctx.saved_tensors
+        return _bilinear_tangent(
+            lambda x, w, b: ConvTranspose2dFunction.apply(x, w, b, ctx.output_size, *ctx.conv_args),
+            input, weight, input_tangent, weight_tangent, bias_tangent, ctx.output_size)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return conv_vmap.vmap_conv_transpose2d(ConvTranspose2dFunction.apply, info, in_dims, *args)
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -139,18 +186,38 @@ class Conv2dWeightGradFunction(Function):
     Bilinear in (x, δ). Backward, with G = the gradient arriving at dL/dw (conjugates as in Conv2dFunction):
         d/dx = ConvTranspose2dFunction(δ̄, G)    (as conv2d's input gradient, with G in the role of the weight);
         d/dδ = Conv2dFunction(x̄, G)             (as conv2d's forward, with G in the role of the weight).
+    Forward mode (jvp), bilinear in (x, δ) (no conjugates in the map itself):
+        (dL/dw)˙ = weight_grad(ẋ, δ) + weight_grad(x, δ̇).
+    vmap: the batched dim folded into the groups, x (N, B·C, H, W) and δ (N, B·O, H', W') giving (B·O, C/g, k, k):
+    the per-sample gradients' map (ops/conv_vmap.py).
     """
 
     @staticmethod
     def forward(input, grad_output, weight_size, stride, padding, dilation, groups):
+        if conv_vmap.is_legacy_batched(input, grad_output):
+            return conv_vmap.run_legacy_batched(conv_vmap.vmap_conv2d_weight_grad, Conv2dWeightGradFunction.forward,
+                                                input, grad_output, weight_size, stride, padding, dilation, groups)
         return _in_opmath(conv_kernels().conv2d_weight_grad, input, grad_output, weight_size, stride, padding,
                           dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, grad_output, _, *conv_args = inputs
+        input, grad_output, weight_size, *conv_args = inputs
         ctx.save_for_backward(input, grad_output)
+        ctx.save_for_forward(input, grad_output)
+        ctx.weight_size = weight_size
         ctx.conv_args = conv_args
+
+    @staticmethod
+    def jvp(ctx, input_tangent, grad_output_tangent, *_):
+        input, grad_output = ctx.saved_tensors
+        return _bilinear_tangent(
+            lambda x, g, _: Conv2dWeightGradFunction.apply(x, g, ctx.weight_size, *ctx.conv_args),
+            input, grad_output, input_tangent, grad_output_tangent, None, ctx.weight_size)
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return conv_vmap.vmap_conv2d_weight_grad(Conv2dWeightGradFunction.apply, info, in_dims, *args)
 
     @staticmethod
     def backward(ctx, grad_grad_weight):
@@ -166,10 +233,17 @@ class Conv2dWeightGradFunction(Function):
 
 
 class Conv2dBiasGradFunction(Function):
-    """dL/db[o] = Σ_{n, y, x} δ[n, o, y, x]. Backward: a sum's gradient is copied to every summand, G[o] → δ[n, o, y, x]."""
+    """dL/db[o] = Σ_{n, y, x} δ[n, o, y, x]. Backward: a sum's gradient is copied to every summand, G[o] → δ[n, o, y, x].
+
+    Forward mode (jvp): linear in δ, so (dL/db)˙ = Σ_{n, y, x} δ̇ = bias_grad(δ̇).
+    vmap: the batched dim folded into the channels, (N, B·O, H', W') → (B·O) (ops/conv_vmap.py).
+    """
 
     @staticmethod
     def forward(grad_output):
+        if conv_vmap.is_legacy_batched(grad_output):
+            return conv_vmap.run_legacy_batched(conv_vmap.vmap_conv2d_bias_grad, Conv2dBiasGradFunction.forward,
+                                                grad_output)
         return _in_opmath(conv_kernels().conv2d_bias_grad, grad_output)
 
     @staticmethod
@@ -177,8 +251,50 @@ class Conv2dBiasGradFunction(Function):
         ctx.grad_output_shape = inputs[0].shape
 
     @staticmethod
+    def jvp(ctx, grad_output_tangent):
+        return Conv2dBiasGradFunction.apply(grad_output_tangent)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output):
+        return conv_vmap.vmap_conv2d_bias_grad(Conv2dBiasGradFunction.apply, info, in_dims, grad_output)
+
+    @staticmethod
     def backward(ctx, grad_grad_bias):
         return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
+
+
+def conv2d_function():
+    """Conv2dFunction, or while torch.compile traces, its twin without the jvp (the same forward, setup_context,
+    backward and vmap rule, and the same name, so the same graph nodes). Dynamo refuses to trace a Function that
+    defines a jvp (torch 2.14: "Unsupported custom jvp", a graph break), and forward-mode AD does not run through
+    torch.compile anyway: eager calls keep the jvp."""
+    return _Conv2dWithoutJvp if torch.compiler.is_compiling() else Conv2dFunction
+
+
+def conv_transpose2d_function():
+    """ConvTranspose2dFunction, or while torch.compile traces, its twin without the jvp (as conv2d_function)."""
+    return _ConvTranspose2dWithoutJvp if torch.compiler.is_compiling() else ConvTranspose2dFunction
+
+
+_Conv2dWithoutJvp = type("Conv2dFunction", (Conv2dFunction,), {"jvp": torch.autograd.Function.jvp})
+_ConvTranspose2dWithoutJvp = type("ConvTranspose2dFunction", (ConvTranspose2dFunction,),
+                                  {"jvp": torch.autograd.Function.jvp})
+
+
+def _bilinear_tangent(bilinear, first, second, first_tangent, second_tangent, bias_tangent, output_shape):
+    """The jvp of y = bilinear(a, b, bias): ẏ = bilinear(ȧ, b, ḃias) + bilinear(a, ḃ, None), the terms whose
+    tangent is None left out (ḃias alone broadcast over the output's (N, H, W))."""
+    tangent = None
+    if first_tangent is not None:
+        tangent = bilinear(first_tangent, second, bias_tangent)
+        bias_tangent = None
+    if second_tangent is not None:
+        term = bilinear(first, second_tangent, bias_tangent)
+        tangent = term if tangent is None else tangent + term
+        bias_tangent = None
+    if bias_tangent is not None:
+        tangent = bias_tangent.view(1, -1, 1, 1).expand(output_shape).clone()
+    return tangent
 
 
 class BilinearMaps(NamedTuple):
@@ -200,13 +316,15 @@ _FUNCTION_MAPS = BilinearMaps(
 
 
 def differentiable_maps():
-    """What the backwards call: on 'python' this module's Functions; on 'cpp' the compiled ops themselves.
+    """What the backwards call: this module's Functions, on both backends (on 'cpp' their kernels are the compiled
+    ops, ``conv_kernels()``), so that a backward is made of Functions with a jvp and a vmap rule: double backward,
+    forward-over-reverse (hessian, jvp of a gradient) and vmap of a gradient (per-sample gradients) work on both.
 
-    The compiled ops carry the same table of derivatives as registered autograd (ops/library.py), and
-    torch.compile can trace them inside a backward, where it cannot trace a nested Function.apply: so a model
-    on 'cpp' compiles for training without a graph break, and double backward works on both backends.
+    While torch.compile traces on 'cpp', the compiled ops themselves: Dynamo traces a Function's backward to
+    build its graph and cannot trace a nested Function.apply there, where it traces an op with a registered
+    autograd and fake kernel (ops/library.py), so a model on 'cpp' compiles for training without a graph break.
     """
-    if get_backend() == "cpp":
+    if get_backend() == "cpp" and torch.compiler.is_compiling():
         ops = conv_kernels()  # the compiled ops of the algorithm that runs (manual_conv/algorithm.py)
         return BilinearMaps(*(functools.partial(_in_opmath, op) for op in (
             ops.conv2d, ops.conv2d_input_grad, ops.conv2d_weight_grad, ops.conv2d_bias_grad)))

@@ -11,7 +11,8 @@ three ops are bilinear maps and each backward is the adjoint of one of their arg
     gx = conv2d_input_grad(δ, w)          dδ = conv2d(G, w)                 dw = conv2d_weight_grad(G, δ)
     gw = conv2d_weight_grad(x, δ)         dx = conv2d_input_grad(δ, G)      dδ = conv2d(x, G)
     gb = conv2d_bias_grad(δ)              dδ = G broadcast over (N, H, W)
-where G is the gradient arriving at the op's output. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
+where G is the gradient arriving at the op's output. The conv ops' vmap rules (register_vmap) are ops/conv_vmap.py's
+folds, as the Functions'. ReLU's backward gx = relu_backward(δ, y) (0 where y ≤ 0,
 else δ) is linear in δ, so dδ = relu_backward(G, y); its derivative with respect to y is 0 almost everywhere (as
 PyTorch's threshold_backward), so none flows to y. max_pool2d's backward is the scatter-add of G to the arg-maxes
 (``max_pool2d_input_grad`` in ops/pool.py, which runs the op max_pool2d_backward on CPU), registered here for
@@ -27,6 +28,7 @@ import torch
 
 import manual_conv._C  # noqa: F401  (loads the library that defines the ops registered below)
 
+from . import conv_vmap
 from ._utils import suggests_channels_last
 from .conv_reference import first_rows_and_columns
 from .pool import fold_into_batch, gather_at_indices, max_pool2d_input_grad, pool_memory_format, pooling_output_size
@@ -228,6 +230,41 @@ torch.library.register_autograd(
     "manual_conv::winograd_conv2d_weight_grad", _winograd_conv2d_weight_grad_backward,
     setup_context=_save_two_tensors_and_conv_args
 )
+
+
+def _register_conv_vmap(prefix, grouped_ops):
+    """vmap of the four conv ops (or the three Winograd ones), by ops/conv_vmap.py's folds: the same rules as the
+    Functions', calling the op itself. A fold into the groups makes a grouped call, which Winograd does not
+    compute (algorithm.py): it runs on ``grouped_ops``, the im2col ones, where the groups are more than one."""
+    def op(name):
+        ungrouped, grouped = getattr(_ops, prefix + name), getattr(grouped_ops, name)
+        return lambda *args: (ungrouped if args[-1] == 1 else grouped)(*args)
+
+    conv2d, input_grad, weight_grad = op("conv2d"), op("conv2d_input_grad"), op("conv2d_weight_grad")
+
+    def conv2d_rule(info, in_dims, *args):
+        return conv_vmap.vmap_conv2d(conv2d, info, in_dims, *args)
+
+    def input_grad_rule(info, in_dims, grad_output, weight, input_size, *conv_args):
+        def transposed(grad_output, weight, _bias, input_size, *conv_args):
+            return input_grad(grad_output, weight, list(input_size), *conv_args)
+        return conv_vmap.vmap_conv_transpose2d(transposed, info, (*in_dims[:2], None), grad_output, weight, None,
+                                               input_size, *conv_args)
+
+    def weight_grad_rule(info, in_dims, *args):
+        return conv_vmap.vmap_conv2d_weight_grad(weight_grad, info, in_dims, *args)
+
+    torch.library.register_vmap(f"manual_conv::{prefix}conv2d", conv2d_rule)
+    torch.library.register_vmap(f"manual_conv::{prefix}conv2d_input_grad", input_grad_rule)
+    torch.library.register_vmap(f"manual_conv::{prefix}conv2d_weight_grad", weight_grad_rule)
+
+
+_register_conv_vmap("", _ops)
+_register_conv_vmap("winograd_", _ops)
+torch.library.register_vmap(
+    "manual_conv::conv2d_bias_grad",
+    lambda info, in_dims, grad_output: conv_vmap.vmap_conv2d_bias_grad(_ops.conv2d_bias_grad, info, in_dims,
+                                                                       grad_output))
 
 
 def _max_pool2d_setup_context(ctx, inputs, output):
