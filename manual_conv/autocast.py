@@ -103,13 +103,14 @@ def _cast(value, dtype, device):
     return value.to(dtype) if _eligible(value, device) else value
 
 
-def follows_policy(function, name=None):
+def follows_policy(function):
     """``function`` (a public function of manual_conv.functional, or a step named in POLICIES) under torch.autocast:
     its tensor arguments cast by its policy on the device of its first tensor, then run with autocast off there.
     Outside autocast, ``function`` itself is called. (An ``out=`` tensor is written, never cast.) One frame is added
     between the caller and ``function``: warnings that point at the caller count it."""
-    policies = POLICIES[name or function.__name__]
+    policies = POLICIES[function.__name__]
     signature = inspect.signature(function)
+    out_position = list(signature.parameters).index("out") if "out" in signature.parameters else None
 
     @functools.wraps(function)
     def under_policy(*args, **kwargs):
@@ -121,7 +122,8 @@ def follows_policy(function, name=None):
             return function(*args, **kwargs)
         if policy in (LOWER_PRECISION_FP, FP32):
             dtype = torch.get_autocast_dtype(device) if policy == LOWER_PRECISION_FP else torch.float32
-            args = tuple(_cast(value, dtype, device) for value in args)
+            args = tuple(value if position == out_position else _cast(value, dtype, device)
+                         for position, value in enumerate(args))
             kwargs = {key: value if key == "out" else _cast(value, dtype, device) for key, value in kwargs.items()}
         elif policy == FP32_SET_OPT_DTYPE and args and _eligible(args[0], device):
             bound = signature.bind(*args, **kwargs)

@@ -194,3 +194,27 @@ def test_mnist_network_trains_a_step_under_autocast_as_native(backend):
         assert gradient.dtype == torch.float32
         torch.testing.assert_close(gradient, native_gradients[name], rtol=0.1, atol=2e-2 * gradient.abs().max(),
                                    msg=name)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_cudas_policies_applied_on_cpu(monkeypatch):
+    """CUDA's rows (no GPU here) exercised on CPU tensors: softmax gets dtype=float32 unless a dtype is given (also
+    positionally), the FP32 rows compute in float32, and normalize's out= is written, never cast."""
+    for name, devices in autocast.POLICIES.items():
+        monkeypatch.setitem(devices, "cpu", devices["cuda"])
+    x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mF.softmax(x, 1).dtype == mF.log_softmax(x, dim=1).dtype == torch.float32
+        assert mF.softmax(x, 1, 3, torch.float64).dtype == torch.float64
+        assert mF.softmax(x.double(), 1).dtype == torch.float64  # not eligible: as given
+        for output in (mF.softplus(x), mF.layer_norm(x, (3,)), mF.group_norm(x, 2), mF.normalize(x),
+                       mF.cross_entropy(x.flatten(1), torch.tensor([0, 1])), mF.mse_loss(x, x.detach() + 1,
+                                                                                        weight=torch.ones_like(x))):
+            assert output.dtype == torch.float32
+        assert mF.conv2d(x, torch.randn(2, 4, 1, 1)).dtype == torch.bfloat16
+        out = torch.empty(2, 4, 3, 3, dtype=torch.bfloat16)
+        assert mF.normalize(x.detach(), 2.0, 1, 1e-12, out) is out
+        assert mF.normalize(x.detach(), out=out) is out
+        (gradient,) = torch.autograd.grad(mF.layer_norm(x, (3,)).sum(), x)
+    torch.testing.assert_close(out, torch.nn.functional.normalize(x.detach().float()).bfloat16())
+    assert gradient.dtype == torch.bfloat16
