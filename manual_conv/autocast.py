@@ -16,11 +16,13 @@ The policies (``cached_cast`` and the ``WrapFunction_`` specialisations of autoc
 
 - ``LOWER_PRECISION_FP``: every floating tensor argument on the device, except float64 ones, is cast to the
   autocast dtype (``torch.get_autocast_dtype(device)``): conv, linear, attention.
-- ``FP32``: those arguments are cast to float32: on CUDA the losses, softplus, layer_norm, group_norm; on CPU the
-  losses only.
+- ``FP32``: those arguments are cast to float32: the losses; on CUDA also softplus, layer_norm, group_norm and
+  normalize.
 - ``FP32_SET_OPT_DTYPE``: when the first argument is such a tensor and no ``dtype`` is given, the op runs with
   ``dtype=torch.float32``: softmax and log_softmax on CUDA.
-- ``AS_GIVEN``: on no list; the op runs in the dtypes it is given (pooling, activations, dropout, batch_norm...).
+- ``AS_GIVEN``: on no list; the op runs in the dtypes it is given: pooling, activations, dropout, batch_norm,
+  instance_norm; on CPU also softmax, log_softmax, softplus, layer_norm, group_norm and normalize (whose mixed
+  arguments, e.g. a bfloat16 input with float32 γ and β, native accepts, and so do ours).
 - ``COMPOSITE``: the native function is itself made of listed ops; ours is made of our public functions, which
   follow their own policies (multi_head_attention_forward: its projections are ``linear``, its attention
   ``scaled_dot_product_attention``, or the steps of ``_heads_attending_with_weights``).
@@ -29,8 +31,9 @@ Some rows stand for a composite native function whose ops' policies add up to on
 cross_entropy on CUDA (log_softmax in float32, then nll_loss, FP32), normalize on CUDA (x / ‖x‖ with the norm,
 ``linalg_vector_norm``, in float32: x promotes, FP32), mse_loss (``mse_loss``, FP32, without a weight; with one,
 pow, mul and sum: FP32 on CUDA, where pow is on FP32's list; AS_GIVEN on CPU, where none is, so that its dtypes
-promote). Not reproduced: the Autocast
-key's cache of float32 leaves' lower-precision copies (a speed-up that changes no value).
+promote), and multi_head_attention_forward's attention weights (softmax's dtype: float32 on CUDA, the lower
+precision on CPU). Not reproduced: the Autocast key's cache of the lower-precision copies of float32 leaves (a
+speed-up that changes no value).
 """
 import contextlib
 import functools
@@ -125,9 +128,10 @@ def follows_policy(function):
             args = tuple(value if position == out_position else _cast(value, dtype, device)
                          for position, value in enumerate(args))
             kwargs = {key: value if key == "out" else _cast(value, dtype, device) for key, value in kwargs.items()}
-        elif policy == FP32_SET_OPT_DTYPE and args and _eligible(args[0], device):
+        elif policy == FP32_SET_OPT_DTYPE:
             bound = signature.bind(*args, **kwargs)
-            if bound.arguments.get("dtype") is None:
+            first = next(iter(bound.arguments.values()))
+            if _eligible(first, device) and bound.arguments.get("dtype") is None:
                 bound.arguments["dtype"] = torch.float32
             args, kwargs = bound.args, bound.kwargs
         with torch.autocast(device, enabled=False):

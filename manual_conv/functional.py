@@ -2,9 +2,9 @@
 
 Thin: each normalises its arguments as PyTorch does, validates them, and applies the hand-written
 autograd Function of ``manual_conv.ops``. Under ``torch.autocast`` each first casts its tensor arguments by torch's
-autocast policy for the native op, on CPU and CUDA (``manual_conv.autocast``, applied at the end of this module). Sections follow the op families of ``manual_conv/ops/``. Every other
-public name of torch.nn.functional resolves to torch's own object (``manual_conv.torch_names``), a function that
-computes with a warning that it runs natively.
+autocast policy for the native op, on CPU and CUDA (``manual_conv.autocast``, applied at the end of this module).
+Sections follow the op families of ``manual_conv/ops/``. Every other public name of torch.nn.functional resolves
+to torch's own object (``manual_conv.torch_names``), a function that computes with a warning that it runs natively.
 """
 import math
 import numbers

@@ -204,7 +204,7 @@ def test_cudas_policies_applied_on_cpu(monkeypatch):
         monkeypatch.setitem(devices, "cpu", devices["cuda"])
     x = torch.randn(2, 4, 3, 3, dtype=torch.bfloat16, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert mF.softmax(x, 1).dtype == mF.log_softmax(x, dim=1).dtype == torch.float32
+        assert mF.softmax(x, 1).dtype == mF.log_softmax(input=x, dim=1).dtype == torch.float32
         assert mF.softmax(x, 1, 3, torch.float64).dtype == torch.float64
         assert mF.softmax(x.double(), 1).dtype == torch.float64  # not eligible: as given
         for output in (mF.softplus(x), mF.layer_norm(x, (3,)), mF.group_norm(x, 2), mF.normalize(x),
