@@ -8,6 +8,7 @@ process or many.
     python train_mnist.py --save-model run.pt               # checkpoint after every epoch ...
     python train_mnist.py --resume run.pt                   # ... and carry on from the last one
     python train_mnist.py --kfold 5 --epochs 3              # 5-fold cross-validation on the training set
+    python train_mnist.py --amp                             # mixed precision: bfloat16 on CPU, float16 on CUDA
     torchrun --nproc_per_node 2 train_mnist.py              # data-parallel (gloo on CPU, nccl on GPU)
 
 Recipe (pytorch/examples mnist/main.py): Adadelta(lr=1.0), StepLR(step_size=1, gamma=0.7), batch 64, 14 epochs,
@@ -66,7 +67,7 @@ class UsageError(Exception):
 # What a checkpoint must agree on with the command line for --resume to reproduce the uninterrupted run ...
 RUN_IDENTITY = ("dataset", "seed", "batch_size", "lr", "limit_train")
 # ... and every setting a resumed run takes from its checkpoint when the command line does not give it.
-RUN_SETTINGS = RUN_IDENTITY + ("epochs", "impl", "backend", "data_dir", "limit_test", "test_batch_size")
+RUN_SETTINGS = RUN_IDENTITY + ("epochs", "impl", "backend", "data_dir", "limit_test", "test_batch_size", "amp")
 NOT_GIVEN = object()  # the parser's default for RUN_SETTINGS, to tell a flag left out from one given its default
 
 
@@ -127,6 +128,10 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=("cpp", "python"), default=None,
                         help="manual_conv's conv kernels with --impl manual: cpp (the compiled extension) or python "
                         "(the reference); default: cpp when the extension is built, else python")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                        help="automatic mixed precision: forward and loss under torch.autocast, in bfloat16 on CPU "
+                        "and in float16 on CUDA (there with a torch.amp.GradScaler); the parameters, their gradients "
+                        "and the optimizer stay float32 (default: off)")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="mnist",
                         help="handwritten digits (mnist) or Zalando's clothing images (fashion-mnist) "
                         "(default: mnist, as in pytorch/examples; `make train` uses fashion-mnist, which Debian "
@@ -150,13 +155,13 @@ def parse_args(argv=None):
     parser.add_argument("--resume", type=Path, default=None, metavar="PATH",
                         help="continue the run checkpointed in PATH at its next epoch (same seed and data order, "
                         "so the result equals an uninterrupted run); the settings the command line leaves out "
-                        "(data set and data folder, seed, batch sizes, lr, epochs, impl, backend, limits) come "
+                        "(data set and data folder, seed, batch sizes, lr, epochs, impl, backend, amp, limits) come "
                         "from the checkpoint, and one that contradicts it is an error; keeps checkpointing to PATH "
                         "unless --save-model says otherwise")
     parser.add_argument("--metrics", type=Path, default=None, metavar="PATH",
                         help="write JSON metrics to PATH after every epoch: one record per epoch (train loss, "
                         "test loss, test accuracy, seconds, images/s), the final test_accuracy (0..1), device, "
-                        "impl, backend and dataset")
+                        "impl, backend, dataset and amp (the autocast dtype, or null)")
     parser.add_argument("--plot", type=Path, default=None, metavar="PATH",
                         help="write a PNG of the loss and accuracy curves to PATH")
     parser.add_argument("--kfold", type=positive_int, default=None, metavar="K",
@@ -417,7 +422,23 @@ def start_process(device_choice):
 # -------------------------------------------------------------------------------------------------- training
 
 
-def train_epoch(model, loader, optimizer, criterion, process, progress):
+AMP_DTYPES = {"cpu": torch.bfloat16, "cuda": torch.float16}  # --amp's autocast dtype per device type
+
+
+def autocast(amp, device):
+    """torch.autocast for --amp on ``device``: bfloat16 on CPU (float32's range, and CPUs compute it natively), float16
+    on CUDA (its tensor cores' type); a disabled one without --amp."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[device.type], enabled=amp)
+
+
+def grad_scaler(amp, device):
+    """--amp's GradScaler on CUDA: float16's range ends near 6e-5 (subnormals aside), so the loss is scaled before
+    backward lest small gradients flush to zero, and the gradients unscaled before the step (skipped when one is
+    inf/NaN). bfloat16 has float32's range and needs none: a disabled scaler, as without --amp, passes through."""
+    return torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+
+
+def train_epoch(model, loader, optimizer, criterion, process, progress, amp, scaler):
     """One pass over this process's batches; the mean training loss over all processes' images."""
     model.train()
     totals = torch.zeros(2, dtype=torch.float64)  # loss summed over images, number of images
@@ -425,9 +446,11 @@ def train_epoch(model, loader, optimizer, criterion, process, progress):
         images = images.to(process.device, non_blocking=True)
         labels = labels.to(process.device, non_blocking=True)
         optimizer.zero_grad()
-        loss = criterion(model(images), labels)
-        loss.backward()
-        optimizer.step()
+        with autocast(amp, process.device):
+            loss = criterion(model(images), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         batch_loss = loss.item()
         totals += torch.tensor([batch_loss * len(labels), len(labels)], dtype=torch.float64)
         progress.set_postfix(loss=f"{batch_loss:.4f}", refresh=False)
@@ -437,17 +460,18 @@ def train_epoch(model, loader, optimizer, criterion, process, progress):
 
 
 @torch.no_grad()
-def evaluate(model, loader, criterion_sum, process):
+def evaluate(model, loader, criterion_sum, process, amp):
     """(mean loss, accuracy 0..1, correct, total) on the evaluation set, summed over all processes' shares."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
     for images, labels in loader:
         images = images.to(process.device, non_blocking=True)
         labels = labels.to(process.device, non_blocking=True)
-        logits = model(images)
+        with autocast(amp, process.device):
+            logits = model(images)
+            loss_sum = criterion_sum(logits, labels)
         correct = (logits.argmax(1) == labels).sum()
-        totals += torch.tensor([criterion_sum(logits, labels).item(), correct.item(), len(labels)],
-                               dtype=torch.float64)
+        totals += torch.tensor([loss_sum.item(), correct.item(), len(labels)], dtype=torch.float64)
     loss_sum, correct, count = process.all_sum(totals).tolist()
     return loss_sum / count, correct / count, int(correct), int(count)
 
@@ -529,11 +553,14 @@ def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, 
     model = Net(layers).to(process.device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=LR_DECAY_PER_EPOCH)
+    scaler = grad_scaler(args.amp, process.device)
     history = []
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler.is_enabled() and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"], process)
         history = checkpoint["history"]
         process.log(f"Resuming from {args.resume} after epoch {checkpoint['epoch']}")
@@ -546,10 +573,11 @@ def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, 
         started = time.perf_counter()
         with tqdm(total=len(train_set), desc=f"Epoch {epoch}/{args.epochs}{tag}", unit="img", leave=False,
                   disable=None if process.is_main else True, dynamic_ncols=True) as progress:
-            train_loss = train_epoch(trained, train_batches, optimizer, criterion, process, progress)
+            train_loss = train_epoch(trained, train_batches, optimizer, criterion, process, progress, args.amp,
+                                     scaler)
         seconds = time.perf_counter() - started
         scheduler.step()
-        eval_loss, accuracy, correct, count = evaluate(model, eval_batches, criterion_sum, process)
+        eval_loss, accuracy, correct, count = evaluate(model, eval_batches, criterion_sum, process, args.amp)
         history.append({"epoch": epoch, "train_loss": train_loss, f"{eval_name}_loss": eval_loss,
                         f"{eval_name}_accuracy": accuracy, "seconds": seconds,
                         "images_per_second": len(train_set) / seconds})
@@ -558,7 +586,8 @@ def fit(args, process, train_set, eval_set, eval_name, tag="", checkpoint=None, 
                     f"{seconds:.1f} s, {len(train_set) / seconds:.0f} images/s")
         if process.is_main and checkpoint_path is not None:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": rng_states(process),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                     "rng": rng_states(process),
                      "history": history, "run": run_settings(args)}
             save_atomically(checkpoint_path, lambda file: torch.save(state, file))
         on_epoch_end(history)
@@ -624,17 +653,24 @@ def draw_curves(histories, eval_name, title):
 
 
 def setup_text(args, process):
-    """E.g. 'impl manual, backend cpp, cpu x 1 process': also the plots' title, after the data set."""
+    """E.g. 'impl manual, backend cpp, cpu x 1 process' (', amp bfloat16' after it with --amp): also the plots'
+    title, after the data set."""
     backend = f", backend {manual_conv.get_backend()}" if args.impl == "manual" else ""
     processes = f"{process.world_size} process" + ("es" if process.world_size > 1 else "")
-    return f"impl {args.impl}{backend}, {process.device} x {processes}"
+    amp = f", amp {amp_dtype_name(args, process)}" if args.amp else ""
+    return f"impl {args.impl}{backend}, {process.device} x {processes}{amp}"
+
+
+def amp_dtype_name(args, process):
+    """'bfloat16' or 'float16' with --amp, else None."""
+    return str(AMP_DTYPES[process.device.type]).removeprefix("torch.") if args.amp else None
 
 
 def describe(args, process):
     backend = manual_conv.get_backend() if args.impl == "manual" else None
     return {"dataset": args.dataset, "impl": args.impl, "backend": backend, "device": str(process.device),
             "world_size": process.world_size, "epochs_planned": args.epochs, "batch_size": args.batch_size,
-            "lr": args.lr, "seed": args.seed}
+            "lr": args.lr, "seed": args.seed, "amp": amp_dtype_name(args, process)}
 
 
 def run_train_test(args, process, train_set, test_set, checkpoint):

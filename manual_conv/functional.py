@@ -1,9 +1,10 @@
 """Public functions with torch.nn.functional's names, signatures, defaults and errors.
 
 Thin: each normalises its arguments as PyTorch does, validates them, and applies the hand-written
-autograd Function of ``manual_conv.ops``. Sections follow the op families of ``manual_conv/ops/``. Every other
-public name of torch.nn.functional resolves to torch's own object (``manual_conv.torch_names``), a function that
-computes with a warning that it runs natively.
+autograd Function of ``manual_conv.ops``. Under ``torch.autocast`` each first casts its tensor arguments by torch's
+autocast policy for the native op, on CPU and CUDA (``manual_conv.autocast``, applied at the end of this module).
+Sections follow the op families of ``manual_conv/ops/``. Every other public name of torch.nn.functional resolves
+to torch's own object (``manual_conv.torch_names``), a function that computes with a warning that it runs natively.
 """
 import math
 import numbers
@@ -24,6 +25,7 @@ from .ops import norm as _norm
 from .ops import pool as _pool
 from .ops import stochastic_depth as _stochastic_depth
 from .ops._utils import _pair, not_implemented_for, opmath_dtype, require_floating, scalar_type_name
+from . import autocast as _autocast
 from . import torch_names
 
 # torch.nn.functional's names without a twin here: torch's own objects (manual_conv.torch_names)
@@ -248,7 +250,7 @@ def _softmax_input(name, input, dim, stacklevel, dtype):
     """(input cast to dtype, dim wrapped), with torch's implicit dim and its errors, in torch's order: dim out of
     range (IndexError), then a non-floating input that has elements (NotImplementedError)."""
     if dim is None:
-        dim = _softmax_dim(name, input.dim(), stacklevel + 1)
+        dim = _softmax_dim(name, input.dim(), stacklevel + 2)  # past _softmax_input and autocast's wrapper
     if dtype is not None:
         input = input.to(dtype)
     ndim = max(input.dim(), 1)  # a 0-dim tensor is softmaxed as one of shape (1,)
@@ -615,18 +617,29 @@ def mse_loss(input, target, size_average=None, reduce=None, reduction="mean", we
             f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
             "This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size.",
-            stacklevel=2,
+            stacklevel=3,  # the caller, past autocast's wrapper
         )
     if size_average is not None or reduce is not None:
         reduction = _Reduction.legacy_get_string(size_average, reduce)
-    expanded_input, expanded_target = torch.broadcast_tensors(input, target)
     if weight is None:
-        reduction = _reduction_name(None, None, reduction)
-        dtype = torch.result_type(expanded_input, expanded_target)
-        require_floating(dtype, "mse_cpu")
-        compute = opmath_dtype(dtype)
-        input, target = torch.broadcast_tensors(input.to(compute), target.to(compute))
-        return _loss.MSELossFunction.apply(input, target, reduction, dtype)
+        return _mse_loss(input, target, reduction)
+    return _weighted_mse_loss(input, target, weight, reduction)
+
+
+def _mse_loss(input, target, reduction):
+    """mse_loss without a weight (torch's aten::mse_loss)."""
+    expanded_input, expanded_target = torch.broadcast_tensors(input, target)
+    reduction = _reduction_name(None, None, reduction)
+    dtype = torch.result_type(expanded_input, expanded_target)
+    require_floating(dtype, "mse_cpu")
+    compute = opmath_dtype(dtype)
+    input, target = torch.broadcast_tensors(input.to(compute), target.to(compute))
+    return _loss.MSELossFunction.apply(input, target, reduction, dtype)
+
+
+def _weighted_mse_loss(input, target, weight, reduction):
+    """mse_loss with a weight (torch's composite of pow, mul and sum)."""
+    expanded_input, expanded_target = torch.broadcast_tensors(input, target)
     if weight.size() != input.size():
         raise ValueError("Weights and input must have the same size.")
     dtype, compute = _loss.weighted_mse_dtypes(expanded_input, expanded_target, weight, reduction)
@@ -896,7 +909,7 @@ def multi_head_attention_forward(
     if need_weights:
         attn_output, weights = _heads_attending_with_weights(q, k, v, attn_mask, dropout_p, is_causal)
         weights = weights.reshape(bsz, num_heads, tgt_len, src_len)
-        weights = (weights.mean(dim=1) if average_attn_weights else weights).to(query.dtype)
+        weights = (weights.mean(dim=1) if average_attn_weights else weights).to(_autocast.softmax_dtype(q))
         attn_output = attn_output.transpose(0, 1).reshape(tgt_len * bsz, embed_dim)
     else:
         if attn_mask is not None:
@@ -997,3 +1010,10 @@ def _heads_attending_with_weights(q, k, v, attn_mask, dropout_p, is_causal):
         return q.new_zeros((q.size(0), q.size(1), v.size(-1))), q.new_zeros((q.size(0), q.size(1), k.size(1)))
     scales = (math.sqrt(1.0 / float(q.size(-1))), 1)
     return _attention.attention(q, k, v, attn_mask, dropout_p, scales, zero_masked_rows=False, need_weights=True)
+
+# ------------------------------------------------------------------------------------------------------- autocast
+# Under torch.autocast each function casts its tensor arguments by torch's policy for the native op, then runs with
+# autocast off (manual_conv.autocast); outside autocast it is the function defined above.
+for _name in _autocast.POLICIES:
+    globals()[_name] = _autocast.follows_policy(globals()[_name])
+del _name

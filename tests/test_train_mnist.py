@@ -405,3 +405,49 @@ def test_manual_build_trains_through_manual_conv_functions_only():
     assert others <= {"AccumulateGrad", "ViewBackward0"}, others
     for layer in ("conv2d", "relu", "maxpool2d", "dropout", "linear", "crossentropy"):
         assert any(layer in name.lower() for name in ours), (layer, ours)
+
+
+# ----------------------------------------------------------------------------------------- mixed precision (--amp)
+
+
+def test_amp_trains_in_bfloat16_on_cpu_and_resume_keeps_it(tmp_path, capsys):
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=96, test_count=32)
+    common = ["--data-dir", str(folder), "--batch-size", "32", "--device", "cpu"]
+    checkpoint = tmp_path / "run.pt"
+    assert train_mnist.main(common + ["--epochs", "1", "--amp", "--save-model", str(checkpoint),
+                                      "--metrics", str(tmp_path / "m.json")]) == 0
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.endswith("cpu x 1 process, amp bfloat16"), header
+    metrics = read_metrics(tmp_path / "m.json")
+    assert metrics["amp"] == "bfloat16" and 0 <= metrics["test_accuracy"] <= 1
+    saved = torch.load(checkpoint)
+    assert saved["run"]["amp"] is True
+    assert all(parameter.dtype == torch.float32 for parameter in saved["model"].values())
+    assert train_mnist.main(["--resume", str(checkpoint), "--epochs", "2", "--metrics", str(tmp_path / "r.json")]) == 0
+    assert read_metrics(tmp_path / "r.json")["amp"] == "bfloat16", "the checkpoint's --amp holds when left out"
+    assert train_mnist.main(common + ["--epochs", "1", "--no-amp", "--metrics", str(tmp_path / "f.json")]) == 0
+    assert read_metrics(tmp_path / "f.json")["amp"] is None
+
+
+def test_manual_build_under_amp_trains_through_manual_conv_functions_and_casts():
+    with train_mnist.autocast(True, torch.device("cpu")):
+        loss = training_loss(manual_conv.nn)
+    assert loss.dtype == torch.float32
+    others = {node_type.__name__ for node_type in graph_node_types(loss)
+              if not issubclass(node_type, torch.autograd.function.BackwardCFunction)}
+    # the casts autocast's policy makes (ToCopyBackward0), as native's graph has them
+    assert others <= {"AccumulateGrad", "ViewBackward0", "ToCopyBackward0"}, others
+    assert not train_mnist.grad_scaler(True, torch.device("cpu")).is_enabled(), "bfloat16 needs no loss scaling"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+def test_amp_trains_in_float16_with_a_grad_scaler_on_cuda(tmp_path):
+    folder = write_synthetic_dataset(tmp_path / "idx", train_count=192, test_count=64)
+    checkpoint = tmp_path / "run.pt"
+    assert train_mnist.main(["--data-dir", str(folder), "--batch-size", "32", "--device", "cuda", "--epochs", "1",
+                             "--amp", "--backend", "python", "--save-model", str(checkpoint),
+                             "--metrics", str(tmp_path / "m.json")]) == 0
+    metrics = read_metrics(tmp_path / "m.json")
+    assert metrics["amp"] == "float16" and metrics["test_accuracy"] > 0.2
+    assert torch.load(checkpoint)["scaler"]["scale"] > 0
+    assert train_mnist.grad_scaler(True, torch.device("cuda")).is_enabled()

@@ -5,6 +5,8 @@ import numbers
 
 import torch
 
+from .. import autocast
+
 
 def _pair(value, name, dims=2):
     """An int or a sequence of 1 or ``dims`` ints -> a tuple of ``dims`` ints, as torch's IntArrayRef[dims] parsing."""
@@ -74,18 +76,30 @@ def suggests_channels_last(tensor):
 
 
 class Function(torch.autograd.Function):
-    """torch.autograd.Function whose subclasses' forward signature is worked out once, when the class is made.
+    """torch.autograd.Function whose subclasses' forward signature is worked out once, when the class is made, and
+    whose backward and jvp run with autocast off.
 
     For a Function with a setup_context, torch 2.14's ``apply`` binds the call's arguments to forward's
     signature on every call (``torch.autograd.function._bind_default_args``), and ``inspect.signature`` rebuilds
     that signature from the function each time: about 30 µs of every apply (a batch-1 ReLU: 80 → 51 µs).
     ``inspect.signature`` returns a function's ``__signature__`` when it has one, so storing it there leaves
     only the binding itself.
+
+    Autocast: manual_conv.functional casts the arguments by torch's policy and runs forward with autocast off
+    (``manual_conv.autocast``). ``.backward()`` called inside an autocast region would otherwise run backward (and
+    jvp) under it, casting their products to the lower precision; with autocast off they compute in the dtypes the
+    forward used, as native backward does (the role torch.amp.custom_bwd plays for custom Functions). The
+    subclass's own ``backward`` and ``jvp`` staticmethods are replaced by wrapped staticmethods of the same name,
+    so torch.autograd and torch.func find them where they look (``vmap`` and ``generate_vmap_rule`` stay as they
+    are).
     """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.forward.__signature__ = inspect.signature(cls.forward)
+        for name in ("backward", "jvp"):
+            if isinstance(vars(cls).get(name), staticmethod):
+                setattr(cls, name, staticmethod(autocast.disabled(vars(cls)[name].__func__)))
 
 
 def laid_out_like(tensor, like, memory_format, dtype):
