@@ -16,8 +16,8 @@ class LinearFunction(Function):
     """y = x Wᵀ + b: y[..., o] = Σ_i x[..., i] · W[o, i] + b[o], for any number of leading dims of x.
 
     The leading dims of x are flattened into M rows (X: M × in, Δ: M × out) and the product is one GEMM with the
-    bias added inside it (addmm: one rounding, as torch's linear), written into y's own storage. A bias that is
-    not a vector is broadcast to y's shape afterwards (an error when it would enlarge y, as in torch).
+    bias added inside it (addmm: one rounding, as torch's linear), whose result is y. A bias that is not a vector
+    is broadcast to y's shape afterwards (an error when it would enlarge y, as in torch).
     Backward, with x̄, W̄ complex conjugates (for real tensors the tensors themselves):
         ∂L/∂x = δ W̄                        (each x[..., i] feeds every output o through W[o, i]);
         ∂L/∂W = Δᵀ X̄                       (summed over the M rows, since W is shared by all of them);
@@ -28,15 +28,16 @@ class LinearFunction(Function):
     def forward(input, weight, bias):
         out_features, in_features = weight.shape
         rows = math.prod(input.shape[:-1])
-        output = input.new_empty(*input.shape[:-1], out_features)
-        output_rows = output.view(rows, out_features)
         input_rows = input.reshape(rows, in_features)
         if bias is not None and bias.dim() == 1:
-            torch.addmm(bias, input_rows, weight.t(), out=output_rows)
+            output_rows = torch.addmm(bias, input_rows, weight.t())
         else:
-            torch.mm(input_rows, weight.t(), out=output_rows)
-            if bias is not None:
-                output += bias
+            output_rows = torch.mm(input_rows, weight.t())
+        # The rows as y's shape, without making y a view (an in-place op on a custom Function's output that is a
+        # view of a tensor made inside it is refused): _unsafe_view, as torch's own matmul folds its rows.
+        output = torch.ops.aten._unsafe_view(output_rows, (*input.shape[:-1], out_features))
+        if bias is not None and bias.dim() != 1:
+            output += bias
         return output
 
     @staticmethod
