@@ -22,9 +22,10 @@ Methods, each giving {parameter name: tensor (batch, *parameter.shape)}:
   torch.func.functional_call (the recipe of torch's per-sample-gradients tutorial), on manual_conv's layers
   (manual_conv.nn for the MNIST CNN, manual_conv.convert for the block);
 - "loop": one forward and torch.autograd.grad per sample, on the same manual_conv layers;
+  both with manual_conv's loss (manual_conv.functional.cross_entropy or mse_loss);
 - "Opacus": opacus.GradSampleModule (hooks that compute each layer's per-sample gradient from its saved
   activations and backpropagated gradients) on the torch.nn network: one forward and backward of the batch.
-With --native the first two run on the torch.nn network instead (torch's own vmap rules): a reference, and the
+With --native the first two run on the torch.nn network and loss instead (torch's own vmap rules): a reference, and the
 way to try the harness where manual_conv's layers have no vmap rules.
 
 Before timing, the three methods' per-sample gradients are checked to agree (float32 rounding apart); the run
@@ -66,10 +67,10 @@ class Network:
     name: str
     build: Callable[[], nn.Module]  # the torch.nn network, freshly initialised
     to_manual_conv: Callable[[nn.Module], nn.Module]  # the same network (same weights) on manual_conv's layers
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # mean over the batch
+    loss: str  # the name of a loss (mean over the batch) in torch.nn.functional and manual_conv.functional
     batch: int
     sample_shape: tuple
-    make_targets: Callable[[int, torch.Generator], torch.Tensor]
+    make_targets: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (inputs, generator) -> targets
 
 
 def without_dropout(model):
@@ -109,10 +110,10 @@ def resnet_block():
 
 
 NETWORKS = [
-    Network("MNIST CNN", mnist_cnn, mnist_cnn_on_manual_conv, nn.functional.cross_entropy, 64, (1, 28, 28),
-            lambda batch, generator: torch.randint(0, 10, (batch,), generator=generator)),
-    Network("ResNet-18 block", resnet_block, manual_conv.convert, nn.functional.mse_loss, 8, (64, 56, 56),
-            lambda batch, generator: torch.randn(batch, 64, 56, 56, generator=generator)),
+    Network("MNIST CNN", mnist_cnn, mnist_cnn_on_manual_conv, "cross_entropy", 64, (1, 28, 28),
+            lambda inputs, generator: torch.randint(0, 10, (len(inputs),), generator=generator)),
+    Network("ResNet-18 block", resnet_block, manual_conv.convert, "mse_loss", 8, (64, 56, 56),
+            lambda inputs, generator: torch.randn(inputs.shape, generator=generator)),
 ]
 
 
@@ -120,9 +121,7 @@ def quick(network):
     """A smoke-run size: batch 4 (MNIST) or 2 (the block, on 14x14 inputs)."""
     if network.name == "MNIST CNN":
         return dataclasses.replace(network, batch=4)
-    return dataclasses.replace(network, batch=2, sample_shape=(64, 14, 14),
-                               make_targets=lambda batch, generator: torch.randn(batch, 64, 14, 14,
-                                                                                 generator=generator))
+    return dataclasses.replace(network, batch=2, sample_shape=(64, 14, 14))
 
 
 def torch_func_gradients(model, loss):
@@ -173,16 +172,20 @@ def opacus_gradients(model, loss):
 
 def methods(network, native):
     """{method: compute(inputs, targets)} on one network; the torch.func recipe and the loop on manual_conv's
-    layers (torch.nn's with ``native``), Opacus on torch.nn's; every model with the same weights."""
+    layers and loss (torch.nn's with ``native``), Opacus on torch.nn's; every model with the same weights."""
     torch.manual_seed(0)
     model = network.build()
-    on_manual_conv = model if native else network.to_manual_conv(model)
+    native_loss = getattr(nn.functional, network.loss)
+    if native:
+        recipe_model, recipe_loss = model, native_loss
+    else:
+        recipe_model, recipe_loss = network.to_manual_conv(model), getattr(manual_conv.functional, network.loss)
     # Opacus hooks its model and stores grad_sample on its parameters: it gets a copy of its own.
     opacus_model = network.build()
     opacus_model.load_state_dict(model.state_dict())
-    return {"torch.func": torch_func_gradients(on_manual_conv, network.loss),
-            "loop": looped_gradients(on_manual_conv, network.loss),
-            "Opacus": opacus_gradients(opacus_model, network.loss)}
+    return {"torch.func": torch_func_gradients(recipe_model, recipe_loss),
+            "loop": looped_gradients(recipe_model, recipe_loss),
+            "Opacus": opacus_gradients(opacus_model, native_loss)}
 
 
 def check_agreement(network, computes, inputs, targets):
@@ -208,7 +211,7 @@ def run(args):
             network = quick(network)
         generator = torch.Generator().manual_seed(0)
         inputs = torch.randn(network.batch, *network.sample_shape, generator=generator)
-        targets = network.make_targets(network.batch, generator)
+        targets = network.make_targets(inputs, generator)
         computes = methods(network, args.native)
         worst = check_agreement(network, computes, inputs, targets)
         steps = {method: (lambda compute=compute: compute(inputs, targets), lambda: None)
@@ -241,7 +244,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: batch 4 and 2 (block on 14x14), 1 round")
     parser.add_argument("--native", action="store_true",
-                        help="torch.nn layers in the torch.func recipe and the loop instead of manual_conv's")
+                        help="torch.nn layers and loss in the torch.func recipe and the loop instead of manual_conv's")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds (default 15; 1 quick)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2; 0 quick)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
