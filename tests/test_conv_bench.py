@@ -84,7 +84,7 @@ def test_memory_benchmark_reports_every_op_within_the_target(tmp_path):
     assert not over
 
 
-@pytest.mark.skipif(importlib.util.find_spec("opacus") is None, reason="Opacus is not installed (make test installs it)")
+@pytest.mark.skipif(importlib.util.find_spec("opacus") is None, reason="Opacus is not installed (make test does)")
 def test_per_sample_gradient_benchmark_agrees_with_the_loop_and_opacus(tmp_path):
     """--quick: torch.func's recipe on manual_conv's layers, the loop and Opacus give the same per-sample gradients
     (the benchmark stops otherwise) on both networks, and every row is reported."""
