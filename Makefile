@@ -8,7 +8,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PINS := torch==2.14.1 torchvision==0.29.1
-DEPS := pytest hypothesis ninja numpy tqdm matplotlib expecttest
+# opacus: the reference of benchmarks/per_sample_grad_bench.py, whose smoke test checks it against manual_conv
+DEPS := pytest hypothesis ninja numpy tqdm matplotlib expecttest opacus
 # What the compiled library depends on besides its sources: the torch it is built against, and setup.py's switches.
 BUILD_SETTINGS := $(PINS) FORCE_CUDA=$(FORCE_CUDA) TORCH_CUDA_ARCH_LIST=$(TORCH_CUDA_ARCH_LIST)
 

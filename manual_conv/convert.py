@@ -6,6 +6,7 @@ under ``manual_conv.enable()``, so that the torch functions model code calls its
 x.softmax(-1)) run by hand too.
 """
 import copy
+import functools
 import inspect
 import sys
 import types
@@ -103,16 +104,26 @@ def convert(module, inplace=False, functional=True):
     return module
 
 
-class ForwardUnderEnable:
+class ForwardUnderEnable(functools.partial):
     """A module's forward, run under manual_conv.enable(): ``convert(functional=True)`` sets one as the converted
-    module's ``forward``. ``forward`` is the bound forward it replaces."""
+    module's ``forward``. ``forward`` is the bound forward it replaces.
 
-    def __init__(self, forward):
-        self.forward = forward
+    A ``functools.partial`` of ``forward``, so that it deep copies and pickles as a partial does (with the module:
+    the bound forward is the module's class's), and torch.export, which reads the code object of a module's
+    forward, finds one (it looks inside a partial; any other callable object fails there with "no attribute
+    __code__")."""
 
-    def __call__(self, *args, **kwargs):
-        with enable():
-            return self.forward(*args, **kwargs)
+    def __new__(cls, forward):
+        return super().__new__(cls, _call_under_enable, forward)
+
+    @property
+    def forward(self):
+        return self.args[0]
+
+
+def _call_under_enable(forward, *args, **kwargs):
+    with enable():
+        return forward(*args, **kwargs)
 
 
 def _unsupported_message(unsupported):

@@ -1,7 +1,9 @@
-"""benchmarks/conv_bench.py (--quick, and its --thresholds sweep), benchmarks/train_step_bench.py and
-benchmarks/memory_bench.py (--quick) run end to end and write complete reports. No timing is asserted: the numbers
-of a shared machine say nothing about correctness. Memory is counted, not timed: the memory benchmark's target is
-asserted."""
+"""benchmarks/conv_bench.py (--quick, and its --thresholds sweep), benchmarks/train_step_bench.py,
+benchmarks/memory_bench.py (--quick) and benchmarks/per_sample_grad_bench.py (--quick) run end to end and write
+complete reports. No timing is asserted: the numbers of a shared machine say nothing about correctness. Memory is
+counted, not timed: the memory benchmark's target is asserted. The per-sample-gradient benchmark asserts itself,
+before timing, that its three methods agree."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -80,3 +82,23 @@ def test_memory_benchmark_reports_every_op_within_the_target(tmp_path):
     over = [(row["case"], row["implementation"], round(row["vs_native"], 2)) for row in rows
             if row["implementation"] != "native" and row["vs_native"] > results["target_ratio"]]
     assert not over
+
+
+@pytest.mark.skipif(importlib.util.find_spec("opacus") is None, reason="Opacus is not installed (make test does)")
+def test_per_sample_gradient_benchmark_agrees_with_the_loop_and_opacus(tmp_path):
+    """--quick: torch.func's recipe on manual_conv's layers, the loop and Opacus give the same per-sample gradients
+    (the benchmark stops otherwise) on both networks, and every row is reported."""
+    report = tmp_path / "per_sample.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "per_sample_grad_bench.py"), "--quick", "--threads",
+               "1", "--json", str(report)]
+    completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    assert "| MNIST CNN | 4 | torch.func | manual_conv |" in completed.stdout
+    results = json.loads(report.read_text())
+    assert results["threads"] == 1 and not results["native"] and "capability" in results["cpu"]
+    rows = results["results"]
+    assert {(row["network"], row["method"], row["layers"]) for row in rows} == {
+        (network, method, "torch.nn" if method == "Opacus" else "manual_conv")
+        for network in ("MNIST CNN", "ResNet-18 block") for method in ("torch.func", "loop", "Opacus")}
+    assert all(row["median_ms"] > 0 and row["vs_opacus"] > 0 and row["largest_relative_difference"] < 1e-3
+               for row in rows)
