@@ -70,7 +70,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     _conv.check_dtype(batched, dilation)
     if any(end_padding):
         batched = F.pad(batched, (0, end_padding[1], 0, end_padding[0]))
-    output = _conv.conv2d_function().apply(batched, weight, bias, stride, padding, dilation, groups)
+    output = _conv.Conv2dFunction.apply(batched, weight, bias, stride, padding, dilation, groups)
     return output if input.dim() == 4 else output.squeeze(0)
 
 
@@ -89,8 +89,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     _conv.check_elements(batched, weight, transposed=True)
     output_size = _conv.transposed_output_size(batched, weight, stride, padding, output_padding, groups, dilation)
     _conv.check_dtype(batched, dilation, transposed=True)
-    output = _conv.conv_transpose2d_function().apply(batched, weight, bias, output_size, stride, padding, dilation,
-                                                     groups)
+    output = _conv.ConvTranspose2dFunction.apply(batched, weight, bias, output_size, stride, padding, dilation, groups)
     return output if input.dim() == 4 else output.squeeze(0)
 
 # -------------------------------------------------------------------------------------------------------- pooling

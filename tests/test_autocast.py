@@ -150,7 +150,7 @@ def test_backward_and_jvp_run_in_the_forwards_dtypes_inside_an_autocast_region()
     torch.testing.assert_close(grad_w, x.T @ torch.ones(2, 3))
     torch.testing.assert_close(tangent, torch.ones(2, 3) @ w + x @ torch.ones(3, 3))
     # the wrapped staticmethods are where torch.func looks for them, next to the vmap rule
-    assert _Scale.__dict__["jvp"].__func__.__name__ == "jvp" and _Scale.__dict__["jvp"].__func__.__wrapped__
+    assert _Scale.__dict__["jvp"].rule.__name__ == "jvp" and _Scale.__dict__["jvp"].rule.__wrapped__
     xs = torch.randn(4, 2, 3)
     torch.testing.assert_close(torch.func.vmap(_Scale.apply, in_dims=(0, None))(xs, w), xs @ w)
 

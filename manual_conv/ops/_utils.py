@@ -89,9 +89,9 @@ class Function(torch.autograd.Function):
     (``manual_conv.autocast``). ``.backward()`` called inside an autocast region would otherwise run backward (and
     jvp) under it, casting their products to the lower precision; with autocast off they compute in the dtypes the
     forward used, as native backward does (the role torch.amp.custom_bwd plays for custom Functions). The
-    subclass's own ``backward`` and ``jvp`` staticmethods are replaced by wrapped staticmethods of the same name,
-    so torch.autograd and torch.func find them where they look (``vmap`` and ``generate_vmap_rule`` stay as they
-    are).
+    subclass's own ``backward`` and ``jvp`` staticmethods are replaced by wrapped ones of the same name, so
+    torch.autograd and torch.func find them where they look (``vmap`` and ``generate_vmap_rule`` stay as they
+    are); the jvp as a ``jvp_rule``, which torch.compile can trace past.
     """
 
     def __init_subclass__(cls, **kwargs):
@@ -99,7 +99,8 @@ class Function(torch.autograd.Function):
         cls.forward.__signature__ = inspect.signature(cls.forward)
         for name in ("backward", "jvp"):
             if isinstance(vars(cls).get(name), staticmethod):
-                setattr(cls, name, staticmethod(autocast.disabled(vars(cls)[name].__func__)))
+                rule = autocast.disabled(vars(cls)[name].__func__)
+                setattr(cls, name, jvp_rule(rule) if name == "jvp" else staticmethod(rule))
 
 
 def laid_out_like(tensor, like, memory_format, dtype):
@@ -131,8 +132,8 @@ def is_vmapped(tensor):
 
 
 class jvp_rule:
-    """Decorates a Function's ``jvp`` (in place of ``@staticmethod``) so that torch.compile can still trace the
-    Function.
+    """A Function's ``jvp`` as ``Function.__init_subclass__`` installs it, so that torch.compile can still trace the
+    Function (subclasses write an ordinary ``@staticmethod``).
 
     Dynamo refuses any autograd.Function whose class defines jvp ("Unsupported custom jvp",
     torch/_dynamo/variables/misc.py: a graph break, and an error under fullgraph=True), though a compiled graph never

@@ -34,7 +34,7 @@ import math
 import torch
 
 from ..backend import compiled_layers
-from ._utils import Function, is_vmapped, jvp_rule, laid_out_like, opmath_dtype
+from ._utils import Function, is_vmapped, laid_out_like, opmath_dtype
 
 
 def _in_opmath(tensor, **kwargs):
@@ -151,7 +151,7 @@ class ReLUFunction(Function):
             grad_input = torch.where(output <= 0, 0.0, grad_output)
         return _laid_out_as_elementwise(grad_input, output, grad_output), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _):
         (output,) = ctx.saved_tensors
         return _tangent(ctx, input_tangent, torch.where(output <= 0, 0.0, input_tangent))
@@ -185,7 +185,7 @@ class ReLUBackwardFunction(Function):
         (output,) = ctx.saved_tensors
         return ReLUBackwardFunction.apply(grad, output), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, grad_output_tangent, _):
         (output,) = ctx.saved_tensors
         return ReLUBackwardFunction.apply(grad_output_tangent, output)
@@ -297,7 +297,7 @@ class SigmoidFunction(Function):
         y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
         return (_in_opmath(grad_output) * _conj((1 - y) * y)).to(grad_output.dtype)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent):
         y = _in_opmath(_output_in_opmath(ctx, SigmoidFunction))
         return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * ((1 - y) * y))
@@ -337,7 +337,7 @@ class TanhFunction(Function):
         y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
         return (_in_opmath(grad_output) * _conj(1 - y * y)).to(grad_output.dtype)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent):
         y = _in_opmath(_output_in_opmath(ctx, TanhFunction))
         return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * (1 - y * y))
@@ -377,7 +377,7 @@ class GELUFunction(Function):
     def backward(ctx, grad_output):
         return (_in_opmath(grad_output) * GELUFunction._slope(ctx)).to(grad_output.dtype), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _):
         return _tangent(ctx, input_tangent, _in_opmath(input_tangent) * GELUFunction._slope(ctx))
 
@@ -435,7 +435,7 @@ class SoftmaxFunction(Function):
         grad_input = y * (grad - (grad * y).sum(ctx.dim, keepdim=True))
         return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _):
         y = _in_opmath(_output_in_opmath(ctx, SoftmaxFunction, ctx.dim))
         tangent = _in_opmath(input_tangent)
@@ -472,7 +472,7 @@ class LogSoftmaxFunction(Function):
         grad_input = grad - torch.exp(y) * grad.sum(ctx.dim, keepdim=True)
         return laid_out_like(grad_input, grad_output, torch.contiguous_format, grad_output.dtype), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _):
         y = _in_opmath(_output_in_opmath(ctx, LogSoftmaxFunction, ctx.dim))
         tangent = _in_opmath(input_tangent)
@@ -553,7 +553,7 @@ class HardtanhFunction(Function):
         grad_input = HardtanhFunction._times_slope(ctx, grad_output)
         return _laid_out_as_elementwise(grad_input, grad_output, input), None, None, None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, HardtanhFunction._times_slope(ctx, input_tangent))
 
@@ -595,7 +595,7 @@ class LeakyReLUFunction(Function):
         grad_input = LeakyReLUFunction._times_slope(ctx, _in_opmath(grad_output))
         return _gradient(grad_input, grad_output, saved, saved_first=True), None, None  # as torch's kernel
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, LeakyReLUFunction._times_slope(ctx, _in_opmath(input_tangent)))
 
@@ -647,7 +647,7 @@ class ELUFunction(Function):
         grad_input = ELUFunction._times_slope(ctx, _in_opmath(grad_output))
         return _gradient(grad_input, grad_output, saved), None, None, None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, ELUFunction._times_slope(ctx, _in_opmath(input_tangent)))
 
@@ -701,7 +701,7 @@ class HardsigmoidFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(HardsigmoidFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, HardsigmoidFunction._times_slope(ctx, input_tangent))
 
@@ -742,7 +742,7 @@ class HardswishFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(HardswishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, HardswishFunction._times_slope(ctx, input_tangent))
 
@@ -787,7 +787,7 @@ class SiLUFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(SiLUFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, SiLUFunction._times_slope(ctx, input_tangent))
 
@@ -831,7 +831,7 @@ class MishFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(MishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, MishFunction._times_slope(ctx, input_tangent))
 
@@ -881,7 +881,7 @@ class SoftplusFunction(Function):
         (input,) = ctx.saved_tensors
         return _gradient(SoftplusFunction._times_slope(ctx, grad_output), grad_output, input), None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return _tangent(ctx, input_tangent, SoftplusFunction._times_slope(ctx, input_tangent))
 

@@ -28,7 +28,7 @@ import numbers
 
 import torch
 
-from ._utils import Function, jvp_rule, laid_out_like, not_implemented_for, opmath_dtype, scalar_type_name
+from ._utils import Function, laid_out_like, not_implemented_for, opmath_dtype, scalar_type_name
 from .linear import scaled_bernoulli_mask
 
 # The dtypes torch's fused CPU attention kernel takes (sdp_utils_cpp.cpp, use_flash_attention_cpp).
@@ -121,7 +121,7 @@ class ScaledDotProductAttentionFunction(Function):
             grad_bias = grad_scores.sum_to_size(ctx.bias_shape).to(ctx.bias_dtype)
         return grad_query, grad_key, grad_value, grad_bias, None, None, None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, query_tangent, key_tangent, value_tangent, bias_tangent, *_):
         query, key, value, dropout_mask, weights = ctx.saved_tensors
         compute = weights.dtype

@@ -263,24 +263,6 @@ class Conv2dBiasGradFunction(Function):
         return grad_grad_bias.view(1, -1, 1, 1).expand(ctx.grad_output_shape)
 
 
-def conv2d_function():
-    """Conv2dFunction, or while torch.compile traces, its twin without the jvp (the same forward, setup_context,
-    backward and vmap rule, and the same name, so the same graph nodes). Dynamo refuses to trace a Function that
-    defines a jvp (torch 2.14: "Unsupported custom jvp", a graph break), and forward-mode AD does not run through
-    torch.compile anyway: eager calls keep the jvp."""
-    return _Conv2dWithoutJvp if torch.compiler.is_compiling() else Conv2dFunction
-
-
-def conv_transpose2d_function():
-    """ConvTranspose2dFunction, or while torch.compile traces, its twin without the jvp (as conv2d_function)."""
-    return _ConvTranspose2dWithoutJvp if torch.compiler.is_compiling() else ConvTranspose2dFunction
-
-
-_Conv2dWithoutJvp = type("Conv2dFunction", (Conv2dFunction,), {"jvp": torch.autograd.Function.jvp})
-_ConvTranspose2dWithoutJvp = type("ConvTranspose2dFunction", (ConvTranspose2dFunction,),
-                                  {"jvp": torch.autograd.Function.jvp})
-
-
 def _bilinear_tangent(bilinear, first, second, first_tangent, second_tangent, bias_tangent, output_shape):
     """The jvp of y = bilinear(a, b, bias): ẏ = bilinear(ȧ, b, ḃias) + bilinear(a, ḃ, None), the terms whose
     tangent is None left out (ḃias alone broadcast over the output's (N, H, W))."""

@@ -10,7 +10,7 @@ import math
 import torch
 
 from ..backend import compiled_cpu_layers
-from ._utils import Function, is_vmapped, jvp_rule
+from ._utils import Function, is_vmapped
 from .activation import elementwise_vmap, written_in_place
 
 
@@ -74,7 +74,7 @@ class LinearFunction(Function):
             grad_bias = grad_output.sum_to_size(ctx.bias_shape)
         return grad_input, grad_weight, grad_bias
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, weight_tangent, bias_tangent):
         input, weight = ctx.saved_tensors
         terms = []
@@ -128,7 +128,7 @@ class DropoutFunction(Function):
         (scaled_mask,) = ctx.saved_tensors
         return grad_output * scaled_mask, None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         (scaled_mask,) = ctx.saved_tensors
         return written_in_place(input_tangent.mul_(scaled_mask)) if ctx.inplace else input_tangent * scaled_mask

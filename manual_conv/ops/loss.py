@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._utils import (Function, is_vmapped, jvp_rule, laid_out_like, opmath_dtype, require_floating,
+from ._utils import (Function, is_vmapped, laid_out_like, opmath_dtype, require_floating,
                      scalar_type_name)
 
 
@@ -193,7 +193,7 @@ class NLLLossFunction(Function):
         ctx.num_classes, ctx.dtype = input.shape[1], input.dtype
         _save_target(ctx, target)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _target, _reduction):
         (target,) = _saved_target(ctx)
         return _nll_loss(input_tangent.to(opmath_dtype(ctx.dtype)), target, ctx.reduction).to(ctx.dtype)
@@ -248,7 +248,7 @@ class CrossEntropyFunction(Function):
         logits, target, ctx.reduction, ctx.label_smoothing = inputs
         _save_target(ctx, target, logits)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, logits_tangent, _target, _reduction, _label_smoothing):
         logits, target = _saved_target(ctx)
         probs = softmax(logits.contiguous().to(opmath_dtype(logits.dtype)), 1)
@@ -339,7 +339,7 @@ class CrossEntropyProbabilitiesFunction(Function):
         ctx.save_for_backward(logits, target_weights)
         ctx.save_for_forward(logits, target_weights)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, logits_tangent, target_weights_tangent, _reduction, _dtype):
         logits, target_weights = ctx.saved_tensors
         log_probs = _log_probs_as_torch(logits, ctx.dtype)
@@ -396,7 +396,7 @@ class MSELossFunction(Function):
         ctx.save_for_backward(input, target)
         ctx.save_for_forward(input, target)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, target_tangent, _reduction, _dtype):
         input, target = ctx.saved_tensors
         error = input - target
@@ -444,7 +444,7 @@ class WeightedMSELossFunction(Function):
         ctx.save_for_backward(input, target, weight, divisor)
         ctx.save_for_forward(input, target, weight, divisor)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, target_tangent, weight_tangent, _reduction, divisor_tangent, _dtype):
         input, target, weight, divisor = ctx.saved_tensors
         error = input - target

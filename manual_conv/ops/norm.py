@@ -38,7 +38,7 @@ import torch
 from torch._C._functorch import TransformType
 from torch._functorch import pyfunctorch
 
-from ._utils import (Function, is_vmapped, jvp_rule, laid_out_like, not_implemented_for, opmath_dtype,
+from ._utils import (Function, is_vmapped, laid_out_like, not_implemented_for, opmath_dtype,
                      require_floating, scalar_type_name, suggests_channels_last)
 
 
@@ -110,7 +110,7 @@ class LayerNormFunction(Function):
         ctx.save_for_backward(input, weight)
         ctx.save_for_forward(input, weight)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _, weight_tangent, bias_tangent, _eps):
         input, weight = ctx.saved_tensors
         dims = _last_dims(ctx.normalized_ndim)
@@ -221,7 +221,7 @@ class GroupNormFunction(Function):
         ctx.save_for_backward(input, weight)
         ctx.save_for_forward(input, weight)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _, weight_tangent, bias_tangent, _eps):
         input, weight = ctx.saved_tensors
         groups = ctx.num_groups
@@ -373,7 +373,7 @@ class BatchNormFunction(Function):
         ctx.save_for_forward(input, weight)
         ctx.mark_non_differentiable(*outputs[1:])
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, weight_tangent, bias_tangent, _eps, _folded):
         input, weight = ctx.saved_tensors
         ndim, dims = input.dim(), _channel_dims(input)
@@ -436,7 +436,7 @@ class BatchNormEvalFunction(Function):
         ctx.save_for_backward(input, running_mean, running_var, weight)
         ctx.save_for_forward(input, running_mean, running_var, weight)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _mean_tangent, _var_tangent, weight_tangent, bias_tangent, _eps, _folded):
         input, running_mean, running_var, weight = ctx.saved_tensors
         ndim = input.dim()
@@ -578,7 +578,7 @@ class NormalizeFunction(Function):
         ctx.save_for_backward(input)
         ctx.save_for_forward(input)
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _p, _dims, _eps):
         (input,) = ctx.saved_tensors
         x, tangent = input.to(opmath_dtype(input.dtype)), input_tangent.to(opmath_dtype(input_tangent.dtype))

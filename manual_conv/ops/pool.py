@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backend import compiled_cpu_layers, compiled_layers
-from ._utils import (Function, _pair, jvp_rule, not_implemented_for, opmath_dtype, scalar_type_name,
+from ._utils import (Function, _pair, not_implemented_for, opmath_dtype, scalar_type_name,
                      suggests_channels_last)
 from .conv_reference import im2col
 
@@ -227,7 +227,7 @@ class MaxPool2dFunction(Function):
                                                                            ctx.channels_last)
         return grad_input, None, None, None, None, None
 
-    jvp = jvp_rule(_arg_max_jvp)
+    jvp = staticmethod(_arg_max_jvp)
 
     @staticmethod
     def vmap(info, in_dims, input, *pool_args):
@@ -273,7 +273,7 @@ class MaxPool2dBackwardFunction(Function):
         (indices,) = ctx.saved_tensors
         return gather_at_indices(grad, indices), None, None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, grad_output_tangent, *_):
         (indices,) = ctx.saved_tensors
         return MaxPool2dBackwardFunction.apply(grad_output_tangent, indices, *ctx.scatter_args)
@@ -406,7 +406,7 @@ class AvgPool2dFunction(Function):
             _plane_view(grad_input, *inputs).add_(_plane_view(share, *windows))
         return grad_input.to(grad_output.dtype), None, None, None, None, None, None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return AvgPool2dFunction.apply(input_tangent, *ctx.pool_args)
 
@@ -506,7 +506,7 @@ class AdaptiveAvgPool2dFunction(Function):
         grad_input = _window_shares(columns, -2, taps_h, height, ctx.memory_format)
         return grad_input.to(grad_output.dtype), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, *_):
         return AdaptiveAvgPool2dFunction.apply(input_tangent, ctx.output_size)
 
@@ -606,7 +606,7 @@ class AdaptiveMaxPool2dFunction(Function):
         (indices,) = ctx.saved_tensors
         return max_pool2d_input_grad(grad_output, indices, ctx.input_shape, ctx.channels_last), None
 
-    jvp = jvp_rule(_arg_max_jvp)
+    jvp = staticmethod(_arg_max_jvp)
 
     @staticmethod
     def vmap(info, in_dims, input, output_size):
@@ -644,7 +644,7 @@ class GlobalAvgPool2dFunction(Function):
     def backward(ctx, grad_output):
         return grad_output.expand(ctx.input_shape) / ctx.count
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent):
         return GlobalAvgPool2dFunction.apply(input_tangent)
 

@@ -8,7 +8,7 @@ draws it (``survival_noise``: a seed gives torchvision's very noise), and enters
 """
 import torch
 
-from ._utils import Function, jvp_rule, opmath_dtype, scalar_type_name
+from ._utils import Function, opmath_dtype, scalar_type_name
 
 
 def survival_noise(input, p, mode):
@@ -57,7 +57,7 @@ class StochasticDepthFunction(Function):
         (scaled_noise,) = ctx.saved_tensors
         return (grad_output * scaled_noise).to(grad_output.dtype), None
 
-    @jvp_rule
+    @staticmethod
     def jvp(ctx, input_tangent, _):
         (scaled_noise,) = ctx.saved_tensors
         return (input_tangent * scaled_noise).to(input_tangent.dtype)
