@@ -156,6 +156,20 @@ def test_per_sample_gradients_equal_loop(backend):
     torch.testing.assert_close(actual, expected)
 
 
+def test_per_sample_gradients_of_channels_last_samples(backend):
+    """vmap(grad) over channels_last samples (a channels_last model, or ConvNeXt's permutes): the backward lays
+    nothing out under vmap, which has no channels_last copy."""
+    conv_weight, transposed_weight, x = tensors((4, 3, 3, 3), (3, 4, 3, 3), (4, 3, 5, 5))
+    x = x.contiguous(memory_format=torch.channels_last).unflatten(0, (2, 2))
+    for w, conv, native in ((conv_weight, mF.conv2d, F.conv2d),
+                            (transposed_weight, mF.conv_transpose2d, F.conv_transpose2d)):
+        for argnums in (0, 1):
+            def per_sample(conv):
+                return torch.func.vmap(torch.func.grad(lambda w, x: conv(x, w).square().sum(), argnums),
+                                       in_dims=(None, 0))(w, x)
+            torch.testing.assert_close(per_sample(conv), per_sample(native))
+
+
 def test_channels_last_and_complex(backend):
     """The jvp's tangent is laid out as torch's (channels_last here); complex tensors: the jvp has no conjugates
     (the maps are complex-bilinear), the per-sample gradients of a real loss the backward's conjugates."""

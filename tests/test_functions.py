@@ -3,6 +3,7 @@ and the setup_context style, which lets torch.func's transforms run through the 
 import importlib
 import pkgutil
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -44,3 +45,20 @@ def test_torch_func_grad_runs_through_conv_and_linear(backend):
     expected = torch.func.grad(loss_of(F), argnums=(0, 1))(*weights)
     for actual, wanted in zip(ours, expected, strict=True):
         torch.testing.assert_close(actual, wanted)
+
+
+@pytest.mark.parametrize("function", [
+    mF.sigmoid, lambda x: mF.linear(x, x), lambda x: mF.layer_norm(x, (2,)),
+    lambda x: mF.conv2d(x.view(1, 1, 1, 2), x.view(1, 1, 1, 2)),
+])
+def test_forward_over_forward_raises_instead_of_returning_zero(backend, function):
+    """torch runs a custom Function's jvp with forward gradients off, so jacfwd of jacfwd would be 0 silently
+    (native sigmoid'' is not); ours refuse it and point to hessian, which works."""
+    x = torch.tensor([0.3, -1.2], dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="forward mode over forward mode"):
+        torch.func.jacfwd(torch.func.jacfwd(function))(x)
+    with pytest.raises(RuntimeError, match="forward mode over forward mode"):
+        torch.func.jvp(lambda x: torch.func.jvp(function, (x,), (x,))[1], (x,), (x,))
+    ours = torch.func.hessian(lambda x: function(x).sum())(x)
+    expected = torch.autograd.functional.hessian(lambda x: function(x).sum(), x)  # reverse over reverse
+    torch.testing.assert_close(ours, expected)

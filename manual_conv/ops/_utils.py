@@ -1,9 +1,12 @@
 """Argument normalisation and error helpers shared by the op families, matching torch.nn.functional's forms,
 and the base class of their autograd Functions."""
+import functools
 import inspect
 import numbers
 
 import torch
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from .. import autocast
 
@@ -100,7 +103,34 @@ class Function(torch.autograd.Function):
         for name in ("backward", "jvp"):
             if isinstance(vars(cls).get(name), staticmethod):
                 rule = autocast.disabled(vars(cls)[name].__func__)
-                setattr(cls, name, jvp_rule(rule) if name == "jvp" else staticmethod(rule))
+                setattr(cls, name, jvp_rule(_first_order(rule)) if name == "jvp" else staticmethod(rule))
+
+
+def _first_order(jvp):
+    """``jvp``, refusing to run under two forward-mode transforms (jvp of jvp, jacfwd of jacfwd).
+
+    torch runs a custom Function's jvp with forward gradients off, so an outer forward-mode level sees the inner
+    tangent as a constant: its result would be 0, silently (torch 2.14, for every custom Function). The second
+    derivatives that work go through reverse mode at least once: hessian (jacfwd of jacrev), jacrev of jacfwd,
+    jacrev of jacrev, jvp of grad.
+    """
+
+    @functools.wraps(jvp)
+    def first_order(ctx, *tangents):
+        if not torch.compiler.is_compiling() and _forward_mode_levels() > 1:
+            raise RuntimeError(
+                "manual_conv: forward mode over forward mode (torch.func.jvp of jvp, jacfwd of jacfwd) is not "
+                "supported: torch runs a custom autograd.Function's jvp with forward gradients off, so the result "
+                "would be 0. Use reverse mode for one of the two: torch.func.hessian (jacfwd of jacrev), jacrev of "
+                "jacfwd, or jvp of grad.")
+        return jvp(ctx, *tangents)
+
+    return first_order
+
+
+def _forward_mode_levels():
+    """How many torch.func forward-mode (jvp) transforms are active."""
+    return sum(interpreter.key() == TransformType.Jvp for interpreter in retrieve_all_functorch_interpreters())
 
 
 def laid_out_like(tensor, like, memory_format, dtype):

@@ -24,7 +24,7 @@ import torch
 
 from ..backend import conv_kernels, get_backend
 from . import conv_vmap
-from ._utils import Function, laid_out_like, not_implemented_for, opmath_dtype, suggests_channels_last
+from ._utils import Function, is_vmapped, laid_out_like, not_implemented_for, opmath_dtype, suggests_channels_last
 from .conv_reference import first_rows_and_columns
 
 
@@ -36,11 +36,14 @@ def _same_memory_format(output, input, weight):
 
     Inside a torch.func transform (a backward under vmap or grad) or gradcheck's legacy vmap, the tensors are
     wrappers: a buffer allocated here would be a plain tensor, which cannot take a batched or grad-tracked value
-    in place, so the layout is made by ``contiguous`` (whose per-sample strides a transform does not show anyway).
+    in place, so the layout is made by ``contiguous`` (whose per-sample strides a transform does not show anyway);
+    under vmap not at all (vmap has no channels_last copy, and a slice of a batch has no layout of its own).
     """
     channels_last = suggests_channels_last(input) or suggests_channels_last(weight)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     if conv_vmap.is_transformed(output):
+        if is_vmapped(output) or conv_vmap.is_legacy_batched(output):
+            return output
         return output.contiguous(memory_format=memory_format)
     return laid_out_like(output, output, memory_format, output.dtype)
 
