@@ -53,5 +53,3 @@ def with_threads():
     return run
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: beyond CI's time; runs with MANUAL_CONV_SLOW=1 (see test_model_zoo)")
