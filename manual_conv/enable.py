@@ -1,6 +1,6 @@
 """manual_conv.enable(): the functional calls inside model code, computed by manual_conv's twins.
 
-    with manual_conv.enable():         # or @manual_conv.enable() on a function
+    with manual_conv.enable():         # or @manual_conv.enable on a function
         loss = model(x).softmax(-1)    # F.relu, torch.tanh, x.softmax(-1), F.layer_norm ... run by hand
 
 ``convert()`` swaps layers; model code also calls torch's functions directly (torchvision's DenseNet calls
@@ -35,7 +35,6 @@ routes exactly the calls eager mode routes, and its graph holds no trace of the 
 Cost in eager mode: every torch call in the enabled region goes through one Python function (a dictionary look-up;
 for a call with a route, also the frame look-up and the binding), a few microseconds per call.
 """
-import contextlib
 import inspect
 import sys
 import types
@@ -43,6 +42,7 @@ import types
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils._contextlib import _NoParamDecoratorContextManager
 
 from . import functional as _functional
 from . import torch_names
@@ -56,10 +56,12 @@ _SCHEMA_RENAMES = {"train": "training"}
 _SCHEMA_BACKEND_HINTS = frozenset({"cudnn_enable", "cudnn_enabled"})
 
 
-class enable(TorchFunctionMode, contextlib.ContextDecorator):  # noqa: N801 (a context manager, as torch.no_grad)
+class enable(TorchFunctionMode, _NoParamDecoratorContextManager):  # noqa: N801 (a context manager, as torch.no_grad)
     """Context manager and decorator: inside it, calls of torch's functions and Tensor methods that have a twin in
     manual_conv.functional run the twin (see the module docstring for which calls and how). Re-entrant; nests with
-    other torch function modes; each use as a decorator enters a fresh mode."""
+    other torch function modes. As a decorator it behaves as torch.no_grad's (torch's own decorator classes): with
+    or without parentheses, each call entering a fresh mode, and a generator function runs each of its steps under
+    the mode."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -69,9 +71,6 @@ class enable(TorchFunctionMode, contextlib.ContextDecorator):  # noqa: N801 (a c
             if call is not None:
                 return route.twin(*call[0], **call[1])
         return func(*args, **kwargs)
-
-    def _recreate_cm(self):
-        return type(self)()
 
 
 def _called_by_own_code():

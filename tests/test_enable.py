@@ -194,6 +194,23 @@ def test_decorator_and_nesting():
     assert not is_ours(F.relu(X).grad_fn)
 
 
+def test_decorator_without_parentheses_and_on_a_generator_function():
+    @manual_conv.enable
+    def relu(x):
+        return x.relu()
+
+    @manual_conv.enable()
+    def relus(x):
+        while True:
+            x = yield x.relu()
+
+    assert relu.__name__ == "relu" and is_ours(relu(X).grad_fn)
+    steps = relus(X)
+    assert is_ours(next(steps).grad_fn)
+    assert not is_ours(F.relu(X).grad_fn)  # between steps the mode is off
+    assert is_ours(steps.send(X).grad_fn)
+
+
 def test_passed_through_calls_reach_an_outer_mode():
     class Recorder(torch.overrides.TorchFunctionMode):
         def __init__(self):
