@@ -197,6 +197,23 @@ def test_no_queries_or_no_values_give_torchs_zeros(backend):
         assert_same_attention(mF.scaled_dot_product_attention, F.scaled_dot_product_attention, inputs)
 
 
+def test_is_causal_without_a_mask_raises_in_eval_mode_too():
+    """torch's fast path (eval mode, no autograd) ignores the is_causal hint when no attn_mask comes with it and
+    computes non-causal attention; every other path raises "Need attn_mask". Ours raises on every path (README,
+    the table of where manual_conv does not copy torch)."""
+    ours, theirs = mha_pair({"batch_first": True})
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 5, 8, dtype=torch.float64)
+    with torch.no_grad():
+        output, _ = theirs(x, x, x, is_causal=True, need_weights=False)
+        torch.testing.assert_close(output, theirs(x, x, x, need_weights=False)[0])  # not causal
+        with pytest.raises(RuntimeError, match="Need attn_mask"):
+            ours(x, x, x, is_causal=True, need_weights=False)
+    for module in (ours, theirs):
+        with pytest.raises(RuntimeError, match="Need attn_mask"):
+            module(x, x, x, is_causal=True, need_weights=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_is_as_exact_as_torchs(backend, dtype):
     """Computed in float32 and rounded once, as torch's math path; torch's fused kernel rounds P to the dtype before
