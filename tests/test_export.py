@@ -70,12 +70,38 @@ def test_export_of_a_small_cnn_matches_eager(backend, training):
 def test_torch_compile_of_a_small_cnn_matches_eager(backend):
     """A training step's outputs and gradients. aot_eager: Dynamo and AOTAutograd, where the custom Functions
     are traced (Inductor's code generation is tested on a converted model in test_enable.py and on 'cpp' in
-    test_conv_cpp.py). The 'python' conv's im2col (as_strided) breaks the graph, so fullgraph only on 'cpp'."""
+    test_conv_cpp.py). fullgraph: no graph break on either backend."""
     model = small_cnn()
     input = torch.randn(2, 3, 8, 8, requires_grad=True)
     expected, expected_gradients = outputs_and_gradients(copy.deepcopy(model), input)
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=backend == "cpp")
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    actual, actual_gradients = outputs_and_gradients(compiled, input)
+    torch._dynamo.reset()
+    torch.testing.assert_close(actual, expected)
+    for got, wanted in zip(actual_gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got, wanted)
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_torch_compile_of_every_in_place_layer_matches_eager(backend):
+    """In-place layers (ResNet's ReLU(inplace=True), MobileNet's ReLU6 and Hardswish) compile without a graph
+    break: Dynamo accepts mark_dirty only for an input the Function's forward returns as itself."""
+    torch.manual_seed(0)
+    in_place = [nn.ReLU6(inplace=True), nn.Hardtanh(inplace=True), nn.Hardswish(inplace=True),
+                nn.Hardsigmoid(inplace=True), nn.SiLU(inplace=True), nn.Mish(inplace=True), nn.ELU(inplace=True),
+                nn.Dropout(0.3, inplace=True), nn.LeakyReLU(inplace=True)]
+    # each after a Linear, which saves its input, not its output (ReLU, ELU and LeakyReLU save y: an in-place op
+    # right after them would overwrite it, and the backward would refuse, in torch too)
+    model = torch.nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(),
+                                nn.Linear(4 * 8 * 8, 6),
+                                *(layer for activation in in_place for layer in (activation, nn.Linear(6, 6))))
+    input = torch.randn(2, 3, 8, 8, requires_grad=True)
+    torch.manual_seed(1)
+    expected, expected_gradients = outputs_and_gradients(copy.deepcopy(model), input)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    torch.manual_seed(1)
     actual, actual_gradients = outputs_and_gradients(compiled, input)
     torch._dynamo.reset()
     torch.testing.assert_close(actual, expected)

@@ -128,7 +128,10 @@ class ReLUFunction(Function):
 
     @staticmethod
     def forward(input, inplace):
-        return input.clamp_min_(0) if inplace else input.clamp_min(0)
+        if not inplace:
+            return input.clamp_min(0)
+        input.clamp_min_(0)
+        return input  # the input itself: torch.compile accepts mark_dirty only for an input the forward returns
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -200,7 +203,9 @@ def _laid_out_as_elementwise(result, *operands):
     result) the per-sample layout is not torch's to match, and a copy into a new tensor would drop the batch: kept."""
     if is_vmapped(result):
         return result
-    if 1 not in result.shape and all(operand.stride() == result.stride() for operand in operands):
+    # a list, not a generator: torch.compile (2.14) fails on a generator all() leaves unfinished ("generator already
+    # executing") and breaks the graph
+    if 1 not in result.shape and all([operand.stride() == result.stride() for operand in operands]):
         return result  # TensorIterator keeps dense operands' common strides
     strides = _elementwise_strides(result.shape, operands)
     if result.stride() == strides:
@@ -515,7 +520,10 @@ def _saved_output_if_inplace(ctx, input, output):
 def _result(input, output, inplace):
     """``output`` (computed in opmath) rounded once to the input's dtype: written into the input for an in-place call
     (and the input returned, as torch's in-place ops do), else a new tensor laid out as torch's unary kernel's."""
-    return input.copy_(output) if inplace else _laid_out_as_elementwise(output.to(input.dtype), input)
+    if not inplace:
+        return _laid_out_as_elementwise(output.to(input.dtype), input)
+    input.copy_(output)
+    return input  # the input itself: torch.compile accepts mark_dirty only for an input the forward returns
 
 
 def _gradient(grad_input, grad_output, saved, saved_first=False):
@@ -538,9 +546,10 @@ class HardtanhFunction(Function):
 
     @staticmethod
     def forward(input, min_val, max_val, inplace, input_copy):
-        if inplace:
-            return input.clamp_(min_val, max_val)
-        return torch.clamp(input, min_val, max_val, out=torch.empty_like(input))  # torch's: into empty_like(x)
+        if not inplace:
+            return torch.clamp(input, min_val, max_val, out=torch.empty_like(input))  # torch's: into empty_like(x)
+        input.clamp_(min_val, max_val)
+        return input  # the input itself: torch.compile accepts mark_dirty only for an input the forward returns
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -51,8 +51,7 @@ def im2col(x, kernel_size, stride, padding, dilation):
     return x_pad.as_strided(
         (n, c, kh, kw, h_out, w_out),
         (st_n, st_c, st_h * dh, st_w * dw, st_h * sh, st_w * sw),
-        x_pad.storage_offset(),
-    )
+    )  # at x_pad's own storage offset: as_strided's default
 
 
 def column_tiles(batch, height, width, bytes_per_position, output_bytes):

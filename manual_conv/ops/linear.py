@@ -113,7 +113,10 @@ class DropoutFunction(Function):
 
     @staticmethod
     def forward(input, scaled_mask, inplace):
-        return input.mul_(scaled_mask) if inplace else input * scaled_mask
+        if not inplace:
+            return input * scaled_mask
+        input.mul_(scaled_mask)
+        return input  # the input itself: torch.compile accepts mark_dirty only for an input the forward returns
 
     @staticmethod
     def setup_context(ctx, inputs, output):
