@@ -51,5 +51,3 @@ def with_threads():
             torch.set_num_threads(threads)
 
     return run
-
-

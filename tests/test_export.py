@@ -71,16 +71,7 @@ def test_torch_compile_of_a_small_cnn_matches_eager(backend):
     """A training step's outputs and gradients. aot_eager: Dynamo and AOTAutograd, where the custom Functions
     are traced (Inductor's code generation is tested on a converted model in test_enable.py and on 'cpp' in
     test_conv_cpp.py). fullgraph: no graph break on either backend."""
-    model = small_cnn()
-    input = torch.randn(2, 3, 8, 8, requires_grad=True)
-    expected, expected_gradients = outputs_and_gradients(copy.deepcopy(model), input)
-    torch._dynamo.reset()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    actual, actual_gradients = outputs_and_gradients(compiled, input)
-    torch._dynamo.reset()
-    torch.testing.assert_close(actual, expected)
-    for got, wanted in zip(actual_gradients, expected_gradients, strict=True):
-        torch.testing.assert_close(got, wanted)
+    assert_compiled_matches_eager(small_cnn(), torch.randn(2, 3, 8, 8, requires_grad=True))
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -96,7 +87,11 @@ def test_torch_compile_of_every_in_place_layer_matches_eager(backend):
     model = torch.nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Flatten(),
                                 nn.Linear(4 * 8 * 8, 6),
                                 *(layer for activation in in_place for layer in (activation, nn.Linear(6, 6))))
-    input = torch.randn(2, 3, 8, 8, requires_grad=True)
+    assert_compiled_matches_eager(model, torch.randn(2, 3, 8, 8, requires_grad=True))
+
+
+def assert_compiled_matches_eager(model, input):
+    """torch.compile(model, fullgraph=True) gives eager's outputs and gradients, dropout masks drawn alike."""
     torch.manual_seed(1)
     expected, expected_gradients = outputs_and_gradients(copy.deepcopy(model), input)
     torch._dynamo.reset()
