@@ -90,6 +90,15 @@ def test_torch_compile_of_every_in_place_layer_matches_eager(backend):
     assert_compiled_matches_eager(model, torch.randn(2, 3, 8, 8, requires_grad=True))
 
 
+@pytest.mark.usefixtures("single_thread")
+def test_torch_compile_of_a_converted_mobilenet_v3_matches_eager(backend):
+    """A torchvision model through convert(), its forward under enable(), compiles without a graph break:
+    in-place Hardswish and ReLU, squeeze-excitation on 1 × 1 maps, dropout."""
+    torch.manual_seed(0)
+    model = manual_conv.convert(torchvision.models.mobilenet_v3_small(num_classes=10))
+    assert_compiled_matches_eager(model, torch.randn(2, 3, 32, 32, requires_grad=True))
+
+
 def assert_compiled_matches_eager(model, input):
     """torch.compile(model, fullgraph=True) gives eager's outputs and gradients, dropout masks drawn alike."""
     torch.manual_seed(1)

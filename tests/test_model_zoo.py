@@ -8,7 +8,8 @@ evaluation mode:
     after one SGD step so do the parameters and the BatchNorm statistics: in float32 to a tolerance relative to each
     tensor's scale, or, where float32 rounding disagrees (deep networks whose BatchNorms see a few values per
     channel amplify rounding: RegNetY-128GF's float32 gradients are ~100% off float64 natively too), in float64
-    from the same start, to float64 rounding;
+    from the same start, to float64 rounding (there the parameters after the step follow from the gradients, and
+    only the gradients, outputs and buffers are compared: ``step_in_float64``);
   - the autograd graph of the forward and backward holds no node of torch's own layer ops (convolution, linear's
     addmm, pooling, normalisation, softmax, activations, dropout, attention), only manual_conv's Functions and
     building blocks (add, mul, matmul, view, cat, mean, ...), while the native model's graph does hold them.
@@ -140,7 +141,11 @@ def mismatches(actual, expected, relative):
             if not torch.equal(actual[name], value):
                 wrong.append(name)
             continue
-        pieces = list(zip(actual[name].reshape(-1).split(PIECE), value.reshape(-1).split(PIECE)))
+        if actual[name].shape != value.shape:
+            wrong.append(name)
+            continue
+        pieces = [(got, want) for got, want in zip(actual[name].reshape(-1).split(PIECE),
+                                                   value.reshape(-1).split(PIECE), strict=True) if want.numel()]
         scale = max((piece.nan_to_num().abs().max().item() for _, piece in pieces), default=0) + 1
         if not all(torch.allclose(got, want, rtol=0, atol=relative * scale, equal_nan=True) for got, want in pieces):
             wrong.append(name)

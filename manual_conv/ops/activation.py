@@ -203,8 +203,9 @@ def _laid_out_as_elementwise(result, *operands):
     result) the per-sample layout is not torch's to match, and a copy into a new tensor would drop the batch: kept."""
     if is_vmapped(result):
         return result
-    # a list, not a generator: torch.compile (2.14) fails on a generator all() leaves unfinished ("generator already
-    # executing") and breaks the graph
+    # Lists, not generators, in all() and any() here and in what the Functions' forward and backward call:
+    # torch.compile (2.14) fails on a generator they leave unfinished ("generator already executing") inside a
+    # Function and breaks the graph.
     if 1 not in result.shape and all([operand.stride() == result.stride() for operand in operands]):
         return result  # TensorIterator keeps dense operands' common strides
     strides = _elementwise_strides(result.shape, operands)
@@ -220,13 +221,13 @@ def _elementwise_strides(shape, operands):
     setup); otherwise dense strides in the order of the dims sorted by the operands' strides, the first operand
     deciding, a tie going to the larger dim last and then to the next operand (``reorder_dimensions``)."""
     contiguous = _standard_strides(shape)
-    if all(operand.is_contiguous() for operand in operands):
+    if all([operand.is_contiguous() for operand in operands]):
         return contiguous
-    if all(operand.is_contiguous(memory_format=torch.channels_last) for operand in operands):
+    if all([operand.is_contiguous(memory_format=torch.channels_last) for operand in operands]):
         batch, channels, height, width = shape  # c10's get_channels_last_strides_2d
         return (height * width * channels, 1, width * channels, channels)
-    if all(_non_overlapping_and_dense(operand) for operand in operands) and \
-            all(operand.stride() == operands[0].stride() for operand in operands):
+    if all([_non_overlapping_and_dense(operand) for operand in operands]) and \
+            all([operand.stride() == operands[0].stride() for operand in operands]):
         return operands[0].stride()
 
     def order(dim0, dim1):  # TensorIterator's should_swap: 1 when dim0 goes after dim1, −1 before, 0 undecided
@@ -270,7 +271,7 @@ def _standard_strides(shape):
 def _non_overlapping_and_dense(tensor):
     """c10's is_non_overlapping_and_dense: the elements fill a block of memory exactly, in some order of the dims."""
     dims = sorted((tensor.stride(dim), size) for dim, size in enumerate(tensor.shape) if size != 1)
-    if any(size == 0 for _, size in dims):
+    if any([size == 0 for _, size in dims]):
         return True
     expected = 1
     for stride, size in dims:

@@ -53,7 +53,7 @@ def _in_opmath(kernel, *args):
     convolutions accumulate in float32, where the kernels' own half-precision GEMMs and col2im would round every
     partial sum (and a bias added after the GEMM once more). CUDA keeps the half-precision GEMMs, which
     accumulate in float32 themselves. A complex tensor's lazy conjugate (the backwards' w̄) is resolved here."""
-    first = next(arg for arg in args if isinstance(arg, torch.Tensor))
+    first = [arg for arg in args if isinstance(arg, torch.Tensor)][0]
     dtype = first.dtype
     compute = opmath_dtype(dtype) if first.device.type == "cpu" else dtype
     args = [arg.resolve_conj().to(compute) if isinstance(arg, torch.Tensor) else arg for arg in args]

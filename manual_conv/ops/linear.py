@@ -36,7 +36,7 @@ class LinearFunction(Function):
     def forward(input, weight, bias):
         out_features, in_features = weight.shape
         rows = math.prod(input.shape[:-1])
-        if any(is_vmapped(tensor) for tensor in (input, weight, bias) if tensor is not None):
+        if any([is_vmapped(tensor) for tensor in (input, weight, bias) if tensor is not None]):
             output = input.reshape(rows, in_features).mm(weight.t()).view(*input.shape[:-1], out_features)
             return output if bias is None else output + bias
         input_rows = input.reshape(rows, in_features)

@@ -314,7 +314,7 @@ def _suggested_format(tensor):
 
 def batch_norm_folds(input, *parameters):
     """Whether torch's CPU batch_norm takes the folded arrangement for this call (see above)."""
-    return _is_dense(input) and all(parameter is None or parameter.is_contiguous() for parameter in parameters)
+    return _is_dense(input) and all([parameter is None or parameter.is_contiguous() for parameter in parameters])
 
 
 def _output_format(input, folded):
