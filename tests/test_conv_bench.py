@@ -37,7 +37,8 @@ def test_quick_benchmark_writes_every_measurement(tmp_path):
         assert row["median_ms"] > 0 and row["gflops"] > 0 and row["peak_mb"] >= 0 and row["time_vs_native"] > 0
     accuracy = {(row["layer"], row["implementation"]): row for row in results["accuracy"]}
     assert set(accuracy) == {(layer, implementation) for layer in layers
-                             for implementation in ("cpp gemm", "cpp winograd", "python winograd F(4x4)")
+                             for implementation in ("cpp gemm", "cpp winograd", "python winograd F(3x3)",
+                                                    "python winograd F(4x4)")
                              if implementation == "cpp gemm" or layer not in strided}
     assert {row["auto"] for row in results["accuracy"]} == {"gemm", "winograd"}
     assert all(row["output_error_vs_native"] > 0 for row in results["accuracy"])

@@ -337,15 +337,17 @@ def test_float32_error_is_within_four_times_native(backend):
     assert all(error <= 4 * native_error for error, native_error in zip(ours, native, strict=True)), (ours, native)
 
 
-def test_reference_with_larger_tiles_is_exact_in_float64():
-    """F(4×4, 3×3), the tile the accuracy rule rules out, is still the exact algorithm: float64 parity."""
+@pytest.mark.parametrize("tile", [tile for tile in winograd.TILES if tile > 2])
+def test_reference_with_larger_tiles_is_exact_in_float64(tile):
+    """F(3×3, 3×3) and F(4×4, 3×3), the tiles the accuracy rule rules out, are still the exact algorithm: float64
+    parity."""
     input, weight, bias, grad_output, args = kernel_path_tensors(2, 3, 4, (9, 7), (1, 2))
     leaves = [input.clone().requires_grad_(), weight.clone().requires_grad_()]
     output = F.conv2d(*leaves, bias, padding=args[1])
     expected = (output, *torch.autograd.grad(output, leaves, grad_output))
-    actual = (winograd.conv2d(input, weight, bias, *args, tile=4),
-              winograd.conv2d_input_grad(grad_output, weight, input.shape, *args, tile=4),
-              winograd.conv2d_weight_grad(input, grad_output, weight.shape, *args, tile=4))
+    actual = (winograd.conv2d(input, weight, bias, *args, tile=tile),
+              winograd.conv2d_input_grad(grad_output, weight, input.shape, *args, tile=tile),
+              winograd.conv2d_weight_grad(input, grad_output, weight.shape, *args, tile=tile))
     for actual_tensor, expected_tensor in zip(actual, expected, strict=True):
         torch.testing.assert_close(actual_tensor, expected_tensor)
 
