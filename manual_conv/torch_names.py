@@ -5,8 +5,11 @@ to the hand-written twin where one exists, otherwise (through a module ``__getat
 that model code written against torch.nn runs unchanged after ``import manual_conv.nn as nn``. A name that
 computes nothing (containers, Parameter, the Module base class, namespaces such as ``init`` and ``utils``, types)
 comes back silently; a computing layer or function comes back with one UserWarning per name, saying that it runs
-natively, in the words ``convert()`` uses for the layers it leaves.
+natively, in the words ``convert()`` uses for the layers it leaves. ``from manual_conv.nn import *`` gives the
+names ``from torch.nn import *`` gives (likewise for functional), with one warning naming those that run natively.
 """
+import os
+import sys
 import types
 import warnings
 
@@ -28,12 +31,41 @@ def runs_natively(kind, names):
     return f"these {kind} have no manual_conv twin and run natively: {names}"
 
 
+def _stacklevel_of_caller():
+    """warnings.warn's stacklevel for the first frame outside manual_conv (for a warn called by this function's
+    caller): the line of user code that asked for the name, whichever of our module ``__getattr__`` passed it on
+    (Python 3.12's ``skip_file_prefixes``)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def resolver(module, torch_module, computes, kind):
     """A module ``__getattr__`` (PEP 562) for ``module``, a twin of ``torch_module``: a name ``module`` does not
     define is ``torch_module``'s object, cached in ``module`` (so each name warns once); ``computes(name, obj)``
     says whether to warn that it runs natively."""
 
+    def star_names():
+        """``__all__``, which ``from module import *`` reads: torch_module's public names, as its own star import
+        gives them (it has no ``__all__``), each resolved now, and one warning for all that run natively."""
+        names = [name for name in dir(torch_module) if not name.startswith("_")]
+        natively = []
+        for name in names:
+            if name not in vars(module):
+                value = getattr(torch_module, name)
+                setattr(module, name, value)
+                if computes(name, value):
+                    natively.append(f"{torch_module.__name__}.{name}")
+        if natively:
+            warnings.warn(runs_natively(kind, ", ".join(natively)), UserWarning, stacklevel=_stacklevel_of_caller())
+        module.__all__ = names
+        return names
+
     def __getattr__(name):
+        if name == "__all__":
+            return star_names()
         if name.startswith("__"):
             raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}")
         try:
@@ -41,7 +73,8 @@ def resolver(module, torch_module, computes, kind):
         except AttributeError:
             raise AttributeError(f"module {module.__name__!r} has no attribute {name!r}") from None
         if not name.startswith("_") and computes(name, value):
-            warnings.warn(runs_natively(kind, f"{torch_module.__name__}.{name}"), UserWarning, stacklevel=2)
+            warnings.warn(runs_natively(kind, f"{torch_module.__name__}.{name}"), UserWarning,
+                          stacklevel=_stacklevel_of_caller())
         setattr(module, name, value)
         return value
 
@@ -56,9 +89,10 @@ def nn_layer_computes(name, value):
 
 
 def functional_computes(name, value):
-    """A function of tensors: callable, not a class or a module, not a helper for writing functions."""
+    """A function of tensors: callable, not a class, a module, a type annotation (``typing.Optional``) or a helper
+    for writing functions."""
     return (callable(value) and not isinstance(value, (type, types.ModuleType))
-            and name not in FUNCTIONAL_WITHOUT_COMPUTATION)
+            and getattr(value, "__module__", None) != "typing" and name not in FUNCTIONAL_WITHOUT_COMPUTATION)
 
 
 def directory(module, torch_module):

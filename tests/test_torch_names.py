@@ -59,8 +59,52 @@ def test_containers_and_helpers_are_silent_layers_are_not():
         assert len(resolve_fresh(mnn, name)[1]) == 1, name
     for name in ("pad", "interpolate", "selu", "embedding"):
         assert len(resolve_fresh(mF, name)[1]) == 1, name
-    for name in ("Tensor", "handle_torch_function", "GRID_SAMPLE_PADDING_MODES"):
+    for name in ("Tensor", "Optional", "handle_torch_function", "GRID_SAMPLE_PADDING_MODES"):
         assert not resolve_fresh(mF, name)[1], name
+
+
+@pytest.fixture
+def forget_torch_objects():
+    """forget(ours): drop the public torch objects ``ours`` holds, and its ``__all__``, as before any name was asked
+    for; whatever the test does, they are back afterwards (``ours`` imports some itself, such as ``math``)."""
+    held = [(ours, dict(vars(ours))) for ours, _, _ in NAMESPACES]
+
+    def forget(ours):
+        theirs = nn if ours is mnn else F
+        for name in [name for name in public_names(theirs) if vars(ours).get(name) is getattr(theirs, name)]:
+            del vars(ours)[name]
+        vars(ours).pop("__all__", None)
+
+    yield forget
+    for ours, names in held:
+        for name, value in names.items():
+            vars(ours).setdefault(name, value)
+
+
+@pytest.mark.parametrize("ours, theirs, computes", NAMESPACES, ids=["nn", "functional"])
+def test_star_import_gives_torchs_names_with_one_warning(ours, theirs, computes, forget_torch_objects):
+    """`from manual_conv.nn import *` in place of `from torch.nn import *`: the same names (twins where we have
+    them, none of our helpers), and one warning, at the importing line, naming every layer that runs natively."""
+    forget_torch_objects(ours)
+    star_import = compile(f"from {ours.__name__} import *", "<model code>", "exec")
+    mine, wanted = {}, {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(star_import, mine)
+    exec(f"from {theirs.__name__} import *", wanted)
+    assert {name for name in mine if not name.startswith("__")} == {name for name in wanted if name != "__builtins__"}
+    natively = [f"{theirs.__name__}.{name}" for name, value in sorted(wanted.items())
+                if not name.startswith("__") and mine[name] is value and computes(name, value)]
+    kind = "torch.nn layers" if ours is mnn else "torch.nn.functional functions"
+    assert [(str(warning.message), warning.filename) for warning in caught] == [
+        (torch_names.runs_natively(kind, ", ".join(natively)), "<model code>")]
+    assert mine["Conv2d" if ours is mnn else "conv2d"] is (mnn.Conv2d if ours is mnn else mF.conv2d)
+    assert len(natively) > 50 and "torch.nn.functional.Optional" not in natively
+
+
+def test_a_warning_points_at_the_line_that_asked():
+    assert resolve_fresh(mnn, "SELU")[1][0].filename == __file__
+    assert resolve_fresh(mF, "selu")[1][0].filename == __file__
 
 
 def test_one_warning_per_name():
