@@ -99,7 +99,8 @@ class Function(torch.autograd.Function):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.forward.__signature__ = inspect.signature(cls.forward)
+        if "forward" in vars(cls):  # not for a base of several Functions (it would write into torch's forward)
+            cls.forward.__signature__ = inspect.signature(cls.forward)
         for name in ("backward", "jvp"):
             if isinstance(vars(cls).get(name), staticmethod):
                 rule = autocast.disabled(vars(cls)[name].__func__)

@@ -685,7 +685,38 @@ class ELUFunction(Function):
         return torch.where(x_or_y <= 0, negative_part, vector * ctx.scale)
 
 
-class HardsigmoidFunction(Function):
+class _SlopeActivation(Function):
+    """The plumbing shared by the activations y = f(x) called as forward(input, inplace, input_copy) whose backward
+    needs only x (hardsigmoid, hardswish, silu, mish). A subclass writes its forward and ``_times_slope(ctx, v)``,
+    v ⊙ f'(x) in opmath from the saved x, and gets:
+        setup_context   x saved (for an in-place call its copy, and the input marked dirty);
+        backward        ∂L/∂x = δ ⊙ f'(x), rounded to δ's dtype and laid out as torch's backward kernel's;
+        jvp             ẏ = f'(x) ⊙ ẋ (for an in-place call written into ẋ);
+        vmap            the element-wise rule (``elementwise_vmap``).
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        # the rules call the subclass's _times_slope, so each subclass gets its own (Function wraps them next)
+        def backward(ctx, grad_output):
+            (input,) = ctx.saved_tensors
+            return _gradient(cls._times_slope(ctx, grad_output), grad_output, input), None, None
+
+        def jvp(ctx, input_tangent, *_):
+            return _tangent(ctx, input_tangent, cls._times_slope(ctx, input_tangent))
+
+        def vmap(info, in_dims, *args):
+            return elementwise_vmap(cls, in_dims, args, args[1])
+
+        cls.backward, cls.jvp, cls.vmap = staticmethod(backward), staticmethod(jvp), staticmethod(vmap)
+        super().__init_subclass__(**kwargs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, inplace, input_copy = inputs
+        _saved_input(ctx, input, inplace, input_copy)
+
+
+class HardsigmoidFunction(_SlopeActivation):
     """y = min(max(x + 3, 0), 6) / 6: 0 for x ≤ −3, 1 for x ≥ 3, x/6 + 1/2 between (NaN stays NaN). Howard et al.,
     "Searching for MobileNetV3" (2019).
 
@@ -702,24 +733,6 @@ class HardsigmoidFunction(Function):
         return _result(input, (x + 3).clamp_(0, 6).div_(6), inplace)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, inplace, input_copy = inputs
-        _saved_input(ctx, input, inplace, input_copy)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        return _gradient(HardsigmoidFunction._times_slope(ctx, grad_output), grad_output, input), None, None
-
-    @staticmethod
-    def jvp(ctx, input_tangent, *_):
-        return _tangent(ctx, input_tangent, HardsigmoidFunction._times_slope(ctx, input_tangent))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return elementwise_vmap(HardsigmoidFunction, in_dims, args, args[1])
-
-    @staticmethod
     def _times_slope(ctx, vector):
         """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
         (input,) = ctx.saved_tensors
@@ -727,7 +740,7 @@ class HardsigmoidFunction(Function):
         return torch.where((x > -3) & (x < 3), _in_opmath(vector) / 6, 0.0)
 
 
-class HardswishFunction(Function):
+class HardswishFunction(_SlopeActivation):
     """y = x · min(max(x + 3, 0), 6) / 6: 0 for x ≤ −3, x for x ≥ 3, x(x + 3)/6 between (torch's order of
     operations: (x · clamp) / 6, so −∞ gives −∞·0 = NaN as in torch). Howard et al., "Searching for MobileNetV3".
 
@@ -743,24 +756,6 @@ class HardswishFunction(Function):
         return _result(input, (x * (x + 3).clamp_(0, 6)).div_(6), inplace)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, inplace, input_copy = inputs
-        _saved_input(ctx, input, inplace, input_copy)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        return _gradient(HardswishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
-
-    @staticmethod
-    def jvp(ctx, input_tangent, *_):
-        return _tangent(ctx, input_tangent, HardswishFunction._times_slope(ctx, input_tangent))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return elementwise_vmap(HardswishFunction, in_dims, args, args[1])
-
-    @staticmethod
     def _times_slope(ctx, vector):
         """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
         (input,) = ctx.saved_tensors
@@ -771,7 +766,7 @@ class HardswishFunction(Function):
 # ------------------------------------------------------------------------------------------- smooth activations
 
 
-class SiLUFunction(Function):
+class SiLUFunction(_SlopeActivation):
     """y = x·σ(x) = x / (1 + e^{−x}) (SiLU, or swish: Hendrycks & Gimpel, "Gaussian Error Linear Units" (2016);
     Elfwing et al. (2017); Ramachandran et al., "Searching for Activation Functions" (2017)). Written as torch's
     kernel, a division: x = −∞ gives −∞/∞ = NaN as in torch. Complex x too (forward only, as in torch).
@@ -788,24 +783,6 @@ class SiLUFunction(Function):
         return _result(input, torch.div(x, torch.exp(-x).add_(1)), inplace)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, inplace, input_copy = inputs
-        _saved_input(ctx, input, inplace, input_copy)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        return _gradient(SiLUFunction._times_slope(ctx, grad_output), grad_output, input), None, None
-
-    @staticmethod
-    def jvp(ctx, input_tangent, *_):
-        return _tangent(ctx, input_tangent, SiLUFunction._times_slope(ctx, input_tangent))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return elementwise_vmap(SiLUFunction, in_dims, args, args[1])
-
-    @staticmethod
     def _times_slope(ctx, vector):
         """v ⊙ f'(x), in opmath: δ ⊙ f'(x) for the backward, f'(x) ⊙ ẋ for the jvp."""
         (input,) = ctx.saved_tensors
@@ -814,7 +791,7 @@ class SiLUFunction(Function):
         return _in_opmath(vector) * sigmoid * (1 + x * (1 - sigmoid))
 
 
-class MishFunction(Function):
+class MishFunction(_SlopeActivation):
     """y = x·tanh(softplus(x)) = x·tanh(log(1 + eˣ)) (Misra, "Mish: A Self Regularized Non-Monotonic Activation
     Function" (2019)); x = −∞ gives −∞·0 = NaN, as in torch.
 
@@ -830,24 +807,6 @@ class MishFunction(Function):
     def forward(input, inplace, input_copy):
         x = _in_opmath(input)
         return _result(input, x * torch.tanh(torch.log1p(torch.exp(x))), inplace)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        input, inplace, input_copy = inputs
-        _saved_input(ctx, input, inplace, input_copy)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (input,) = ctx.saved_tensors
-        return _gradient(MishFunction._times_slope(ctx, grad_output), grad_output, input), None, None
-
-    @staticmethod
-    def jvp(ctx, input_tangent, *_):
-        return _tangent(ctx, input_tangent, MishFunction._times_slope(ctx, input_tangent))
-
-    @staticmethod
-    def vmap(info, in_dims, *args):
-        return elementwise_vmap(MishFunction, in_dims, args, args[1])
 
     @staticmethod
     def _times_slope(ctx, vector):
