@@ -28,9 +28,10 @@ from .ops._utils import _pair, not_implemented_for, opmath_dtype, require_floati
 from . import autocast as _autocast
 from . import torch_names
 
-# torch.nn.functional's names without a twin here: torch's own objects (manual_conv.torch_names)
+# torch.nn.functional's names without a twin here: torch's own objects (manual_conv.torch_names); a star import
+# gives torch's names and stochastic_depth (torchvision.ops')
 __getattr__ = torch_names.resolver(sys.modules[__name__], F, torch_names.functional_computes,
-                                   "torch.nn.functional functions")
+                                   "torch.nn.functional functions", own_names=("stochastic_depth",))
 
 
 def __dir__():

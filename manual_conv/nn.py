@@ -17,6 +17,7 @@ from . import functional  # noqa: F401  (manual_conv.nn.functional, as torch.nn.
 from . import functional as mF
 from . import torch_names
 
+# (a star import gives torch.nn's names only: StochasticDepth would import torchvision, TORCHVISION_TWINS below)
 _torch_nn_name = torch_names.resolver(sys.modules[__name__], nn, torch_names.nn_layer_computes, "torch.nn layers")
 
 

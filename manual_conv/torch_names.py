@@ -6,7 +6,8 @@ that model code written against torch.nn runs unchanged after ``import manual_co
 computes nothing (containers, Parameter, the Module base class, namespaces such as ``init`` and ``utils``, types)
 comes back silently; a computing layer or function comes back with one UserWarning per name, saying that it runs
 natively, in the words ``convert()`` uses for the layers it leaves. ``from manual_conv.nn import *`` gives the
-names ``from torch.nn import *`` gives (likewise for functional), with one warning naming those that run natively.
+names ``from torch.nn import *`` gives (likewise for functional, with ``stochastic_depth``), with one warning
+naming those that run natively.
 """
 import os
 import sys
@@ -42,26 +43,25 @@ def _stacklevel_of_caller():
     return level
 
 
-def resolver(module, torch_module, computes, kind):
+def resolver(module, torch_module, computes, kind, own_names=()):
     """A module ``__getattr__`` (PEP 562) for ``module``, a twin of ``torch_module``: a name ``module`` does not
     define is ``torch_module``'s object, cached in ``module`` (so each name warns once); ``computes(name, obj)``
-    says whether to warn that it runs natively."""
+    says whether to warn that it runs natively. ``__all__`` is torch_module's public names and ``own_names`` (public
+    names of ``module`` that torch_module lacks)."""
 
     def star_names():
-        """``__all__``, which ``from module import *`` reads: torch_module's public names, as its own star import
-        gives them (it has no ``__all__``), each resolved now, and one warning for all that run natively."""
+        """``__all__``, which ``from module import *`` (and pydoc) reads: the names torch_module's own star import
+        gives (it has no ``__all__``: its public names, as they are now), and ``own_names``. Those of torch's not yet
+        resolved are resolved at once, after one warning for all that run natively (so that under ``-W error``
+        nothing changes)."""
         names = [name for name in dir(torch_module) if not name.startswith("_")]
-        natively = []
-        for name in names:
-            if name not in vars(module):
-                value = getattr(torch_module, name)
-                setattr(module, name, value)
-                if computes(name, value):
-                    natively.append(f"{torch_module.__name__}.{name}")
+        unresolved = {name: getattr(torch_module, name) for name in names if name not in vars(module)}
+        natively = [f"{torch_module.__name__}.{name}" for name, value in unresolved.items() if computes(name, value)]
         if natively:
             warnings.warn(runs_natively(kind, ", ".join(natively)), UserWarning, stacklevel=_stacklevel_of_caller())
-        module.__all__ = names
-        return names
+        for name, value in unresolved.items():
+            setattr(module, name, value)
+        return names + [name for name in own_names if name not in names]
 
     def __getattr__(name):
         if name == "__all__":

@@ -65,15 +65,14 @@ def test_containers_and_helpers_are_silent_layers_are_not():
 
 @pytest.fixture
 def forget_torch_objects():
-    """forget(ours): drop the public torch objects ``ours`` holds, and its ``__all__``, as before any name was asked
-    for; whatever the test does, they are back afterwards (``ours`` imports some itself, such as ``math``)."""
+    """forget(ours): drop the public torch objects ``ours`` holds, as before any name was asked for; whatever the
+    test does, they are back afterwards (``ours`` imports some itself, such as ``math``)."""
     held = [(ours, dict(vars(ours))) for ours, _, _ in NAMESPACES]
 
     def forget(ours):
         theirs = nn if ours is mnn else F
         for name in [name for name in public_names(theirs) if vars(ours).get(name) is getattr(theirs, name)]:
             del vars(ours)[name]
-        vars(ours).pop("__all__", None)
 
     yield forget
     for ours, names in held:
@@ -81,25 +80,45 @@ def forget_torch_objects():
             vars(ours).setdefault(name, value)
 
 
+def star_import(ours):
+    """The names ``from ours import *`` binds in model code (compiled as file "<model code>"), and its warnings."""
+    namespace = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exec(compile(f"from {ours.__name__} import *", "<model code>", "exec"), namespace)
+    return {name: value for name, value in namespace.items() if not name.startswith("__")}, caught
+
+
 @pytest.mark.parametrize("ours, theirs, computes", NAMESPACES, ids=["nn", "functional"])
 def test_star_import_gives_torchs_names_with_one_warning(ours, theirs, computes, forget_torch_objects):
     """`from manual_conv.nn import *` in place of `from torch.nn import *`: the same names (twins where we have
-    them, none of our helpers), and one warning, at the importing line, naming every layer that runs natively."""
+    them, none of our helpers; functional adds stochastic_depth), and one warning, at the importing line, naming
+    every layer that runs natively; a second star import is silent."""
     forget_torch_objects(ours)
-    star_import = compile(f"from {ours.__name__} import *", "<model code>", "exec")
-    mine, wanted = {}, {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        exec(star_import, mine)
+    mine, caught = star_import(ours)
+    wanted = {}
     exec(f"from {theirs.__name__} import *", wanted)
-    assert {name for name in mine if not name.startswith("__")} == {name for name in wanted if name != "__builtins__"}
+    wanted.pop("__builtins__")
+    extras = {"stochastic_depth"} if ours is mF else set()
+    assert set(mine) == set(wanted) | extras
     natively = [f"{theirs.__name__}.{name}" for name, value in sorted(wanted.items())
-                if not name.startswith("__") and mine[name] is value and computes(name, value)]
+                if mine[name] is value and computes(name, value)]
     kind = "torch.nn layers" if ours is mnn else "torch.nn.functional functions"
     assert [(str(warning.message), warning.filename) for warning in caught] == [
         (torch_names.runs_natively(kind, ", ".join(natively)), "<model code>")]
+    assert len(natively) > 50
     assert mine["Conv2d" if ours is mnn else "conv2d"] is (mnn.Conv2d if ours is mnn else mF.conv2d)
-    assert len(natively) > 50 and "torch.nn.functional.Optional" not in natively
+    assert star_import(ours) == (mine, [])
+
+
+def test_star_import_under_warnings_as_errors_changes_nothing(forget_torch_objects):
+    """With warnings as errors the star import raises, and raises again: it resolved nothing before warning."""
+    forget_torch_objects(mnn)
+    for _ in range(2):
+        with warnings.catch_warnings(), pytest.raises(UserWarning, match="run natively"):
+            warnings.simplefilter("error")
+            exec("from manual_conv.nn import *", {})
+        assert "SELU" not in vars(mnn)
 
 
 def test_a_warning_points_at_the_line_that_asked():
