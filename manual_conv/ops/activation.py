@@ -697,6 +697,11 @@ class _SlopeActivation(Function):
 
     def __init_subclass__(cls, **kwargs):
         # the rules call the subclass's _times_slope, so each subclass gets its own (Function wraps them next)
+        overridden = {"backward", "jvp", "vmap"} & set(vars(cls))
+        if overridden or "_times_slope" not in vars(cls):
+            raise TypeError(f"{cls.__name__}: a _SlopeActivation defines _times_slope and gets its backward, jvp "
+                            f"and vmap (it defines {sorted(overridden) or 'no _times_slope'})")
+
         def backward(ctx, grad_output):
             (input,) = ctx.saved_tensors
             return _gradient(cls._times_slope(ctx, grad_output), grad_output, input), None, None
@@ -707,7 +712,9 @@ class _SlopeActivation(Function):
         def vmap(info, in_dims, *args):
             return elementwise_vmap(cls, in_dims, args, args[1])
 
-        cls.backward, cls.jvp, cls.vmap = staticmethod(backward), staticmethod(jvp), staticmethod(vmap)
+        for rule in (backward, jvp, vmap):
+            rule.__qualname__ = f"{cls.__qualname__}.{rule.__name__}"  # tracebacks name the class
+            setattr(cls, rule.__name__, staticmethod(rule))
         super().__init_subclass__(**kwargs)
 
     @staticmethod
