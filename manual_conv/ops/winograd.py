@@ -27,7 +27,8 @@ import torch.nn.functional as F
 # The finite interpolation points of F(m, 3) for each output tile size m (∞ is always the last point). F(2, 3)'s
 # 0, ±1 make every entry 0, ±1 or ±1/2, exact in binary floating point; it is what runs (manual_conv.algorithm,
 # csrc/winograd_tile.h). F(3, 3) and F(4, 3), with points Barabasz et al. found among the most accurate, are here to
-# measure why not: their float32 error is 4-14x native's (docs/derivations.md, "Winograd"; conv_bench.py).
+# measure why not: their float32 error is 3-14x native's on the output and the input gradient (docs/derivations.md,
+# "Winograd"; conv_bench.py).
 POINTS = {2: (0, 1, -1), 3: (0, 1, -1, Fraction(1, 2)), 4: (0, 1, -1, Fraction(1, 2), -2)}
 TILES = tuple(POINTS)
 
