@@ -4,7 +4,7 @@ F.conv2d on CPU.
     python benchmarks/conv_bench.py --interleave    # full run, markdown tables on stdout
     python benchmarks/conv_bench.py --quick         # smoke run: smaller batches, few repeats
     python benchmarks/conv_bench.py --json out.json # also write every measurement as JSON
-    python benchmarks/conv_bench.py --thresholds    # Winograd / im2col time over channels and sizes ('auto')
+    python benchmarks/conv_bench.py --thresholds    # Winograd / im2col time over channels, sizes, batches ('auto')
 
 Layers: the two convolutions of pytorch/examples' MNIST model at batch 64, and ResNet-18's 3x3 convolutions at
 batch 8. For each: forward (under no_grad) and forward+backward (gradients of input, weight and bias).
@@ -234,7 +234,7 @@ def winograd_reference(tile):
 
 
 # The reference's tiles larger than the compiled kernels' F(2x2, 3x3), whose accuracy the report shows too.
-LARGER_TILES = (3, 4)
+LARGER_TILES = [tile for tile in winograd.TILES if tile > 2]
 
 
 def accuracy(layer):
@@ -294,36 +294,53 @@ def run(args):
     return ceiling, results, errors
 
 
-# The grid --thresholds sweeps for algorithm.py's 'auto' rule: (input, output) channels and output sizes, batch 8.
+# The grids --thresholds sweeps for algorithm.py's 'auto' rule. Channels: (input, output) channels by output size,
+# batch 8. Pixels per call: from 64 channels, (batch, output size) calls around its least output pixels per call
+# and least output size.
 THRESHOLD_CHANNELS = [(1, 32), (8, 8), (16, 16), (16, 32), (32, 32), (32, 64), (64, 64), (128, 128), (256, 256),
                       (512, 512)]
 THRESHOLD_SIZES = [4, 7, 8, 12, 14, 28]
+THRESHOLD_WIDE_CHANNELS = [(64, 64), (128, 128), (256, 256), (512, 512)]
+THRESHOLD_CALLS = [(1, 8), (1, 12), (1, 14), (1, 16), (2, 7), (2, 14), (4, 7), (8, 4), (8, 6), (8, 7), (32, 3),
+                   (32, 4), (64, 1), (64, 2)]
+
+
+def winograd_over_gemm(args, channels, batch, size):
+    """The median over the rounds of cpp winograd / cpp gemm time, forward+backward, interleaved, padding 1, for
+    (input, output) channels and an output of size x size (batch 1 with --quick)."""
+    layer = Layer(f"{channels[0]}->{channels[1]} ch {batch}x{size}x{size}", 1 if args.quick else batch, *channels,
+                  size, padding=1)
+    chosen = implementations(layer, skip_python=True)
+    steps = {name: step_function(*chosen[name], layer, "fwd+bwd") for name in ("cpp gemm", "cpp winograd")}
+    times = timed_rounds(steps, args.repeats, args.warmup, interleave=True, clock=args.clock)
+    return statistics.median(winograd / gemm for winograd, gemm in zip(times["cpp winograd"], times["cpp gemm"]))
 
 
 def threshold_sweep(args):
-    """{(channels, size): median over the rounds of cpp winograd / cpp gemm time}, forward+backward, interleaved,
-    batch 8 (1 with --quick)."""
+    """The two grids' ratios: {(channels, size): ratio} at batch 8, and {(channels, (batch, size)): ratio}."""
     torch.set_num_threads(args.threads)
-    ratios = {}
-    for in_channels, out_channels in THRESHOLD_CHANNELS:
-        for size in THRESHOLD_SIZES:
-            layer = Layer(f"{in_channels}->{out_channels} ch {size}x{size}", 1 if args.quick else 8, in_channels,
-                          out_channels, size, padding=1)
-            chosen = implementations(layer, skip_python=True)
-            steps = {name: step_function(*chosen[name], layer, "fwd+bwd") for name in ("cpp gemm", "cpp winograd")}
-            times = timed_rounds(steps, args.repeats, args.warmup, interleave=True, clock=args.clock)
-            ratios[(in_channels, out_channels), size] = statistics.median(
-                winograd / gemm for winograd, gemm in zip(times["cpp winograd"], times["cpp gemm"]))
-    return ratios
+    by_channels = {(channels, size): winograd_over_gemm(args, channels, 8, size)
+                   for channels in THRESHOLD_CHANNELS for size in THRESHOLD_SIZES}
+    by_calls = {(channels, call): winograd_over_gemm(args, channels, *call)
+                for channels in THRESHOLD_WIDE_CHANNELS for call in THRESHOLD_CALLS}
+    return by_channels, by_calls
 
 
-def threshold_markdown(ratios):
-    lines = ["| channels in -> out | " + " | ".join(f"{size}x{size}" for size in THRESHOLD_SIZES) + " |",
-             "|---|" + "---:|" * len(THRESHOLD_SIZES)]
-    for channels in THRESHOLD_CHANNELS:
-        lines.append(f"| {channels[0]} -> {channels[1]} | "
-                     + " | ".join(f"{ratios[channels, size]:.2f}" for size in THRESHOLD_SIZES) + " |")
+def ratio_table(corner, rows, columns, column_name, ratios):
+    lines = [f"| {corner} | " + " | ".join(column_name(column) for column in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for row in rows:
+        lines.append(f"| {row[0]} -> {row[1]} | " + " | ".join(f"{ratios[row, column]:.2f}" for column in columns)
+                     + " |")
     return "\n".join(lines)
+
+
+def threshold_markdown(by_channels, by_calls):
+    return "\n\n".join([
+        ratio_table("channels in -> out", THRESHOLD_CHANNELS, THRESHOLD_SIZES, lambda size: f"{size}x{size}",
+                    by_channels),
+        ratio_table("channels in -> out, batch x output", THRESHOLD_WIDE_CHANNELS, THRESHOLD_CALLS,
+                    lambda call: f"{call[0]}x{call[1]}x{call[1]}", by_calls)])
 
 
 def cpu_name():
@@ -376,7 +393,8 @@ def main():
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                         help="what a step's time is: wall time, or the process's CPU time (see timed_rounds)")
     parser.add_argument("--thresholds", action="store_true",
-                        help="instead: Winograd's time over im2col's on a grid of channels and sizes ('auto''s rule)")
+                        help="instead: Winograd's time over im2col's on grids of channels, sizes and batches "
+                             "('auto''s rule)")
     args = parser.parse_args()
     if args.repeats is None:
         args.repeats = 2 if args.quick else 15
@@ -385,10 +403,11 @@ def main():
         parser.error("the compiled extension manual_conv._C is not built: pip install --no-build-isolation -e .")
     load_before = os.getloadavg()[0]
     if args.thresholds:
-        table = threshold_markdown(threshold_sweep(args))
+        table = threshold_markdown(*threshold_sweep(args))
         print(f"{cpu_name()}; {args.threads} threads; cpp winograd / cpp gemm {args.clock} time, forward+backward, "
-              f"batch 8, padding 1, interleaved; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} "
-              "after\n")
+              f"padding 1, interleaved; {'batch 1 (--quick)' if args.quick else 'batch 8 in the first table'}; "
+              f"load average {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after\n")
         print(table)
         return
     ceiling, results, errors = run(args)

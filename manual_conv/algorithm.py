@@ -21,15 +21,23 @@ from .ops import conv_reference, winograd
 ALGORITHMS = ("auto", "gemm", "winograd")
 
 # 'auto' runs Winograd where `benchmarks/conv_bench.py --thresholds` measured it faster than the im2col core,
-# forward+backward on CPU (README, "Benchmarks"; batch 8, one thread): with at least AUTO_CHANNELS input and output
-# channels, or at least AUTO_MIN_CHANNELS and an output of at least AUTO_MIN_OUTPUT_SIZE rows and columns. From 64
-# channels it took 0.61-0.98x im2col's time (1.07-1.14x in three small cells of one of two sweeps); at 32 channels
-# 0.83-0.89x from 14x14, a draw from 8x8 to 12x12, mostly slower below (0.82-1.21x); with 8 or 16 channels, and on
-# MNIST's first layer (one input channel), the per-tile transforms cost more than the GEMM work they save (up to
-# 1.5x and 2.5x).
+# forward+backward on CPU (README, "Benchmarks"; one thread): with at least AUTO_CHANNELS input and output channels
+# and an output of at least AUTO_MIN_SIDE rows and columns, or at least AUTO_MIN_CHANNELS channels and
+# AUTO_MIN_SIDE_FEW_CHANNELS rows and columns; and in both cases at least AUTO_MIN_OUTPUT_PIXELS output pixels per
+# call (batch x rows x columns).
+# - Channels (batch 8, three sweeps): from 64 channels Winograd took 0.61-0.99x im2col's time from 7x7 on (1.06-1.14x
+#   in a few cells); at 32 channels 0.83-0.98x from 14x14, a draw from 8x8 to 12x12, mostly slower below (up to
+#   1.23x); with 8 or 16 channels, and on MNIST's first layer (one input channel), the per-tile transforms cost more
+#   than the GEMM work they save (up to 1.5x and 2.5x).
+# - Pixels per call (the second grid, 64 to 512 channels, two sweeps): a call pays for the weight's transform and
+#   its pass over the transformed weight whatever its size, and edge tiles cut short waste work. Below 256 output
+#   pixels Winograd took 0.92-1.48x im2col's time (batch 1 up to 14x14, 2 and 4 at 7x7, 8 at 4x4), at 1x1 and 3x3
+#   1.0-2.8x whatever the batch; from 256 pixels and 4x4 on, 0.70-0.93x (1.05-1.15x in five cells).
 AUTO_CHANNELS = 64
 AUTO_MIN_CHANNELS = 32
-AUTO_MIN_OUTPUT_SIZE = 8
+AUTO_MIN_SIDE = 4
+AUTO_MIN_SIDE_FEW_CHANNELS = 8
+AUTO_MIN_OUTPUT_PIXELS = 256
 
 _algorithm = "auto"
 
@@ -69,11 +77,12 @@ def winograd_obstacle(weight_size, stride, dilation, groups, tensor):
 
 
 def _winograd_pays(input_size, weight_size, output_size, tensor):
-    """'auto''s measured rule for the compiled kernels: on CPU, enough channels (and output pixels) for the saved
+    """'auto''s measured rule for the compiled kernels: on CPU, enough channels and output pixels for the saved
     GEMM work to show."""
-    channels = min(input_size[1], weight_size[0])
-    return tensor.device.type == "cpu" and (
-        channels >= AUTO_CHANNELS or (channels >= AUTO_MIN_CHANNELS and min(output_size) >= AUTO_MIN_OUTPUT_SIZE))
+    channels, side = min(input_size[1], weight_size[0]), min(output_size)
+    return (tensor.device.type == "cpu" and input_size[0] * output_size[0] * output_size[1] >= AUTO_MIN_OUTPUT_PIXELS
+            and ((channels >= AUTO_CHANNELS and side >= AUTO_MIN_SIDE)
+                 or (channels >= AUTO_MIN_CHANNELS and side >= AUTO_MIN_SIDE_FEW_CHANNELS)))
 
 
 def uses_winograd(input_size, weight_size, stride, padding, dilation, groups, tensor, backend):

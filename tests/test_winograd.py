@@ -4,6 +4,7 @@ other, on randomized 3×3 configurations and on shapes that take every chunking 
 derivatives (gradcheck, gradgradcheck, to any order through the same ops); opcheck and torch.compile; the
 algorithm switch (manual_conv.set_conv_algorithm), what 'auto' picks and the error where 'winograd' cannot run; and
 the accuracy rule that chose the tile size."""
+import math
 from fractions import Fraction
 
 import pytest
@@ -279,20 +280,30 @@ IM2COL_OPS = {"conv2d", "conv2d_input_grad", "conv2d_weight_grad"}
 
 @needs_extension
 def test_auto_picks_winograd_above_the_measured_thresholds_and_im2col_below():
-    many, some, size = algorithm.AUTO_CHANNELS, algorithm.AUTO_MIN_CHANNELS, algorithm.AUTO_MIN_OUTPUT_SIZE
+    many, some = algorithm.AUTO_CHANNELS, algorithm.AUTO_MIN_CHANNELS
+    side, side_few = algorithm.AUTO_MIN_SIDE, algorithm.AUTO_MIN_SIDE_FEW_CHANNELS
+    pixels = algorithm.AUTO_MIN_OUTPUT_PIXELS
+    square = math.isqrt(pixels)  # a batch of one square output of at least `pixels` pixels
 
-    def ops_for(in_channels, out_channels, output_size, stride=1):
-        return compiled_ops_run(torch.randn(1, in_channels, output_size * stride, output_size * stride),
+    def ops_for(batch, in_channels, out_channels, output_size, stride=1):
+        return compiled_ops_run(torch.randn(batch, in_channels, output_size * stride, output_size * stride),
                                 torch.randn(out_channels, in_channels, 3, 3), padding=1, stride=stride)
 
+    def batch_for(size):  # the least batch of size x size outputs with `pixels` pixels
+        return -(-pixels // size**2)
+
     with manual_conv.use_backend("cpp"):
-        for in_channels, out_channels, output_size in ((many, many, 2), (some, some, size), (some, many, size)):
-            assert ops_for(in_channels, out_channels, output_size) == WINOGRAD_OPS
-        for in_channels, out_channels, output_size, stride in ((some - 1, many, size, 1), (many, some - 1, size, 1),
-                                                               (some, many, size - 1, 1), (many, many, size, 2)):
-            assert ops_for(in_channels, out_channels, output_size, stride) == IM2COL_OPS
+        for call in ((batch_for(side), many, many, side), (1, many, many, square),
+                     (batch_for(side_few), some, some, side_few), (1, some, many, square)):
+            assert ops_for(*call) == WINOGRAD_OPS, call
+        for call in ((1, some - 1, many, square), (1, many, some - 1, square),  # too few channels
+                     (batch_for(side - 1), many, many, side - 1),  # output too small for any channels
+                     (batch_for(side_few - 1), some, many, side_few - 1),  # ... for fewer than `many`
+                     (1, many, many, math.isqrt(pixels - 1)),  # too few pixels per call
+                     (1, many, many, square, 2)):  # stride 2
+            assert ops_for(*call) == IM2COL_OPS, call
         with manual_conv.use_conv_algorithm("gemm"):
-            assert ops_for(many, many, size) == IM2COL_OPS
+            assert ops_for(1, many, many, square) == IM2COL_OPS
 
 
 def profiled_names(input, weight):
