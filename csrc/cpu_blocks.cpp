@@ -31,6 +31,14 @@ struct SingleThreadedBlas {
 }  // namespace
 
 void parallel_blocks(int64_t items, const std::function<void(int64_t, int64_t)>& block) {
+  if (items == 1 && !at::in_parallel_region()) {
+    // A single block (a batch of one small image; the pieces of one image, which the input gradient scatters in
+    // order) would leave the other threads idle: it runs on the caller's thread and its GEMMs use them instead.
+    // Two threads against one, interleaved: on one 14x14 image ResNet-18's 256-channel 3x3 layer, forward+backward,
+    // took 1.06x the one-thread time before, 0.84x now; the 512-channel one on 7x7, forward, 0.95x before, 0.60x now.
+    block(0, 1);
+    return;
+  }
   // Worker threads start with default thread-local state: give them the caller's (dispatch keys below
   // autograd, grad mode...) so the ATen calls inside a block dispatch exactly as they would on the caller.
   const at::ThreadLocalState caller_state;
